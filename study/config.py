@@ -1,0 +1,145 @@
+"""The trial config: one typed, flat dataclass that every layer reads.
+
+Spaces, CLI overrides and Ray's sampled values all end up here; unknown keys and
+values of the wrong type are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass
+
+import yaml
+
+
+class StudyError(Exception):
+    """A user-facing problem: the message is one line naming the problem and the fix."""
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+AUGMENTATIONS = ("none",)
+DEVICES = ("auto", "cpu", "cuda")
+ALL_LAYERS = "all"
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    # Model
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = "imagenet"
+    # Layers trained counted back from the head (the new head always trains):
+    # 0 = linear probe, "all" = full fine-tuning. See study/models.py for "layer".
+    unfreeze_depth: int | str = 0
+    # Data
+    data: str = "digits"
+    img_size: int | None = None  # None: the backbone's pretrained input size
+    split_seed: int = 0  # the train/val/test split; kept apart from `seed` so trials share one split
+    augment: str = "none"
+    # Optimisation
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    epochs: int = 5
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, _coerce(field.name, getattr(self, field.name)))
+        _check_positive(self, "lr", "batch_size", "epochs")
+        if self.weight_decay < 0:
+            raise StudyError(f"weight_decay={self.weight_decay} is negative: use 0 or a positive value")
+        if self.img_size is not None and self.img_size < 8:
+            raise StudyError(f"img_size={self.img_size} is too small: use at least 8, or null for the backbone's default")
+        depth = self.unfreeze_depth
+        if isinstance(depth, str) and depth != ALL_LAYERS or isinstance(depth, int) and depth < 0:
+            raise StudyError(f"unfreeze_depth={depth!r} is invalid: use an integer >= 0 or '{ALL_LAYERS}'")
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("augment", self.augment, AUGMENTATIONS)
+        _check_choice("device", self.device, DEVICES)
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "trial config") -> "TrialConfig":
+        unknown = [key for key in values if key not in FIELD_TYPES]
+        if unknown:
+            raise StudyError(f"{where}: unknown setting '{unknown[0]}'{closest_hint(unknown[0], FIELD_TYPES)}")
+        try:
+            return cls(**values)
+        except StudyError as error:
+            raise StudyError(f"{where}: {error}") from None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "TrialConfig":
+        return dataclasses.replace(self, **changes)
+
+
+FIELD_TYPES: dict[str, object] = typing.get_type_hints(TrialConfig)
+
+
+def closest_hint(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(sorted(valid))})"
+
+
+class YamlLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (no object construction), reading `1e-3` as a float as YAML 1.2 does, not as text."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_assignment(text: str) -> tuple[str, object]:
+    """`key=value` from the command line; the value is read as YAML so `1e-3`, `true` and `null` work."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise StudyError(f"--set {text!r} is not key=value: write e.g. --set lr=0.01")
+    if key not in FIELD_TYPES:
+        raise StudyError(f"--set: unknown setting '{key}'{closest_hint(key, FIELD_TYPES)}")
+    return key, load_yaml(raw)
+
+
+def _coerce(name: str, value):
+    """Accept a value only if it has the field's type; ints widen to float, nothing else converts."""
+    allowed = _allowed_types(FIELD_TYPES[name])
+    if hasattr(value, "item") and not isinstance(value, (bool, int, float, str)):
+        value = value.item()  # numpy scalars from Ray's samplers
+    if type(value) in allowed:  # exact type: `lr: true` must not pass as the int 1
+        return value
+    if type(value) is int and float in allowed:
+        return float(value)
+    expected = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise StudyError(f"setting '{name}' must be {expected}, got {value!r}")
+
+
+def _allowed_types(annotation) -> tuple:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _check_positive(config: TrialConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value <= 0:
+            raise StudyError(f"{name}={value} must be positive")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise StudyError(f"{name}='{value}' is unknown{closest_hint(value, choices)}")

@@ -1,0 +1,140 @@
+"""Run a study: `python -m study.run --space unfreeze_depth`.
+
+Everything a user can get wrong is checked before Ray starts (one line on
+stderr, exit code 2); then Ray Tune runs the trials with ASHA, and the results
+directory receives trials.csv/.parquet, epochs.parquet, pareto.csv/.html and
+study.json (resolved space, command line, versions, hardware, seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from study.config import ALL_LAYERS, StudyError, parse_assignment
+from study.data import check_data_name
+from study.environment import hardware, package_versions
+from study.models import resolve_depth, structure_only, weight_layers
+from study.results import atomic_write, export, trials_table, varying_settings
+from study.space import Space, load_space
+
+DEFAULT_SPACE = "unfreeze_depth"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default=DEFAULT_SPACE, help="a name from search_spaces/ or a path to a .yaml file")
+    parser.add_argument("--data", help="dataset: digits (built in) or folder:PATH (ImageFolder with train/ and val/)")
+    parser.add_argument("--backbone", help="any timm model name")
+    parser.add_argument("--num-samples", type=int, help="draws of the sampled dimensions (grids repeat this often)")
+    parser.add_argument("--max-epochs", type=int, help="every trial's epoch budget (ASHA's max_t)")
+    parser.add_argument("--out", type=Path, help="results directory (default: results/SPACE-TIMESTAMP)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix a trial setting (repeatable)")
+    parser.add_argument("--cpus-per-trial", type=float, default=1, help="CPU cores per trial (default 1)")
+    parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions pack trials (default: 1 if a GPU is visible, else 0)")
+    parser.add_argument("--address", help="an existing Ray cluster (auto, or ray://HOST:10001); default: a local Ray instance")
+    parser.add_argument("--seed", type=int, default=0, help="trial seed and sampler seed (default 0)")
+    parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
+    return parser.parse_args(argv)
+
+
+def resolve_space(args: argparse.Namespace) -> Space:
+    space = load_space(args.space)
+    settings = dict(parse_assignment(text) for text in args.set)
+    settings.update({key: value for key, value in (("data", args.data), ("backbone", args.backbone)) if value is not None})
+    settings["seed"] = args.seed
+    study = {key: value for key, value in (("num_samples", args.num_samples), ("max_epochs", args.max_epochs)) if value is not None}
+    return space.override(settings, **study)
+
+
+def preflight(space: Space) -> None:
+    """What would make every trial fail, caught before Ray starts: dataset names and depths beyond a backbone."""
+    configs = space.example_configs()
+    for data in {c.data for c in configs}:
+        check_data_name(data)
+    depths = {c.unfreeze_depth for c in configs} - {ALL_LAYERS}
+    for backbone in {c.backbone for c in configs}:
+        num_layers = len(weight_layers(structure_only(backbone, num_classes=10)))
+        for depth in depths:
+            resolve_depth(depth, num_layers, backbone)
+
+
+def prepare_out(out: Path | None, space_name: str) -> Path:
+    out = out or Path("results") / f"{space_name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if out.exists() and any(out.iterdir()):
+        raise StudyError(f"--out {out} already holds files: choose a new directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StudyError(f"--out {out} cannot be created ({error.strerror}): choose a writable directory") from None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        space = resolve_space(args)
+        preflight(space)
+        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else default_gpus()
+        out = prepare_out(args.out, space.name)
+    except StudyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    from study import tuning  # Ray is imported only once the input is known to be good
+
+    record = {
+        "space": dataclasses.asdict(space),
+        "command": sys.argv if argv is None else ["python", "-m", "study.run", *argv],
+        "seed": args.seed,
+        "resources": {"cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": gpus, "address": args.address},
+        "versions": package_versions(),
+        "hardware": hardware(),
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    write_json(out / "study.json", record)
+    started = time.perf_counter()
+    try:
+        dashboard = tuning.start_ray(args.address, dashboard=not args.no_dashboard)
+    except StudyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if dashboard:
+        print(f"Ray dashboard: {dashboard}", flush=True)
+    records = tuning.run_study(space, out, args.cpus_per_trial, gpus, args.seed)
+    trials, epochs = trials_table(records)
+    front = export(out, trials, epochs, title=f"{space.name}: validation accuracy vs training time")
+    record.update(wall_time_s=round(time.perf_counter() - started, 1), finished=datetime.now().isoformat(timespec="seconds"),
+                  trials=trials["status"].value_counts().to_dict())  # fmt: skip
+    write_json(out / "study.json", record)
+    print_summary(out, trials, front, record["wall_time_s"])
+    return 0 if (trials["status"] != "error").any() else 1
+
+
+def default_gpus() -> float:
+    import torch
+
+    return 1.0 if torch.cuda.is_available() else 0.0
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(data, indent=2, default=str) + "\n"))
+
+
+def print_summary(out: Path, trials, front, wall_time_s: float) -> None:
+    columns = ["trial_id", *varying_settings(trials), "status", "val_acc", "test_acc", "train_time_s", "trainable_params"]
+    counts = ", ".join(f"{n} {status}" for status, n in trials["status"].value_counts().items())
+    print(f"\nStudy finished in {wall_time_s:.0f} s: {len(trials)} trials ({counts}).")
+    for row in trials[trials["status"] == "error"].itertuples():
+        print(f"  {row.trial_id} failed: {row.error}")
+    print(f"Pareto front (validation accuracy vs training time):\n{front[columns].to_string(index=False, float_format=lambda v: f'{v:.4f}')}")
+    print(f"Results: {out.resolve()}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Named search spaces: YAML files that say what is fixed, what is searched, and how.
+
+A space file (search_spaces/NAME.yaml):
+
+    description: what the study asks
+    fixed:            # trial settings shared by every trial (study/config.py)
+      backbone: tf_efficientnet_lite0
+    dimensions:       # searched settings, one kind each
+      unfreeze_depth: {grid: [0, 1, 2, all]}   # every value, crossed with other grids
+      optimizer: {choice: [sgd, adamw]}         # one value drawn per sample
+      lr: {loguniform: [1.0e-4, 1.0e-2]}        # also: uniform: [lo, hi]
+      batch_size: {randint: [16, 64]}           # both ends included
+    num_samples: 1    # draws of the sampled dimensions (grids repeat this often)
+    max_epochs: 5     # every trial's epoch budget
+    asha: {grace_period: 1, reduction_factor: 2}   # or `asha: false` to run every trial out
+    metric: val_acc
+    mode: max
+
+Everything is validated when the file is read; mistakes name the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from study.config import FIELD_TYPES, StudyError, TrialConfig, closest_hint, load_yaml
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACE_KEYS = ("description", "fixed", "dimensions", "num_samples", "max_epochs", "asha", "metric", "mode")
+ASHA_KEYS = ("grace_period", "reduction_factor")
+METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
+DIMENSION_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+
+@dataclass
+class Dimension:
+    kind: str
+    values: list  # the listed values (grid, choice) or [low, high]
+
+    def to_tune(self):
+        from ray import tune
+
+        if self.kind == "grid":
+            return tune.grid_search(self.values)
+        if self.kind == "choice":
+            return tune.choice(self.values)
+        if self.kind == "uniform":
+            return tune.uniform(*self.values)
+        if self.kind == "loguniform":
+            return tune.loguniform(*self.values)
+        return tune.randint(self.values[0], self.values[1] + 1)  # Ray excludes the upper end; spaces include it
+
+    def examples(self) -> list:
+        """Values that stand for this dimension in validation: all listed values, or both ends of a range."""
+        return list(self.values)
+
+
+@dataclass
+class Space:
+    name: str
+    source: str
+    description: str = ""
+    fixed: dict = field(default_factory=dict)
+    dimensions: dict[str, Dimension] = field(default_factory=dict)
+    num_samples: int = 1
+    max_epochs: int = 5
+    asha: dict | None = field(default_factory=lambda: {"grace_period": 1, "reduction_factor": 2})
+    metric: str = "val_acc"
+    mode: str = "max"
+
+    def param_space(self) -> dict:
+        """Ray Tune's param_space: every trial setting, sampled or fixed."""
+        return {**self.fixed, **{k: d.to_tune() for k, d in self.dimensions.items()}, "epochs": self.max_epochs}
+
+    def override(self, settings: dict, **study) -> "Space":
+        """Fixed settings from the CLI replace the space's value or dimension; study keys replace study settings."""
+        for key in settings:
+            if key == "epochs":
+                raise StudyError("set the epoch budget with --max-epochs, not --set epochs=")
+        dimensions = {k: d for k, d in self.dimensions.items() if k not in settings}
+        changed = dataclasses.replace(self, fixed={**self.fixed, **settings}, dimensions=dimensions, **study)
+        changed.validate()
+        return changed
+
+    def example_configs(self) -> list[TrialConfig]:
+        """One config per listed dimension value (others at their first): catches bad values before Ray starts."""
+        base = {**self.fixed, **{k: d.examples()[0] for k, d in self.dimensions.items()}, "epochs": self.max_epochs}
+        configs = [TrialConfig.from_dict(base, where=self.source)]
+        for key, dimension in self.dimensions.items():
+            configs += [TrialConfig.from_dict({**base, key: value}, where=f"{self.source}: dimensions.{key}") for value in dimension.examples()[1:]]
+        return configs
+
+    def validate(self) -> None:
+        where = self.source
+        if self.num_samples < 1:
+            raise StudyError(f"{where}: num_samples={self.num_samples} must be at least 1")
+        if self.max_epochs < 1:
+            raise StudyError(f"{where}: max_epochs={self.max_epochs} must be at least 1")
+        if self.metric not in METRICS:
+            raise StudyError(f"{where}: metric '{self.metric}' is unknown{closest_hint(self.metric, METRICS)}")
+        if self.mode not in ("max", "min"):
+            raise StudyError(f"{where}: mode '{self.mode}' must be max or min")
+        if self.asha is not None:
+            if self.asha["grace_period"] > self.max_epochs:
+                raise StudyError(f"{where}: asha.grace_period={self.asha['grace_period']} exceeds max_epochs={self.max_epochs}: lower it")
+        both = set(self.fixed) & set(self.dimensions)
+        if both:
+            raise StudyError(f"{where}: '{sorted(both)[0]}' is both fixed and a dimension: keep one")
+        self.example_configs()
+
+
+def available_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def resolve_space_path(name_or_path: str) -> Path:
+    if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise StudyError(f"space file {path} does not exist: give a path to a .yaml file or a name from: {', '.join(available_spaces())}")
+        return path
+    path = SPACES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise StudyError(f"unknown space '{name_or_path}'{closest_hint(name_or_path, available_spaces())}; spaces live in {SPACES_DIR}")
+    return path
+
+
+def load_space(name_or_path: str) -> Space:
+    path = resolve_space_path(name_or_path)
+    where = str(path)
+    try:
+        raw = load_yaml(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise StudyError(f"{where}: not valid YAML{line}: {getattr(error, 'problem', error)}") from None
+    if not isinstance(raw, dict):
+        raise StudyError(f"{where}: a space is a YAML mapping with keys {', '.join(SPACE_KEYS)}")
+    _check_keys(raw, SPACE_KEYS, where)
+    fixed = _mapping(raw, "fixed", where)
+    for key in fixed:
+        if key not in FIELD_TYPES or key == "epochs":
+            raise StudyError(f"{where}: unknown setting 'fixed.{key}'{closest_hint(key, set(FIELD_TYPES) - {'epochs'})}" + (" (use max_epochs)" if key == "epochs" else ""))
+    dimensions = {key: _dimension(key, spec, where) for key, spec in _mapping(raw, "dimensions", where).items()}
+    space = Space(
+        name=path.stem,
+        source=where,
+        description=_typed(raw, "description", str, where, ""),
+        fixed=fixed,
+        dimensions=dimensions,
+        num_samples=_typed(raw, "num_samples", int, where, 1),
+        max_epochs=_typed(raw, "max_epochs", int, where, 5),
+        asha=_asha(raw, where),
+        metric=_typed(raw, "metric", str, where, "val_acc"),
+        mode=_typed(raw, "mode", str, where, "max"),
+    )
+    space.validate()
+    return space
+
+
+def _check_keys(mapping: dict, valid, where: str, prefix: str = "") -> None:
+    for key in mapping:
+        if key not in valid:
+            raise StudyError(f"{where}: unknown key '{prefix}{key}'{closest_hint(str(key), valid)}")
+
+
+def _mapping(raw: dict, key: str, where: str) -> dict:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise StudyError(f"{where}: '{key}' must be a mapping of setting: value")
+    return value
+
+
+def _typed(raw: dict, key: str, kind: type, where: str, default):
+    value = raw.get(key, default)
+    if type(value) is not kind:
+        raise StudyError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _asha(raw: dict, where: str) -> dict | None:
+    value = raw.get("asha", {})
+    if value is False:
+        return None
+    if not isinstance(value, dict):
+        raise StudyError(f"{where}: 'asha' must be a mapping with {', '.join(ASHA_KEYS)}, or false")
+    _check_keys(value, ASHA_KEYS, where, "asha.")
+    grace, factor = value.get("grace_period", 1), value.get("reduction_factor", 2)
+    if type(grace) is not int or grace < 1:
+        raise StudyError(f"{where}: asha.grace_period must be an integer >= 1, got {grace!r}")
+    if type(factor) not in (int, float) or factor <= 1:
+        raise StudyError(f"{where}: asha.reduction_factor must be a number > 1, got {factor!r}")
+    return {"grace_period": grace, "reduction_factor": factor}
+
+
+def _dimension(key: str, spec, where: str) -> Dimension:
+    at = f"{where}: dimensions.{key}"
+    if key not in FIELD_TYPES or key == "epochs":
+        raise StudyError(f"{where}: unknown setting 'dimensions.{key}'{closest_hint(key, set(FIELD_TYPES) - {'epochs'})}")
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise StudyError(f"{at} must be one of {{{', '.join(k + ': ...' for k in DIMENSION_KINDS)}}}")
+    (kind, values), = spec.items()
+    if kind not in DIMENSION_KINDS:
+        raise StudyError(f"{at}: unknown dimension kind '{kind}'{closest_hint(str(kind), DIMENSION_KINDS)}")
+    if not isinstance(values, list) or not values:
+        raise StudyError(f"{at}: {kind} needs a non-empty list")
+    if kind in ("grid", "choice"):
+        return Dimension(kind, values)
+    if len(values) != 2 or not all(type(v) in (int, float) for v in values):
+        raise StudyError(f"{at}: {kind} needs [low, high] numbers, got {values!r}")
+    low, high = values
+    if kind == "randint" and not all(type(v) is int for v in values):
+        raise StudyError(f"{at}: randint needs integer bounds, got {values!r}")
+    if low > high or (kind != "randint" and low == high):
+        raise StudyError(f"{at}: empty range {values!r}: low must be below high")
+    if kind == "loguniform" and low <= 0:
+        raise StudyError(f"{at}: loguniform needs low > 0 (a log scale), got {values!r}")
+    if kind in ("uniform", "loguniform") and FIELD_TYPES[key] is not float:
+        raise StudyError(f"{at}: {kind} draws floats but '{key}' is {FIELD_TYPES[key]}: use randint, grid or choice")
+    return Dimension(kind, [low, high] if kind == "randint" else [float(low), float(high)])

@@ -1,0 +1,150 @@
+"""One trial in plain PyTorch: build, freeze, train, evaluate, one report per epoch.
+
+`run_trial` is a generator so the same loop serves Ray Tune (which reports each
+epoch and may stop it early), tests and benchmarks. Training time counts only
+the optimisation passes (CUDA synchronised before each clock read); evaluation
+is timed separately and never counts as training time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import timm.data
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from study.config import StudyError, TrialConfig
+from study.data import ImageSet, Splits, batches, load_data, preprocessor
+from study.models import FreezePlan, TransferModel, apply_freeze, create_backbone, default_input_size, freeze_plan
+
+EVAL_BATCH_SIZE = 256
+
+
+@dataclass
+class Trial:
+    config: TrialConfig
+    data: Splits
+    model: TransferModel
+    plan: FreezePlan
+    preprocess: v2.Transform
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    img_size: int
+    weights_used: str
+
+    def info(self) -> dict:
+        """What a trial is, beside what it measures: reported with every epoch."""
+        return {
+            "weights_used": self.weights_used,
+            "num_layers": len(self.plan.layers),
+            "unfrozen_layers": self.plan.depth,
+            "trainable_params": self.plan.trainable_params,
+            "total_params": self.plan.total_params,
+            "img_size": self.img_size,
+            "device": self.device.type,
+        }
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise StudyError("device='cuda' but no CUDA GPU is visible to this trial: use device=auto or give trials GPUs (--gpus-per-trial)")
+    return torch.device("cuda" if setting != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
+    device = pick_device(config.device)
+    size = config.img_size or default_input_size(config.backbone)
+    if data is None:
+        data = load_data(config.data, config.split_seed, size)
+    backbone, weights_used = create_backbone(config.backbone, config.weights, data.num_classes, config.seed, size)
+    plan = freeze_plan(backbone, config.unfreeze_depth, config.backbone)
+    model = apply_freeze(backbone, plan).to(device)
+    data_config = timm.data.resolve_data_config({}, model=backbone)
+    preprocess = preprocessor(size, data_config["mean"], data_config["std"], data_config["interpolation"])
+    optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+    return Trial(config, data, model, plan, preprocess, optimizer, device, size, weights_used)
+
+
+def run_trial(config: TrialConfig, data: Splits | None = None) -> Iterator[dict]:
+    """Train `config` for config.epochs epochs, yielding the metrics of each."""
+    trial = build_trial(config, data)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    train_time = 0.0
+    for epoch in range(1, config.epochs + 1):
+        train_loss, train_acc, epoch_time = train_epoch(trial, shuffle)
+        train_time += epoch_time
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}: lower the learning rate (lr={config.lr})")
+        eval_start = clock(trial.device)
+        val_loss, val_acc = evaluate(trial, trial.data.val)
+        test_loss, test_acc = evaluate(trial, trial.data.test)
+        yield {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "epoch_time_s": epoch_time,
+            "train_time_s": train_time,
+            "eval_time_s": clock(trial.device) - eval_start,
+            "images_per_s": len(trial.data.train) / epoch_time,
+            **trial.info(),
+        }
+
+
+def train_epoch(trial: Trial, shuffle: torch.Generator) -> tuple[float, float, float]:
+    """One pass over the training split: (mean loss, accuracy, seconds). Metrics stay on the device until the end."""
+    model, device = trial.model, trial.device
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    start = clock(device)
+    for images, labels in batches(trial.data.train, trial.config.batch_size, trial.preprocess, shuffle):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = model(images)
+        loss = nn.functional.cross_entropy(logits, labels)
+        trial.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trial.optimizer.step()
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+    seconds = clock(device) - start
+    count = len(trial.data.train)
+    return loss_sum.item() / count, correct.item() / count, seconds
+
+
+def clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def make_optimizer(config: TrialConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+@torch.inference_mode()
+def evaluate(trial: Trial, data: ImageSet) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over `data`, in eval mode."""
+    if len(data) == 0:
+        return math.nan, math.nan
+    trial.model.eval()
+    loss_sum = torch.zeros((), device=trial.device)
+    correct = torch.zeros((), device=trial.device, dtype=torch.long)
+    for images, labels in batches(data, EVAL_BATCH_SIZE, trial.preprocess):
+        images, labels = images.to(trial.device, non_blocking=True), labels.to(trial.device, non_blocking=True)
+        logits = trial.model(images)
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+    return loss_sum.item() / len(data), correct.item() / len(data)

@@ -1,0 +1,29 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from study.data import ImageSet, Splits, load_digits
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def small_digits() -> Splits:
+    """The real digits split, cut to a few hundred images so a trial takes seconds on 2 CPU cores."""
+    full = load_digits(split_seed=0)
+    cut = lambda part, n: ImageSet(part.images[:n], part.labels[:n])
+    return Splits(full.name, full.classes, cut(full.train, 192), cut(full.val, 96), cut(full.test, 96))
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+
+
+def run_module(*args: str, cwd: Path | None = None, timeout: int = 600):
+    """Run `python -m ...` as a user would, in a fresh process."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd or REPO, timeout=timeout)

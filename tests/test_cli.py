@@ -1,0 +1,71 @@
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import run_module
+from study.pareto import non_dominated
+
+
+def test_layers_cli_numbers_layers_and_counts_trainable_params_per_depth():
+    result = run_module("study.layers", "tf_efficientnet_lite0", "--num-classes", "10")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "total params: 3383818" in lines
+    assert "trainable params at depth 0: 12810" in lines
+    assert "trainable params at depth 49: 3383818" in lines
+    assert sum(line.startswith("trainable params at depth") for line in lines) == 50
+    assert any(line.split()[:3] == ["1", "conv_stem", "conv"] for line in lines)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--space", "unfreeze"], "unknown space 'unfreeze' (did you mean 'unfreeze_depth'?)"),
+        (["--space", "smoke", "--set", "lr=0"], "lr=0.0 must be positive"),
+        (["--space", "smoke", "--set", "learning_rate=0.1"], "unknown setting 'learning_rate'"),
+        (["--space", "smoke", "--backbone", "resnet5"], "unknown backbone 'resnet5'"),
+        (["--space", "smoke", "--data", "mnist"], "unknown dataset 'mnist'"),
+        (["--space", "smoke", "--set", "unfreeze_depth=60"], "unfreeze_depth=60 exceeds the 49 layers"),
+        (["--space", "smoke", "--num-samples", "0"], "num_samples=0 must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "study"
+    result = run_module("study.run", *args, "--out", str(out))
+    assert result.returncode == 2
+    assert message in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_smoke_study_through_ray_exports_consistent_results(tmp_path):
+    out = tmp_path / "smoke"
+    result = run_module("study.run", "--space", "smoke", "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Ray dashboard: http://127.0.0.1:" in result.stdout
+    assert "Pareto front" in result.stdout and str(out.resolve()) in result.stdout
+
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 3 and set(trials["status"]) <= {"completed", "stopped_early"}
+    assert sorted(trials["unfreeze_depth"].astype(str)) == ["0", "2", "all"]
+    assert sorted(trials["unfrozen_layers"]) == [0, 2, 49]
+    assert (trials["epochs_run"] >= 1).all() and (trials["epochs_run"] <= 2).all()
+    assert trials[trials["status"] == "completed"]["epochs_run"].eq(2).all()
+    assert trials["val_acc"].between(0, 1).all() and (trials["train_time_s"] > 0).all()
+    stored = pd.read_parquet(out / "trials.parquet")
+    assert stored.columns.tolist() == trials.columns.tolist() and stored["val_acc"].tolist() == trials["val_acc"].tolist()
+
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert len(epochs) == trials["epochs_run"].sum()
+    last = epochs.sort_values("epoch").groupby("trial_id").last()
+    assert last.loc[trials["trial_id"], "val_acc"].tolist() == pytest.approx(trials["val_acc"].tolist())
+
+    front = pd.read_csv(out / "pareto.csv")
+    mask = non_dominated(trials[["val_acc", "train_time_s"]].to_numpy(), [True, False])
+    assert sorted(front["trial_id"]) == sorted(trials[mask]["trial_id"])
+    html = (out / "pareto.html").read_text()
+    assert "Pareto front" in html and all(t in html for t in trials["trial_id"])
+
+    study = json.loads((out / "study.json").read_text())
+    assert study["space"]["name"] == "smoke" and study["versions"]["ray"].startswith("2.60")
+    assert study["hardware"]["cpu_count"] >= 1 and study["seed"] == 0 and study["wall_time_s"] > 0

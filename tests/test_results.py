@@ -1,0 +1,52 @@
+import pandas as pd
+
+from study.pareto import non_dominated
+from study.results import export, trials_table
+
+
+def epoch(n, val_acc, train_time):
+    return {"epoch": n, "train_loss": 1.0 / n, "train_acc": 0.5, "val_loss": 1.0, "val_acc": val_acc, "test_loss": 1.0,
+            "test_acc": val_acc - 0.01, "epoch_time_s": 1.0, "train_time_s": train_time, "eval_time_s": 0.5,
+            "images_per_s": 100.0, "weights_used": "random", "num_layers": 49, "unfrozen_layers": 0,
+            "trainable_params": 10, "total_params": 100, "img_size": 32, "device": "cpu"}  # fmt: skip
+
+
+RECORDS = [
+    {"trial_id": "t0", "config": {"unfreeze_depth": 0, "epochs": 3}, "error": None, "max_epochs": 3,
+     "history": [epoch(1, 0.5, 1.0), epoch(2, 0.6, 2.0), epoch(3, 0.7, 3.0)]},
+    {"trial_id": "t1", "config": {"unfreeze_depth": "all", "epochs": 3}, "error": None, "max_epochs": 3,
+     "history": [epoch(1, 0.4, 5.0)]},
+    {"trial_id": "t2", "config": {"unfreeze_depth": 4, "epochs": 3}, "error": "FloatingPointError: loss became nan",
+     "max_epochs": 3, "history": [epoch(1, 0.9, 0.5)]},
+    {"trial_id": "t3", "config": {"unfreeze_depth": 8, "epochs": 3}, "error": None, "max_epochs": 3,
+     "history": [epoch(1, 0.8, 4.0), epoch(2, 0.95, 8.0), epoch(3, 0.9, 12.0)]},
+]  # fmt: skip
+
+
+def test_trials_table_statuses_final_and_best_metrics():
+    trials, epochs = trials_table(RECORDS)
+    assert trials["status"].tolist() == ["completed", "stopped_early", "error", "completed"]
+    assert trials["error"].tolist()[2] == "FloatingPointError: loss became nan"
+    t3 = trials.set_index("trial_id").loc["t3"]
+    assert t3["val_acc"] == 0.9 and t3["best_val_acc"] == 0.95 and t3["best_epoch"] == 2 and t3["epochs_run"] == 3
+    assert t3["train_time_s"] == 12.0 and t3["eval_time_s"] == 1.5
+    assert t3["optimizer"] == "adamw" and t3["backbone"] == "tf_efficientnet_lite0"  # defaults resolved
+    assert len(epochs) == 3 + 1 + 1 + 3 and set(epochs["trial_id"]) == {"t0", "t1", "t2", "t3"}
+
+
+def test_export_writes_every_file_and_a_true_front(tmp_path):
+    trials, epochs = trials_table(RECORDS)
+    front = export(tmp_path, trials, epochs, title="test")
+    for name in ("trials.csv", "trials.parquet", "epochs.parquet", "pareto.csv", "pareto.html"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert not list(tmp_path.glob(".*.tmp"))
+    # depth mixes numbers and 'all': stored as text, read back intact
+    assert pd.read_parquet(tmp_path / "trials.parquet")["unfreeze_depth"].tolist() == ["0", "all", "4", "8"]
+    assert front["trial_id"].tolist() == ["t0", "t3"]  # t1 (0.4 in 5 s) is beaten by t0; t2 errored
+    saved = pd.read_csv(tmp_path / "pareto.csv")
+    assert saved["trial_id"].tolist() == front["trial_id"].tolist() and "t2" not in saved["trial_id"].tolist()
+    usable = trials[trials["status"] != "error"]
+    mask = non_dominated(usable[["val_acc", "train_time_s"]].to_numpy(), [True, False])
+    assert set(usable[mask]["trial_id"]) == set(saved["trial_id"])
+    html = (tmp_path / "pareto.html").read_text()
+    assert "plotly" in html and "Pareto front" in html and "t3\\u003c\\u002fb\\u003e (completed)" in html  # hover text, JSON-escaped

