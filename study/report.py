@@ -111,7 +111,8 @@ def pareto_view(
 ) -> View:
     title = f"Pareto front: {accuracy} vs {COSTS.get(cost, cost)}"
     if cost not in trials or trials[cost].isna().all():
-        return View(title, note=f"No trial has '{cost}' in these results (they predate its measurement, or no trial finished an epoch).")
+        return View(title, note=f"No trial has a value for '{cost}': results from before it was measured, a platform that cannot "
+                                "measure it (peak memory off Linux), or no trial finished an epoch.")  # fmt: skip
     front = pareto_front(trials, accuracy, cost, include_stopped)
     figure = pareto_figure(trials, front, title, cost=cost, include_stopped=include_stopped, accuracy=accuracy)
     notes = []

@@ -1,12 +1,16 @@
+import io
 import json
 import math
+import os
 import shutil
+import subprocess
 
 import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 from nbclient import NotebookClient
+from PIL import Image
 
 from conftest import REPO, run_module
 from study.pareto import pareto_front
@@ -210,3 +214,110 @@ def test_notebook_runs_headless_on_the_smoke_study_with_filters_and_another_obje
     figures, texts = run(f'RESULTS_DIR = {str(smoke_study.out)!r}\nBACKBONES = ["resnet18"]\nAUGMENTATIONS = []\n'
                          'ACCURACY = "val_acc"\nCOST = "train_time_s"\nINCLUDE_STOPPED = False')  # fmt: skip
     assert "No trials." in texts and not figures  # nothing selected: notes, no crash
+
+
+# Chromium from Debian (packages chromium and chromium-driver), installed here when missing and allowed.
+CHROMIUM_PACKAGES = ("chromium", "chromium-driver")
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--window-size=1400,1000",
+    # Parallel coordinates draw with WebGL; without a GPU Chromium renders it in software only when asked to.
+    "--enable-unsafe-swiftshader",
+)  # fmt: skip
+# Uncaught errors and rejected promises, collected from the first script on: the page's own console may not say.
+CATCH_ERRORS = """window.__errors = [];
+window.addEventListener("error", e => window.__errors.push(String(e.message || e)));
+window.addEventListener("unhandledrejection", e => window.__errors.push(String(e.reason)));"""
+FIGURES = """return Array.from(document.querySelectorAll(".plotly-graph-div")).map(div => ({
+  id: div.id, ready: !!div._fullLayout, traces: (div._fullData || []).length,
+  marks: div.querySelectorAll("path.point, path.js-line, path.box, .bars path, .parcoords .y-axis").length,
+  canvases: div.querySelectorAll("canvas").length,
+}));"""
+
+
+def chromium_and_driver() -> tuple[str, str]:
+    """Paths of Debian's chromium and chromedriver, installing them as root when missing; skip (fail on CI) otherwise."""
+    found = lambda: (shutil.which("chromium"), shutil.which("chromedriver"))
+    log = ""
+    if not all(found()) and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *CHROMIUM_PACKAGES]
+        done = subprocess.run(install, env=env, capture_output=True, text=True)
+        if done.returncode != 0:  # a fresh machine may not have package lists yet
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, text=True)
+            done = subprocess.run(install, env=env, capture_output=True, text=True)
+        log = (done.stdout + done.stderr)[-1500:]
+    chromium, driver = found()
+    if chromium and driver:
+        return chromium, driver
+    message = f"the browser check needs Chromium: apt-get install {' '.join(CHROMIUM_PACKAGES)} (as root) {log}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, driver = chromium_and_driver()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    session.execute_cdp_cmd("Network.enable", {})  # offline: the report must need nothing from the network
+    session.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    session.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": CATCH_ERRORS})
+    yield session
+    session.quit()
+
+
+def drawn(png: bytes) -> tuple[float, float]:
+    """(share of pixels that are not white, share that are coloured): axes and text are grey, data is coloured."""
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    darkest, brightest = pixels.min(axis=2), pixels.max(axis=2)
+    not_white = (darkest < 240).mean()
+    coloured = ((brightest - darkest) > 60).mean()
+    return float(not_white), float(coloured)
+
+
+@pytest.fixture(scope="module")
+def interrupted_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("interrupted-report")
+    interrupted_study(out)
+    write_report(out)
+    return out
+
+
+@pytest.mark.parametrize("results", ["smoke_study", "interrupted_report", "interrupted_smoke"])
+def test_report_renders_in_a_real_browser_offline_without_errors(browser, results, request):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    directory = request.getfixturevalue(results)
+    directory = getattr(directory, "out", directory)
+    browser.set_window_size(1400, 1000)
+    browser.get((directory / REPORT_FILE).as_uri())
+    WebDriverWait(browser, 60).until(lambda b: all(f["ready"] for f in b.execute_script(FIGURES)))
+    figures = browser.execute_script(FIGURES)
+    errors = browser.execute_script("return window.__errors") + [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors
+
+    expected = [view.title for view in views(load_results(directory)) if view.figure is not None]
+    assert len(figures) == len(expected) > 0
+    for figure, title in zip(figures, expected):
+        assert figure["traces"] > 0 and figure["marks"] > 0, (title, figure)
+        assert figure["canvases"] > 0 or not title.startswith("Parallel"), (title, figure)  # its WebGL layer
+    for element, title in zip(browser.find_elements(By.CSS_SELECTOR, ".plotly-graph-div"), expected):
+        browser.execute_script("arguments[0].scrollIntoView()", element)
+        assert drawn(element.screenshot_as_png)[0] > 0.01, title
+
+    browser.set_window_size(1400, browser.execute_script("return document.documentElement.scrollHeight"))
+    browser.execute_script("window.scrollTo(0, 0)")
+    screenshot = directory / "report-screenshot.png"
+    browser.save_screenshot(str(screenshot))
+    print(f"report screenshot: {screenshot}")
+    not_white, coloured = drawn(screenshot.read_bytes())
+    assert not_white > 0.02 and coloured > 0.001

@@ -52,3 +52,12 @@ def test_peak_memory_is_per_trial_even_in_a_process_that_held_more_before(small_
     assert reports[0]["memory_measure"] == "process_peak_rss"
     assert 0 < peaks[0] <= peaks[1]  # the peak so far: it never falls
     assert peaks[1] < earlier_peak - 128, (peaks, earlier_peak)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU peak is measured on a CUDA device")
+def test_peak_gpu_memory_is_the_allocator_peak_of_each_trial(small_digits):
+    ballast = torch.ones(2**28, dtype=torch.uint8, device="cuda")  # 256 MiB, freed before the trial
+    del ballast
+    reports = list(run_trial(TrialConfig(unfreeze_depth=0, img_size=32, epochs=1, device="cuda"), small_digits))
+    assert reports[0]["memory_measure"] == "cuda_max_allocated"
+    assert 0 < reports[0]["peak_memory_mib"] < 200  # a linear probe on 32 px images, not the earlier 256 MiB
