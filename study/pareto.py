@@ -89,8 +89,8 @@ def hypervolume_history(
 ) -> Hypervolume:
     """The hypervolume of the accuracy-cost front after each finished trial (an anytime curve).
 
-    Computed by Optuna (`plot_hypervolume_history`, its public hypervolume
-    history) on a two-objective study holding the trials in finishing order;
+    Computed by Optuna (`plot_hypervolume_history`) on a two-objective study
+    holding the trials in finishing order;
     trials that may not sit on the front (see `eligible`) or lack a value
     leave the curve where it was. Reference point: accuracy 0 and
     REFERENCE_MARGIN times the largest cost of an eligible trial; the cost axis
@@ -100,7 +100,7 @@ def hypervolume_history(
     points = ordered[[accuracy, cost]].to_numpy(dtype=float)
     usable = eligible(ordered, include_stopped).to_numpy() & ~np.isnan(points).any(axis=1)
     largest = points[usable, 1].max() if usable.any() else 0.0
-    reference_cost = REFERENCE_MARGIN * largest if largest > 0 else 1.0
+    reference_cost = float(REFERENCE_MARGIN * largest) if largest > 0 else 1.0
     hypervolumes = np.zeros(len(ordered))
     if usable.any():
         by_number = _optuna_hypervolumes(points, usable, reference_cost)
@@ -118,7 +118,11 @@ def hypervolume_history(
 
 
 def _optuna_hypervolumes(points: np.ndarray, usable: np.ndarray, reference_cost: float) -> dict[int, float]:
-    """Hypervolume after each usable point, keyed by the point's position."""
+    """Hypervolume after each usable point, keyed by the point's position.
+
+    Optuna's public hypervolume API is its hypervolume-history plot (the computation itself lives in
+    the private optuna._hypervolume), so the curve is read from the figure it returns.
+    """
     with quiet_optuna() as optuna:
         study = optuna.create_study(directions=["maximize", "minimize"])
         for (accuracy, cost), use in zip(points, usable):

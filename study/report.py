@@ -76,7 +76,7 @@ def searched_dimensions(trials: pd.DataFrame, study: dict) -> dict[str, str]:
     scales = {}
     for name in varying_settings(trials):
         values = pd.to_numeric(trials[name], errors="coerce")
-        if values.notna().all() and trials[name].dtype != object:
+        if pd.api.types.is_numeric_dtype(trials[name]) and values.notna().all():
             scales[name] = "log" if values.min() > 0 and values.max() / values.min() >= LOG_SPAN else "linear"
         else:
             scales[name] = "categorical"
@@ -116,11 +116,12 @@ def pareto_view(
     front = pareto_front(trials, accuracy, cost, include_stopped)
     figure = pareto_figure(trials, front, title, cost=cost, include_stopped=include_stopped, accuracy=accuracy)
     notes = []
-    if front.empty:
-        stopped = (trials["status"] == "stopped_early").sum()
-        notes.append("No trial is eligible for the front: none completed"
-                     + (f" ({stopped} stopped early; regenerate with --include-stopped to let them take part)" if stopped and not include_stopped else "")
-                     + ".")  # fmt: skip
+    stopped = (trials["status"] == "stopped_early").sum()
+    if front.empty and stopped and not include_stopped:
+        notes.append(f"No trial is eligible for the front: none completed, {stopped} stopped early "
+                     "(python -m study.report --include-stopped lets them take part).")  # fmt: skip
+    elif front.empty:
+        notes.append("No trial is eligible for the front: none has both values.")
     if cost == "peak_memory_mib" and "memory_measure" in trials and trials["memory_measure"].nunique() > 1:
         notes.append(f"Peak memory mixes measures ({', '.join(sorted(trials['memory_measure'].dropna().unique()))}): compare trials of one device only.")
     return View(title, figure=figure, note=" ".join(notes))
@@ -174,7 +175,7 @@ def hypervolume_view(trials: pd.DataFrame, include_stopped: bool = INCLUDE_STOPP
     ))  # fmt: skip
     figure.update_layout(title=title, xaxis_title="trials finished", yaxis_title="hypervolume (fraction of the reference box)",
                          template="plotly_white", xaxis=dict(dtick=1), yaxis=dict(rangemode="tozero"))  # fmt: skip
-    return View(title, figure=figure, table=None, note=note)
+    return View(title, figure=figure, note=note)
 
 
 def parallel_view(trials: pd.DataFrame, dimensions: dict[str, str]) -> View:
@@ -185,15 +186,14 @@ def parallel_view(trials: pd.DataFrame, dimensions: dict[str, str]) -> View:
     if shown.empty:
         return View(title, note="No trial has a validation accuracy yet.")
     axes = [_axis(shown[name], name, scale) for name, scale in dimensions.items()]
-    if "epochs_run" in shown and shown["epochs_run"].nunique() > 1:
+    if "epochs_run" in shown:
         axes.append(dict(label="epochs run", values=shown["epochs_run"]))
     axes.append(dict(label="val acc", values=shown[ACCURACY]))
     figure = go.Figure(go.Parcoords(
         line=dict(color=shown[ACCURACY], colorscale="Viridis", showscale=True, colorbar=dict(title="val acc")), dimensions=axes,
     ))  # fmt: skip
     figure.update_layout(title=title, template="plotly_white", margin=dict(l=80, r=80))
-    note = "Trials stopped early appear with the accuracy of their last epoch (see the 'epochs run' axis)." if "epochs_run" in shown and shown["epochs_run"].nunique() > 1 else ""
-    return View(title, figure=figure, note=note)
+    return View(title, figure=figure, note="Trials stopped early appear with the accuracy of their last epoch (see 'epochs run').")
 
 
 def _axis(values: pd.Series, name: str, scale: str) -> dict:
@@ -244,23 +244,23 @@ def dimension_views(trials: pd.DataFrame, dimensions: dict[str, str], include_st
         if shown.empty:
             views.append(View(title, note="No trial has a validation accuracy yet."))
             continue
-        main = shown[eligible(shown, include_stopped)]
-        other = shown[~eligible(shown, include_stopped)]
+        on_front = eligible(shown, include_stopped)
+        candidates, others = shown[on_front], shown[~on_front]
         figure = go.Figure()
         if scale == "categorical":
             order = category_order(shown[name])
-            figure.add_trace(go.Box(x=main[name].astype(str), y=main[ACCURACY], boxpoints="all", jitter=0.3, pointpos=0,
+            figure.add_trace(go.Box(x=candidates[name].astype(str), y=candidates[ACCURACY], boxpoints="all", jitter=0.3, pointpos=0,
                                     name="completed" if not include_stopped else "completed or stopped early",
-                                    marker=dict(color="#2e86ab"), text=trial_hover(main, list(dimensions)), hoverinfo="text"))  # fmt: skip
+                                    marker=dict(color="#2e86ab"), text=trial_hover(candidates, list(dimensions)), hoverinfo="text"))  # fmt: skip
             figure.update_xaxes(type="category", categoryorder="array", categoryarray=order)
         else:
-            figure.add_trace(go.Scatter(x=pd.to_numeric(main[name]), y=main[ACCURACY], mode="markers", name="completed",
-                                        marker=dict(size=10, color="#2e86ab"), text=trial_hover(main, list(dimensions)), hoverinfo="text"))  # fmt: skip
+            figure.add_trace(go.Scatter(x=pd.to_numeric(candidates[name]), y=candidates[ACCURACY], mode="markers", name="completed",
+                                        marker=dict(size=10, color="#2e86ab"), text=trial_hover(candidates, list(dimensions)), hoverinfo="text"))  # fmt: skip
             figure.update_xaxes(type="log" if scale == "log" else "linear")
-        if not other.empty:
-            x = other[name].astype(str) if scale == "categorical" else pd.to_numeric(other[name])
-            figure.add_trace(go.Scatter(x=x, y=other[ACCURACY], mode="markers", name="stopped early (fewer epochs)",
-                                        marker=dict(symbol="x", size=10, color="#9aa5b1"), text=trial_hover(other, list(dimensions)),
+        if not others.empty:
+            x = others[name].astype(str) if scale == "categorical" else pd.to_numeric(others[name])
+            figure.add_trace(go.Scatter(x=x, y=others[ACCURACY], mode="markers", name="stopped early (fewer epochs)",
+                                        marker=dict(symbol="x", size=10, color="#9aa5b1"), text=trial_hover(others, list(dimensions)),
                                         hoverinfo="text"))  # fmt: skip
         figure.update_layout(title=title, xaxis_title=name, yaxis_title="validation accuracy (final epoch)", template="plotly_white")
         views.append(View(title, figure=figure))
@@ -285,15 +285,15 @@ def dimension_importance(
     if usable[ACCURACY].nunique() == 1:
         return None, "Every trial reached the same validation accuracy: no dimension explains any variation."
     categorical = [name for name, scale in dimensions.items() if scale == "categorical"]
-    numbers = {name: pd.to_numeric(usable[name], errors="coerce") for name in dimensions if name not in categorical}
+    numeric = {name: pd.to_numeric(usable[name], errors="coerce") for name in dimensions if name not in categorical}
     with quiet_optuna() as optuna:
         distributions = {name: optuna.distributions.CategoricalDistribution(category_order(usable[name])) for name in categorical}
         distributions |= {name: optuna.distributions.FloatDistribution(values.min(), values.max(), log=dimensions[name] == "log")
-                          for name, values in numbers.items()}  # fmt: skip
+                          for name, values in numeric.items()}  # fmt: skip
         study = optuna.create_study(direction="maximize")
         try:
             for position, row in enumerate(usable.to_dict("records")):
-                params = {name: str(row[name]) for name in categorical} | {name: float(v.iloc[position]) for name, v in numbers.items()}
+                params = {name: str(row[name]) for name in categorical} | {name: float(v.iloc[position]) for name, v in numeric.items()}
                 study.add_trial(optuna.trial.create_trial(value=float(row[ACCURACY]), params=params, distributions=distributions))
             importances = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
         except (ValueError, RuntimeError, ZeroDivisionError) as error:
