@@ -3,29 +3,32 @@
 Everything here works on plain records and DataFrames (no Ray), so results can
 be rebuilt, tested and analysed without a cluster. Files are written atomically
 (temporary file, then rename): an interrupted export never leaves half a file.
+`load_results` reads a results directory back, whatever part of it exists.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from study.config import FIELD_TYPES, TrialConfig
-from study.pareto import pareto_front
+from study.config import FIELD_TYPES, StudyError, TrialConfig
+from study.pareto import ACCURACY, COSTS, INCLUDE_STOPPED, MAIN_COST, pareto_front
 
 # What a trial reports every epoch (study/train.py); the rest of a report is static trial information.
 EPOCH_METRICS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-    "epoch_time_s", "train_time_s", "eval_time_s", "images_per_s",
+    "epoch_time_s", "train_time_s", "eval_time_s", "images_per_s", "peak_memory_mib", "reported_at",
 )  # fmt: skip
-TRIAL_INFO = ("weights_used", "num_layers", "unfrozen_layers", "trainable_params", "total_params", "img_size", "device")
-FINAL_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss", "train_time_s")
+TRIAL_INFO = ("weights_used", "num_layers", "unfrozen_layers", "trainable_params", "total_params", "img_size", "device", "memory_measure")
+FINAL_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss", "train_time_s", "peak_memory_mib")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -36,6 +39,9 @@ def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     `history` is the list of epoch reports. Status: `error` if the trial raised,
     `completed` if it ran all `max_epochs`, else `stopped_early` (by ASHA).
     Final metrics are those of the last epoch run; `best_val_acc` is reported beside.
+    `efficiency` is validation accuracy per second of training (document 004's
+    accuracy / time, with evaluation excluded from the time); `finished_at` is
+    the Unix time of the trial's last report (its finishing order).
     """
     rows, epochs = [], []
     for record in records:
@@ -47,11 +53,13 @@ def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         row["epochs_run"] = len(history)
         last = history[-1] if history else {}
         row.update({key: last.get(key, math.nan) for key in FINAL_METRICS})
+        row["efficiency"] = row["val_acc"] / row["train_time_s"] if row["train_time_s"] > 0 else math.nan
         best = max(history, key=lambda h: h["val_acc"]) if history else {}
         row["best_val_acc"] = best.get("val_acc", math.nan)
         row["best_epoch"] = best.get("epoch", math.nan)
         row["eval_time_s"] = sum(h["eval_time_s"] for h in history) if history else math.nan
         row["images_per_s"] = sum(h["images_per_s"] for h in history) / len(history) if history else math.nan
+        row["finished_at"] = last.get("reported_at", math.nan)
         row.update({key: last.get(key) for key in TRIAL_INFO})
         rows.append(row)
         epochs += [{"trial_id": record["trial_id"], **{k: h.get(k) for k in EPOCH_METRICS}} for h in history]
@@ -99,28 +107,87 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
-def pareto_figure(trials: pd.DataFrame, front: pd.DataFrame, title: str) -> go.Figure:
-    shown = trials[trials["status"] != "error"]
+@dataclass
+class Results:
+    """A results directory as read back: whatever part of it exists, and notes on what does not."""
+
+    path: Path
+    trials: pd.DataFrame
+    epochs: pd.DataFrame  # empty (with its columns) when the directory has no epochs.parquet
+    study: dict  # study.json; empty when missing
+    notes: list[str] = field(default_factory=list)
+
+
+def load_results(path: str | Path) -> Results:
+    """Read a study's results directory; only a trials table (parquet or CSV) is required."""
+    path = Path(path)
+    if not path.is_dir():
+        raise StudyError(f"results directory {path} does not exist: pass the --out directory of a study (python -m study.run)")
+    notes = []
+    if (path / "trials.parquet").exists():
+        trials = pd.read_parquet(path / "trials.parquet")
+    elif (path / "trials.csv").exists():
+        trials = pd.read_csv(path / "trials.csv")
+    else:
+        raise StudyError(f"{path} holds no trials.parquet or trials.csv: pass a study's results directory (the --out of python -m study.run)")
+    missing = [column for column in ("trial_id", "status", ACCURACY) if column not in trials]
+    if missing:
+        raise StudyError(f"{path}: the trials table lacks the column '{missing[0]}': it was not written by study.run")
+    if (path / "epochs.parquet").exists():
+        epochs = pd.read_parquet(path / "epochs.parquet")
+    else:
+        epochs = pd.DataFrame(columns=["trial_id", *EPOCH_METRICS])
+        notes.append("epochs.parquet is missing: no per-epoch curves.")
+    study = {}
+    try:
+        study = json.loads((path / "study.json").read_text())
+    except FileNotFoundError:
+        notes.append("study.json is missing: the study's settings are unknown.")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        notes.append(f"study.json is unreadable ({error}): the study's settings are unknown.")
+    return Results(path, trials, epochs, study, notes)
+
+
+def trial_hover(trials: pd.DataFrame, settings: list[str]) -> list[str]:
+    """One hover text per trial: its settings, status and every measure it has."""
+    measures = (
+        ("val_acc", "val acc", "{:.4f}"), ("test_acc", "test acc (not used to choose)", "{:.4f}"),
+        ("train_time_s", "training time", "{:.1f} s"), ("trainable_params", "trainable params", "{:,.0f}"),
+        ("peak_memory_mib", "peak memory", "{:,.0f} MiB"), ("efficiency", "efficiency", "{:.4f} acc/s"),
+        ("epochs_run", "epochs run", "{:.0f}"),
+    )  # fmt: skip
+    texts = []
+    for row in trials.to_dict("records"):
+        lines = [f"<b>{row['trial_id']}</b> ({row['status'].replace('_', ' ')})"]
+        lines += [f"{key} = {row[key]}" for key in settings if key in row]
+        lines += [f"{label} = {form.format(row[key])}" for key, label, form in measures if key in row and pd.notna(row[key])]
+        texts.append("<br>".join(lines))
+    return texts
+
+
+def pareto_figure(
+    trials: pd.DataFrame, front: pd.DataFrame, title: str, cost: str = MAIN_COST,
+    include_stopped: bool = INCLUDE_STOPPED, accuracy: str = ACCURACY,
+) -> go.Figure:
+    """Every trial with values, the front highlighted; stopped trials marked (and named ineligible when they are)."""
+    shown = trials[(trials["status"] != "error") & trials[accuracy].notna() & trials[cost].notna()]
     settings = ["backbone", *[k for k in varying_settings(trials) if k != "backbone"]]
-    hover = lambda table: [
-        "<br>".join([f"<b>{row.trial_id}</b> ({row.status})", *(f"{k} = {getattr(row, k)}" for k in settings),
-                     f"trainable params = {row.trainable_params:,}", f"val acc = {row.val_acc:.4f}",
-                     f"training time = {row.train_time_s:.1f} s"])
-        for row in table.itertuples()
-    ]  # fmt: skip
+    stopped = "stopped early by ASHA" + ("" if include_stopped else " (not eligible for the front)")
     figure = go.Figure()
-    for status, symbol in (("completed", "circle"), ("stopped_early", "x")):
+    for status, name, symbol in (("completed", "completed", "circle"), ("stopped_early", stopped, "x")):
         part = shown[shown["status"] == status]
         figure.add_trace(go.Scatter(
-            x=part["train_time_s"], y=part["val_acc"], mode="markers", name=status.replace("_", " "),
-            marker=dict(symbol=symbol, size=9, color="#9aa5b1"), text=hover(part), hoverinfo="text",
+            x=part[cost], y=part[accuracy], mode="markers", name=name,
+            marker=dict(symbol=symbol, size=9, color="#9aa5b1"), text=trial_hover(part, settings), hoverinfo="text",
         ))  # fmt: skip
     figure.add_trace(go.Scatter(
-        x=front["train_time_s"], y=front["val_acc"], mode="lines+markers", name="Pareto front",
-        line=dict(shape="hv", color="#d1495b"), marker=dict(size=12, color="#d1495b"), text=hover(front), hoverinfo="text",
+        x=front[cost], y=front[accuracy], mode="lines+markers", name="Pareto front",
+        line=dict(shape="hv", color="#d1495b"), marker=dict(size=12, color="#d1495b"),
+        text=trial_hover(front, settings), hoverinfo="text",
     ))  # fmt: skip
     figure.update_layout(
-        title=title, xaxis_title="training time (s, evaluation excluded)", yaxis_title="validation accuracy (final epoch)",
+        title=title, xaxis_title=COSTS.get(cost, cost), yaxis_title=f"{accuracy} (final epoch)" if accuracy != ACCURACY else "validation accuracy (final epoch)",
+        xaxis_type="log" if cost == "trainable_params" else None,  # counts span orders of magnitude
         template="plotly_white", hovermode="closest",
     )  # fmt: skip
     return figure

@@ -2,8 +2,9 @@
 
 Everything a user can get wrong is checked before Ray starts (one line on
 stderr, exit code 2); then Ray Tune runs the trials with ASHA, and the results
-directory receives trials.csv/.parquet, epochs.parquet, pareto.csv/.html and
-study.json (resolved space, command line, versions, hardware, seed).
+directory receives trials.csv/.parquet, epochs.parquet, pareto.csv/.html,
+study.json (resolved space, command line, versions, hardware, seed) and
+report.html (study/report.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from study.config import ALL_LAYERS, StudyError, parse_assignment
 from study.data import check_data_name
 from study.environment import hardware, package_versions
 from study.models import resolve_depth, structure_only, weight_layers
+from study.report import write_report
 from study.results import atomic_write, export, trials_table, varying_settings
 from study.space import Space, load_space
 
@@ -112,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     record.update(wall_time_s=round(time.perf_counter() - started, 1), finished=datetime.now().isoformat(timespec="seconds"),
                   trials=trials["status"].value_counts().to_dict())  # fmt: skip
     write_json(out / "study.json", record)
+    report = write_report(out)
     print_summary(out, trials, front, record["wall_time_s"])
+    print(f"Report: {report.resolve()}")
     return 0 if (trials["status"] != "error").any() else 1
 
 

@@ -4,6 +4,12 @@
 epoch and may stop it early), tests and benchmarks. Training time counts only
 the optimisation passes (CUDA synchronised before each clock read); evaluation
 is timed separately and never counts as training time.
+
+Peak memory is measured over the training passes too, per trial: on CUDA the
+caching allocator's peak (`torch.cuda.max_memory_allocated`), on CPU the
+process's peak resident set size (Linux `VmHWM`). Both counters are reset before
+every training pass, so a process that ran an earlier trial (Ray reusing an
+actor, a notebook, a test session) does not pass its peak on to the next one.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import timm.data
@@ -23,6 +30,8 @@ from study.data import ImageSet, Splits, batches, load_data, preprocessor
 from study.models import FreezePlan, TransferModel, apply_freeze, create_backbone, default_input_size, freeze_plan
 
 EVAL_BATCH_SIZE = 256
+PROC_STATUS = Path("/proc/self/status")
+PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 @dataclass
@@ -47,6 +56,7 @@ class Trial:
             "total_params": self.plan.total_params,
             "img_size": self.img_size,
             "device": self.device.type,
+            "memory_measure": memory_measure(self.device),
         }
 
 
@@ -75,9 +85,13 @@ def run_trial(config: TrialConfig, data: Splits | None = None) -> Iterator[dict]
     trial = build_trial(config, data)
     shuffle = torch.Generator().manual_seed(config.seed)
     train_time = 0.0
+    peak_memory = math.nan
     for epoch in range(1, config.epochs + 1):
+        measurable = reset_peak_memory(trial.device)
         train_loss, train_acc, epoch_time = train_epoch(trial, shuffle)
         train_time += epoch_time
+        epoch_peak = peak_memory_mib(trial.device) if measurable else math.nan
+        peak_memory = epoch_peak if math.isnan(peak_memory) else max(peak_memory, epoch_peak)
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}: lower the learning rate (lr={config.lr})")
         eval_start = clock(trial.device)
@@ -95,6 +109,8 @@ def run_trial(config: TrialConfig, data: Splits | None = None) -> Iterator[dict]
             "train_time_s": train_time,
             "eval_time_s": clock(trial.device) - eval_start,
             "images_per_s": len(trial.data.train) / epoch_time,
+            "peak_memory_mib": peak_memory,
+            "reported_at": time.time(),
             **trial.info(),
         }
 
@@ -124,6 +140,34 @@ def clock(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+def memory_measure(device: torch.device) -> str:
+    """What `peak_memory_mib` measures on this device, named in the results so the two are never mixed up."""
+    return "cuda_max_allocated" if device.type == "cuda" else "process_peak_rss"
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a new peak; False where the platform cannot (the peak is then reported as NaN, not guessed)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        # Linux: writing 5 resets the process's high-water mark (VmHWM) to its current RSS (see proc(5)).
+        PROC_CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory since the last `reset_peak_memory`, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    for line in PROC_STATUS.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return math.nan
 
 
 def make_optimizer(config: TrialConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:

@@ -1,4 +1,6 @@
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,19 @@ def _few_threads():
 
 def run_module(*args: str, cwd: Path | None = None, timeout: int = 600):
     """Run `python -m ...` as a user would, in a fresh process."""
-    import subprocess
-
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd or REPO, timeout=timeout)
+
+
+@dataclass
+class SmokeStudy:
+    out: Path
+    result: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory) -> SmokeStudy:
+    """The smoke study run once through the CLI, as a user would; its results are shared (read-only: copy to change)."""
+    out = tmp_path_factory.mktemp("smoke") / "results"
+    result = run_module("study.run", "--space", "smoke", "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return SmokeStudy(out, result)

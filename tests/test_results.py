@@ -1,14 +1,20 @@
-import pandas as pd
+import json
+import math
 
+import pandas as pd
+import pytest
+
+from study.config import StudyError
 from study.pareto import non_dominated
-from study.results import export, trials_table
+from study.results import export, load_results, trials_table
 
 
 def epoch(n, val_acc, train_time):
     return {"epoch": n, "train_loss": 1.0 / n, "train_acc": 0.5, "val_loss": 1.0, "val_acc": val_acc, "test_loss": 1.0,
             "test_acc": val_acc - 0.01, "epoch_time_s": 1.0, "train_time_s": train_time, "eval_time_s": 0.5,
-            "images_per_s": 100.0, "weights_used": "random", "num_layers": 49, "unfrozen_layers": 0,
-            "trainable_params": 10, "total_params": 100, "img_size": 32, "device": "cpu"}  # fmt: skip
+            "images_per_s": 100.0, "peak_memory_mib": 500.0 + n, "reported_at": 1000.0 + train_time,
+            "weights_used": "random", "num_layers": 49, "unfrozen_layers": 0, "trainable_params": 10,
+            "total_params": 100, "img_size": 32, "device": "cpu", "memory_measure": "process_peak_rss"}  # fmt: skip
 
 
 RECORDS = [
@@ -31,6 +37,9 @@ def test_trials_table_statuses_final_and_best_metrics():
     assert t3["val_acc"] == 0.9 and t3["best_val_acc"] == 0.95 and t3["best_epoch"] == 2 and t3["epochs_run"] == 3
     assert t3["train_time_s"] == 12.0 and t3["eval_time_s"] == 1.5
     assert t3["optimizer"] == "adamw" and t3["backbone"] == "tf_efficientnet_lite0"  # defaults resolved
+    assert t3["efficiency"] == pytest.approx(0.9 / 12.0)  # accuracy per second of training (document 004)
+    assert t3["peak_memory_mib"] == 503.0 and t3["memory_measure"] == "process_peak_rss"
+    assert t3["finished_at"] == 1012.0  # its last report: the finishing order
     assert len(epochs) == 3 + 1 + 1 + 3 and set(epochs["trial_id"]) == {"t0", "t1", "t2", "t3"}
 
 
@@ -50,3 +59,31 @@ def test_export_writes_every_file_and_a_true_front(tmp_path):
     assert set(usable[mask]["trial_id"]) == set(saved["trial_id"])
     html = (tmp_path / "pareto.html").read_text()
     assert "plotly" in html and "Pareto front" in html and "t3\\u003c\\u002fb\\u003e (completed)" in html  # hover text, JSON-escaped
+
+
+def test_load_results_reads_whatever_part_of_a_directory_exists(tmp_path):
+    trials, epochs = trials_table(RECORDS)
+    export(tmp_path, trials, epochs, title="test")
+    (tmp_path / "study.json").write_text(json.dumps({"seed": 0}))
+    full = load_results(tmp_path)
+    assert full.trials["trial_id"].tolist() == ["t0", "t1", "t2", "t3"] and len(full.epochs) == 8 and not full.notes
+    assert full.study == {"seed": 0}
+
+    for name in ("trials.parquet", "epochs.parquet", "study.json"):
+        (tmp_path / name).unlink()
+    partial = load_results(tmp_path)  # trials.csv alone
+    assert partial.trials["val_acc"].tolist()[0] == 0.7 and partial.epochs.empty and partial.study == {}
+    assert any("epochs.parquet is missing" in n for n in partial.notes) and any("study.json is missing" in n for n in partial.notes)
+
+    (tmp_path / "study.json").write_text('{"seed": ')  # cut short
+    assert any("study.json is unreadable" in n for n in load_results(tmp_path).notes)
+
+
+def test_load_results_errors_name_the_directory_and_the_fix(tmp_path):
+    with pytest.raises(StudyError, match="does not exist: pass the --out directory"):
+        load_results(tmp_path / "missing")
+    with pytest.raises(StudyError, match="holds no trials.parquet or trials.csv"):
+        load_results(tmp_path)
+    pd.DataFrame({"trial_id": ["a"], "status": ["completed"]}).to_csv(tmp_path / "trials.csv", index=False)
+    with pytest.raises(StudyError, match="lacks the column 'val_acc'"):
+        load_results(tmp_path)

