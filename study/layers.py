@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from study.config import StudyError, TrialConfig, parse_assignment
-from study.models import default_input_size, head_module_name, plan_for, structure_only
+from study.models import default_input_size, head_modules, plan_for, structure_only
 
 
 def describe(backbone: str, num_classes: int, settings: dict | None = None) -> str:
@@ -35,7 +35,7 @@ def describe(backbone: str, num_classes: int, settings: dict | None = None) -> s
         riders = sorted({p.rpartition(".")[0] or p for p in layer.params if not p.startswith(own)} | set(layer.norms))
         block, stage = (str(number) if number else "-" for number in (layer.block, layer.stage))
         lines.append(f"{layer.index:>4}  {layer.name:<{width}}  {layer.kind:<6}  {layer.num_params:>11,}  {block:>5}  {stage:>5}  {', '.join(riders)}")
-    lines.append(f"head: {head_module_name(model)} ({plan.head_params:,} params, always trained)")
+    lines.append(f"head: {', '.join(head_modules(model))} ({plan.head_params:,} params, always trained)")
     lines.append(f"total params: {plan.total_params}")
     lines += [f"trainable params at depth {depth}: {plan.trainable_params_at(depth)}" for depth in range(len(plan.layers) + 1)]
     surgery = ", ".join(f"{key}={getattr(config, key)}" for key in ("head", "unfreeze_depth", "unfreeze_unit", "bn_insert", "train_bn_affine", "frozen_bn"))

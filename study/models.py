@@ -45,10 +45,10 @@ and the frozen prefix are unaffected); the new tensors are `<conv>.inserted_bn.*
 It rides with its conv: not a layer, trainable, in train mode. Transformers,
 whose only conv is the patch embedding, are rejected (use bn_insert=none).
 
-Norm layers of the frozen part. `train_bn_affine: true` also trains the affine
-parameters (weight, bias) of every normalisation layer riding with a frozen
-layer: BatchNorm in CNNs, LayerNorm in ViTs (they have no BatchNorm, so Frankle
-et al.'s BN-only training applies to the norm they have). `frozen_bn: eval`
+Norm layers of the frozen part (those whose parameters the depth leaves frozen).
+`train_bn_affine: true` also trains their affine parameters (weight, bias):
+BatchNorm in CNNs, LayerNorm in ViTs (they have no BatchNorm, so Frankle et
+al.'s BN-only training applies to the norm they have). `frozen_bn: eval`
 (default) keeps BatchNorm with running statistics in the frozen part in eval
 mode during training, so the statistics never move; `train` lets them update.
 LayerNorm has no statistics: frozen_bn does not change it. `FreezePlan.effective`
@@ -219,9 +219,7 @@ def _from_file(name: str, path: Path, cfg, model_kwargs: dict) -> tuple[nn.Modul
     try:
         # timm's own loading (strict, since the class counts agree), with its checkpoint filters (e.g. a ViT's position embedding resampled)
         model = timm.create_model(name, pretrained=True, **kwargs)
-    except RuntimeError as error:
-        if "state_dict" not in str(error):
-            raise
+    except Exception as error:  # load_state_dict's RuntimeError, or a checkpoint filter tripping over foreign keys
         raise StudyError(f"weights file {path} does not fit timm's {name}: {_mismatch(state, name, file_classes, model_kwargs, error)}: give a state dict of {name}") from None
     model.pretrained_cfg.pop("state_dict", None)  # the config must not hold a second copy of the weights
     digest = hashlib.sha256()
@@ -231,8 +229,8 @@ def _from_file(name: str, path: Path, cfg, model_kwargs: dict) -> tuple[nn.Modul
     return model, f"file:{path} sha256:{digest.hexdigest()[:16]}"
 
 
-def _mismatch(state: dict, name: str, num_classes: int, model_kwargs: dict, error: RuntimeError) -> str:
-    """The first mismatched keys, on one line."""
+def _mismatch(state: dict, name: str, num_classes: int, model_kwargs: dict, error: Exception) -> str:
+    """The first mismatched keys, on one line (else what went wrong)."""
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in timm.create_model(name, num_classes=num_classes, **model_kwargs).state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
@@ -244,7 +242,7 @@ def _mismatch(state: dict, name: str, num_classes: int, model_kwargs: dict, erro
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs for", shapes))
         if keys
     ]
-    return "; ".join(parts) or str(error).strip().splitlines()[-1][:200]
+    return "; ".join(parts) or f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[-1][:200]}"
 
 
 def load_packaged_weights(model: nn.Module, name: str) -> str:
@@ -267,22 +265,27 @@ def attach_head(model: nn.Module, head: str, num_classes: int, backbone: str) ->
     if not isinstance(model, VGG):
         raise StudyError(
             f"head=single_linear replaces VGG's three fully connected layers by one linear layer (document 000), "
-            f"but {backbone} is not a timm VGG model and its classifier ({head_module_name(model)}) is one layer already: use head=linear"
+            f"but {backbone} is not a timm VGG model and its classifier ({', '.join(head_modules(model))}) is one layer already: use head=linear"
         )
     model.prune_intermediate_layers(prune_head=True)  # timm: drops the pre-logits ConvMlp (VGG's fc6, fc7)
     model.reset_classifier(num_classes, global_pool="avg")
 
 
-def head_module_name(model: nn.Module) -> str:
+def head_modules(model: nn.Module) -> list[str]:
+    """The classifier's module names: one, or two for distilled models (DeiT, LeViT: head and head_dist)."""
     classifier = model.get_classifier()
-    return next(name for name, module in model.named_modules() if module is classifier)
+    heads = classifier if isinstance(classifier, tuple) else (classifier,)
+    return [name for name, module in model.named_modules() if any(module is head for head in heads)]
+
+
+def in_head(name: str, heads: list[str]) -> bool:
+    return any(name == head or name.startswith(head + ".") for head in heads)
 
 
 def weight_layers(model: nn.Module) -> list[Layer]:
     """Number the backbone's weight layers in forward order and attach every other parameter (module docstring)."""
-    head = head_module_name(model)
-    in_head = lambda name: name == head or name.startswith(head + ".")
-    modules = {name: module for name, module in model.named_modules() if not in_head(name)}
+    heads = head_modules(model)
+    modules = {name: module for name, module in model.named_modules() if not in_head(name, heads)}
     holders = [
         name for name, module in modules.items()
         if next(module.parameters(recurse=False), None) is not None or isinstance(module, NORM_TYPES)
@@ -489,9 +492,9 @@ def freeze_plan(
     trained_params = {name for name in layer_of if units.get(name, layer_of[name]) >= first_unit}
     trained = [layer for layer, number in zip(layers, layer_units) if number >= first_unit]
 
-    head = head_module_name(model)
+    heads = head_modules(model)
     sizes = {name: parameter.numel() for name, parameter in model.named_parameters()}
-    head_names = {name for name in sizes if name.startswith(head + ".")}
+    head_names = {name for name in sizes if in_head(name, heads)}
     trainable = head_names | trained_params
     modules = dict(model.named_modules())
 

@@ -68,8 +68,9 @@ def preflight(space: Space) -> None:
     """What would make trials fail, caught before Ray starts: dataset names, weights that cannot be had or do not
     fit, and model surgery a backbone cannot take (a depth beyond it, single_linear on a non-VGG, BN insertion in a ViT).
 
-    Models are built on the meta device (the weights files are read and checked, nothing is kept) for every
-    combination of the values of MODEL_SETTINGS.
+    Models are built on the meta device for every combination of the values of MODEL_SETTINGS: weights files
+    are read and checked against the architecture, ImageNet weights found in (or downloaded into) the cache,
+    and nothing is kept in memory.
     """
     configs = space.example_configs()
     for data in {c.data for c in configs}:

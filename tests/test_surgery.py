@@ -15,7 +15,7 @@ from study.models import (
     apply_freeze,
     create_backbone,
     freeze_plan,
-    head_module_name,
+    head_modules,
     structure_only,
     weight_layers,
 )
@@ -39,7 +39,7 @@ def is_vit(backbone: str) -> bool:
 def expected(model: nn.Module, layers, unit: str, depth, train_bn_affine: bool) -> tuple[set, set]:
     """(every trainable parameter, those of the trained units), from the definitions rather than the plan:
     layers with what rides with them, or timm's own parameter groups for blocks and stages."""
-    head_prefix = head_module_name(model) + "."
+    head_prefix = head_modules(model)[0] + "."
     names = [name for name, _ in model.named_parameters() if INSERTED_BN not in name]
     head = {name for name in names if name.startswith(head_prefix)}
     if unit == "layer":
@@ -172,7 +172,7 @@ def test_a_real_training_step_moves_only_what_trains(backbone, settings):
     pushed = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().max() > 0}
     clearly = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().max() > 1e-4}
     assert clearly <= changed & dict(model.named_parameters()).keys() <= pushed
-    assert head_module_name(model) + ".weight" in pushed and len(pushed) > len(plan.trainable) / 2
+    assert head_modules(model)[0] + ".weight" in pushed and len(pushed) > len(plan.trainable) / 2
     statistics = {name.rpartition(".")[0] for name in before if name.endswith("running_mean")}
     moved = {name for name in statistics if f"{name}.running_mean" in changed}
     learning = {name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and m.training}
@@ -296,3 +296,10 @@ def test_layers_cli_takes_surgery_settings_and_counts_that_configuration(capsys)
     assert layers.main(["resnet18", "--set", "head=single_linear"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: head=single_linear replaces VGG's three fully connected layers") and error.count("\n") == 1
+
+
+def test_distilled_models_get_both_heads_new_and_trained():
+    model = structure_only("deit_tiny_distilled_patch16_224", 10)
+    plan = freeze_plan(model, 0, "deit_tiny_distilled_patch16_224")
+    assert plan.trainable == {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}
+    assert plan.trainable_params == 2 * (192 * 10 + 10) and len(plan.layers) == 49
