@@ -69,6 +69,9 @@ def expected(model: nn.Module, layers, unit: str, depth, train_bn_affine: bool) 
 @pytest.mark.parametrize("backbone, head", MODELS)
 def test_every_combination_trains_exactly_what_it_says(backbone, head):
     """For each unit, depth and switch: requires_grad, the inserted BatchNorm and every norm layer's mode in train()."""
+    if not backbone.startswith("vgg"):  # one linear layer already: nothing to replace
+        with pytest.raises(StudyError, match=f"{backbone} is not a timm VGG model.*use head=linear"):
+            structure_only(backbone, 10, "single_linear")
     pristine = structure_only(backbone, 10, head)
     layers = weight_layers(pristine)
     checked = 0
