@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import types
 import typing
@@ -24,16 +25,34 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 AUGMENTATIONS = ("none",)
 DEVICES = ("auto", "cpu", "cuda")
 ALL_LAYERS = "all"
+# Named weight sources; anything else must be a path to one of WEIGHT_FILE_SUFFIXES (study/models.py loads it).
+WEIGHT_SOURCES = ("imagenet", "random")
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".safetensors")
+HEADS = ("linear", "single_linear")
+UNFREEZE_UNITS = ("layer", "block", "stage")
+BN_INSERTS = ("none", "before_retrained_conv")
+FROZEN_BN_MODES = ("eval", "train")
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     # Model
     backbone: str = "tf_efficientnet_lite0"
+    # imagenet (timm's pretrained weights), random, or a path to a .pth/.pt/.safetensors state dict
     weights: str = "imagenet"
-    # Layers trained counted back from the head (the new head always trains):
-    # 0 = linear probe, "all" = full fine-tuning. See study/models.py for "layer".
+    # The new head for the dataset's classes (always trained): linear = the backbone's classifier
+    # replaced; single_linear = VGG's three fully connected layers replaced by one linear layer.
+    head: str = "linear"
+    # Units trained counted back from the head (the new head always trains):
+    # 0 = linear probe, "all" = full fine-tuning. See study/models.py for "layer", "block", "stage".
     unfreeze_depth: int | str = 0
+    unfreeze_unit: str = "layer"
+    # Model surgery (study/models.py): a new trainable BatchNorm in front of every retrained conv
+    # layer; training the affine parameters of the norm layers in the frozen part; whether the
+    # frozen part's BatchNorm keeps its running statistics (eval) or updates them (train).
+    bn_insert: str = "none"
+    train_bn_affine: bool = False
+    frozen_bn: str = "eval"
     # Data
     data: str = "digits"
     img_size: int | None = None  # None: the backbone's pretrained input size
@@ -60,6 +79,11 @@ class TrialConfig:
         depth = self.unfreeze_depth
         if isinstance(depth, str) and depth != ALL_LAYERS or isinstance(depth, int) and depth < 0:
             raise StudyError(f"unfreeze_depth={depth!r} is invalid: use an integer >= 0 or '{ALL_LAYERS}'")
+        object.__setattr__(self, "weights", weights_source(self.weights))
+        _check_choice("head", self.head, HEADS)
+        _check_choice("unfreeze_unit", self.unfreeze_unit, UNFREEZE_UNITS)
+        _check_choice("bn_insert", self.bn_insert, BN_INSERTS)
+        _check_choice("frozen_bn", self.frozen_bn, FROZEN_BN_MODES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("augment", self.augment, AUGMENTATIONS)
         _check_choice("device", self.device, DEVICES)
@@ -112,6 +136,18 @@ def parse_assignment(text: str) -> tuple[str, object]:
     if key not in FIELD_TYPES:
         raise StudyError(f"--set: unknown setting '{key}'{closest_hint(key, FIELD_TYPES)}")
     return key, load_yaml(raw)
+
+
+def weights_source(value: str) -> str:
+    """A named source, or the absolute path of a weights file (trials may run in another directory)."""
+    if value in WEIGHT_SOURCES:
+        return value
+    if not value.endswith(WEIGHT_FILE_SUFFIXES):
+        raise StudyError(
+            f"weights='{value}' is neither {' nor '.join(WEIGHT_SOURCES)} nor a path to a "
+            f"{', '.join(WEIGHT_FILE_SUFFIXES)} file: use one of those"
+        )
+    return os.path.abspath(os.path.expanduser(value))
 
 
 def _coerce(name: str, value):

@@ -1,8 +1,12 @@
-"""Show what "layer" and "unfreeze depth" mean for a backbone: `python -m study.layers BACKBONE`.
+"""Show what "layer", "block" and "unfreeze depth" mean for a backbone: `python -m study.layers BACKBONE`.
 
 Prints the numbered weight layers (conv and linear modules in forward order)
-with the parameters riding with each, the head, `total params: N`, and the
-trainable parameter count at every depth (`trainable params at depth K: N`).
+with their block and stage (timm's parameter groups) and the parameters riding
+with each, the head, `total params: N`, and the trainable parameter count at
+every depth in layers (`trainable params at depth K: N`). Surgery settings
+(`--set head=single_linear --set unfreeze_depth=1 --set bn_insert=before_retrained_conv`,
+any trial setting) describe one configuration, for which it then prints
+`trainable params: N`, `inserted BN layers: M` and what the settings did.
 """
 
 from __future__ import annotations
@@ -10,26 +14,37 @@ from __future__ import annotations
 import argparse
 import sys
 
-from study.config import StudyError
-from study.models import freeze_plan, head_module_name, structure_only
+from study.config import StudyError, TrialConfig, parse_assignment
+from study.models import default_input_size, head_modules, plan_for, structure_only
 
 
-def describe(backbone: str, num_classes: int) -> str:
-    model = structure_only(backbone, num_classes)  # meta device: no weights, no memory
-    plan = freeze_plan(model, 0, backbone)
+def describe(backbone: str, num_classes: int, settings: dict | None = None) -> str:
+    config = TrialConfig.from_dict({**(settings or {}), "backbone": backbone}, where="--set")
+    size = config.img_size or default_input_size(backbone)
+    model = structure_only(backbone, num_classes, config.head, size)  # meta device: no weights, no memory
+    plan = plan_for(model, config)
+    blocks, stages = ({getattr(layer, unit) for layer in plan.layers} - {None} for unit in ("block", "stage"))
     width = max(len(layer.name) for layer in plan.layers)
     lines = [
-        f"{backbone}: {len(plan.layers)} layers (conv and linear modules in forward order); "
-        f"depth K trains the last K layers and the new {num_classes}-class head",
-        f"{'#':>4}  {'layer':<{width}}  {'kind':<6}  {'params':>11}  riding with it",
+        f"{backbone}: {len(plan.layers)} layers (conv and linear modules in forward order), {len(blocks)} blocks, "
+        f"{len(stages)} stages (timm's groups); depth K trains the last K layers (or blocks, stages) and the new {num_classes}-class head",
+        f"{'#':>4}  {'layer':<{width}}  {'kind':<6}  {'params':>11}  {'block':>5}  {'stage':>5}  riding with it",
     ]
     for layer in plan.layers:
         own = f"{layer.name}." if layer.name else ""
-        riders = sorted({p.rpartition(".")[0] or p for p in layer.params if not p.startswith(own)})
-        lines.append(f"{layer.index:>4}  {layer.name:<{width}}  {layer.kind:<6}  {layer.num_params:>11,}  {', '.join(riders)}")
-    lines.append(f"head: {head_module_name(model)} ({plan.head_params:,} params, always trained)")
+        riders = sorted({p.rpartition(".")[0] or p for p in layer.params if not p.startswith(own)} | set(layer.norms))
+        block, stage = (str(number) if number else "-" for number in (layer.block, layer.stage))
+        lines.append(f"{layer.index:>4}  {layer.name:<{width}}  {layer.kind:<6}  {layer.num_params:>11,}  {block:>5}  {stage:>5}  {', '.join(riders)}")
+    lines.append(f"head: {', '.join(head_modules(model))} ({plan.head_params:,} params, always trained)")
     lines.append(f"total params: {plan.total_params}")
     lines += [f"trainable params at depth {depth}: {plan.trainable_params_at(depth)}" for depth in range(len(plan.layers) + 1)]
+    surgery = ", ".join(f"{key}={getattr(config, key)}" for key in ("head", "unfreeze_depth", "unfreeze_unit", "bn_insert", "train_bn_affine", "frozen_bn"))
+    lines += [
+        f"configuration: {surgery}",
+        f"trainable params: {plan.trainable_params}",
+        f"inserted BN layers: {len(plan.inserted_bn)}",
+        f"effective: {plan.effective}",
+    ]
     return "\n".join(lines)
 
 
@@ -37,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.layers", description=__doc__.splitlines()[0])
     parser.add_argument("backbone", help="any timm model name")
     parser.add_argument("--num-classes", type=int, default=10, help="classes of the new head (default 10)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a trial setting, e.g. bn_insert=before_retrained_conv (repeatable)")
     args = parser.parse_args(argv)
     try:
         if args.num_classes < 1:
             raise StudyError(f"--num-classes {args.num_classes} must be at least 1")
-        print(describe(args.backbone, args.num_classes))
+        print(describe(args.backbone, args.num_classes, dict(parse_assignment(text) for text in args.set)))
     except StudyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

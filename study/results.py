@@ -27,7 +27,10 @@ EPOCH_METRICS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
     "epoch_time_s", "train_time_s", "eval_time_s", "images_per_s", "peak_memory_mib", "reported_at",
 )  # fmt: skip
-TRIAL_INFO = ("weights_used", "num_layers", "unfrozen_layers", "trainable_params", "total_params", "img_size", "device", "memory_measure")
+TRIAL_INFO = (
+    "weights_used", "num_layers", "unfrozen_layers", "trainable_params", "total_params", "inserted_bn", "effective",
+    "img_size", "device", "memory_measure",
+)  # fmt: skip
 FINAL_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss", "train_time_s", "peak_memory_mib")
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
-from study.config import ALL_LAYERS, StudyError, parse_assignment
+from study.config import StudyError, parse_assignment, weights_source
 from study.data import check_data_name
 from study.environment import hardware, package_versions
-from study.models import resolve_depth, structure_only, weight_layers
+from study.models import create_backbone, default_input_size, plan_for, weight_layers
 from study.report import write_report
 from study.results import atomic_write, export, trials_table, varying_settings
 from study.space import Space, load_space
@@ -51,19 +52,41 @@ def resolve_space(args: argparse.Namespace) -> Space:
     settings.update({key: value for key, value in (("data", args.data), ("backbone", args.backbone)) if value is not None})
     settings["seed"] = args.seed
     study = {key: value for key, value in (("num_samples", args.num_samples), ("max_epochs", args.max_epochs)) if value is not None}
-    return space.override(settings, **study)
+    space = space.override(settings, **study)
+    # Ray runs trials in their own directories: weights files go to them as absolute paths.
+    if isinstance(space.fixed.get("weights"), str):
+        space.fixed["weights"] = weights_source(space.fixed["weights"])
+    if "weights" in space.dimensions:
+        dimension = space.dimensions["weights"]
+        dimension.values = [weights_source(v) if isinstance(v, str) else v for v in dimension.values]
+    return space
+
+
+# Settings that decide whether a model can be built and frozen as asked: preflight crosses all their values.
+MODEL_SETTINGS = ("backbone", "weights", "head", "img_size", "unfreeze_depth", "unfreeze_unit", "bn_insert")
 
 
 def preflight(space: Space) -> None:
-    """What would make every trial fail, caught before Ray starts: dataset names and depths beyond a backbone."""
+    """What would make trials fail, caught before Ray starts: dataset names, weights that cannot be had or do not
+    fit, and model surgery a backbone cannot take (a depth beyond it, single_linear on a non-VGG, BN insertion in a ViT).
+
+    Models are built on the meta device for every combination of the values of MODEL_SETTINGS: weights files
+    are read and checked against the architecture, ImageNet weights found in (or downloaded into) the cache,
+    and nothing is kept in memory.
+    """
     configs = space.example_configs()
     for data in {c.data for c in configs}:
         check_data_name(data)
-    depths = {c.unfreeze_depth for c in configs} - {ALL_LAYERS}
-    for backbone in {c.backbone for c in configs}:
-        num_layers = len(weight_layers(structure_only(backbone, num_classes=10)))
-        for depth in depths:
-            resolve_depth(depth, num_layers, backbone)
+    choices = [sorted({getattr(c, key) for c in configs}, key=str) for key in MODEL_SETTINGS]
+    models: dict[tuple, tuple] = {}
+    for values in itertools.product(*choices):
+        config = configs[0].replace(**dict(zip(MODEL_SETTINGS, values)))
+        size = config.img_size or default_input_size(config.backbone)
+        key = (config.backbone, config.weights, config.head, size)
+        if key not in models:
+            model, _ = create_backbone(config.backbone, config.weights, 10, config.seed, size, config.head, on_meta=True)
+            models[key] = (model, weight_layers(model))
+        plan_for(models[key][0], config, layers=models[key][1])
 
 
 def prepare_out(out: Path | None, space_name: str) -> Path:

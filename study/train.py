@@ -27,7 +27,7 @@ from torchvision.transforms import v2
 
 from study.config import StudyError, TrialConfig
 from study.data import ImageSet, Splits, batches, load_data, preprocessor
-from study.models import FreezePlan, TransferModel, apply_freeze, create_backbone, default_input_size, freeze_plan
+from study.models import FreezePlan, TransferModel, apply_freeze, create_backbone, default_input_size, plan_for
 
 EVAL_BATCH_SIZE = 256
 PROC_STATUS = Path("/proc/self/status")
@@ -54,6 +54,8 @@ class Trial:
             "unfrozen_layers": self.plan.depth,
             "trainable_params": self.plan.trainable_params,
             "total_params": self.plan.total_params,
+            "inserted_bn": len(self.plan.inserted_bn),
+            "effective": self.plan.effective,
             "img_size": self.img_size,
             "device": self.device.type,
             "memory_measure": memory_measure(self.device),
@@ -71,8 +73,8 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
     size = config.img_size or default_input_size(config.backbone)
     if data is None:
         data = load_data(config.data, config.split_seed, size)
-    backbone, weights_used = create_backbone(config.backbone, config.weights, data.num_classes, config.seed, size)
-    plan = freeze_plan(backbone, config.unfreeze_depth, config.backbone)
+    backbone, weights_used = create_backbone(config.backbone, config.weights, data.num_classes, config.seed, size, config.head)
+    plan = plan_for(backbone, config)
     model = apply_freeze(backbone, plan).to(device)
     data_config = timm.data.resolve_data_config({}, model=backbone)
     preprocess = preprocessor(size, data_config["mean"], data_config["std"], data_config["interpolation"])

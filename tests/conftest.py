@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ def _few_threads():
     torch.set_num_threads(2)
 
 
-def run_module(*args: str, cwd: Path | None = None, timeout: int = 600):
-    """Run `python -m ...` as a user would, in a fresh process."""
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd or REPO, timeout=timeout)
+def run_module(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
+    """Run `python -m ...` as a user would, in a fresh process (`env` adds to the environment)."""
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd or REPO, timeout=timeout,
+                          env={**os.environ, **env} if env else None)  # fmt: skip
 
 
 @dataclass

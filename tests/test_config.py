@@ -29,6 +29,12 @@ def test_int_widens_to_float_but_nothing_else_converts():
         ({"unfreeze_depth": "most"}, "unfreeze_depth='most' is invalid"),
         ({"optimizer": "adamm"}, "optimizer='adamm' is unknown .did you mean 'adam'"),
         ({"weight_decay": -1.0}, "weight_decay=-1.0 is negative"),
+        ({"head": "mlp"}, "head='mlp' is unknown .valid: linear, single_linear"),
+        ({"unfreeze_unit": "blocks"}, "unfreeze_unit='blocks' is unknown .did you mean 'block'"),
+        ({"bn_insert": "before_conv"}, "bn_insert='before_conv' is unknown .did you mean 'before_retrained_conv'"),
+        ({"frozen_bn": "fixed"}, "frozen_bn='fixed' is unknown .valid: eval, train"),
+        ({"train_bn_affine": "yes"}, "setting 'train_bn_affine' must be bool, got 'yes'"),
+        ({"weights": "vgg16.bin"}, "weights='vgg16.bin' is neither imagenet nor random nor a path"),
     ],
 )
 def test_bad_values_name_the_setting(settings, message):
