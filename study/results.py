@@ -24,7 +24,10 @@ EPOCH_METRICS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
     "epoch_time_s", "train_time_s", "eval_time_s", "images_per_s",
 )  # fmt: skip
-TRIAL_INFO = ("weights_used", "num_layers", "unfrozen_layers", "trainable_params", "total_params", "img_size", "device")
+TRIAL_INFO = (
+    "weights_used", "num_layers", "unfrozen_layers", "trainable_params", "total_params", "img_size", "device",
+    "loader_workers", "train_images", "val_images", "test_images", "skipped_images", "data_splits",
+)  # fmt: skip
 FINAL_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss", "train_time_s")
 _UMASK = os.umask(0)
 os.umask(_UMASK)

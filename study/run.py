@@ -17,9 +17,9 @@ from datetime import datetime
 from pathlib import Path
 
 from study.config import ALL_LAYERS, StudyError, parse_assignment
-from study.data import check_data_name
+from study.data import DATA_NAMES, load_data
 from study.environment import hardware, package_versions
-from study.models import resolve_depth, structure_only, weight_layers
+from study.models import default_input_size, resolve_depth, structure_only, weight_layers
 from study.results import atomic_write, export, trials_table, varying_settings
 from study.space import Space, load_space
 
@@ -29,7 +29,8 @@ DEFAULT_SPACE = "unfreeze_depth"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
     parser.add_argument("--space", default=DEFAULT_SPACE, help="a name from search_spaces/ or a path to a .yaml file")
-    parser.add_argument("--data", help="dataset: digits (built in) or folder:PATH (ImageFolder with train/ and val/)")
+    parser.add_argument("--data", help=f"dataset: {', '.join(DATA_NAMES)} (digits is built in; the others download), or folder:PATH (class subfolders, or train/ val/ test/ of them)")
+    parser.add_argument("--data-root", type=Path, help="where datasets are downloaded and decoded images cached (default: ~/.cache/study/data on each node)")
     parser.add_argument("--backbone", help="any timm model name")
     parser.add_argument("--num-samples", type=int, help="draws of the sampled dimensions (grids repeat this often)")
     parser.add_argument("--max-epochs", type=int, help="every trial's epoch budget (ASHA's max_t)")
@@ -47,21 +48,28 @@ def resolve_space(args: argparse.Namespace) -> Space:
     space = load_space(args.space)
     settings = dict(parse_assignment(text) for text in args.set)
     settings.update({key: value for key, value in (("data", args.data), ("backbone", args.backbone)) if value is not None})
+    if args.data_root is not None:
+        settings["data_root"] = str(args.data_root.expanduser().resolve())
     settings["seed"] = args.seed
     study = {key: value for key, value in (("num_samples", args.num_samples), ("max_epochs", args.max_epochs)) if value is not None}
     return space.override(settings, **study)
 
 
 def preflight(space: Space) -> None:
-    """What would make every trial fail, caught before Ray starts: dataset names and depths beyond a backbone."""
+    """What would make every trial fail, caught before Ray starts: depths beyond a backbone, datasets and their splits.
+
+    Loading the data here also downloads what is missing and decodes it into the node's cache with
+    every core of this process, once, before the trials start.
+    """
     configs = space.example_configs()
-    for data in {c.data for c in configs}:
-        check_data_name(data)
     depths = {c.unfreeze_depth for c in configs} - {ALL_LAYERS}
     for backbone in {c.backbone for c in configs}:
         num_layers = len(weight_layers(structure_only(backbone, num_classes=10)))
         for depth in depths:
             resolve_depth(depth, num_layers, backbone)
+    data_settings = {(c.data, c.split_seed, c.img_size or default_input_size(c.backbone), c.data_root, c.train_fraction) for c in configs}
+    for data, split_seed, img_size, data_root, train_fraction in data_settings:
+        load_data(data, split_seed, img_size, data_root, train_fraction)
 
 
 def prepare_out(out: Path | None, space_name: str) -> Path:

@@ -29,6 +29,10 @@ def test_int_widens_to_float_but_nothing_else_converts():
         ({"unfreeze_depth": "most"}, "unfreeze_depth='most' is invalid"),
         ({"optimizer": "adamm"}, "optimizer='adamm' is unknown .did you mean 'adam'"),
         ({"weight_decay": -1.0}, "weight_decay=-1.0 is negative"),
+        ({"train_fraction": 0}, r"train_fraction=0.0 is outside \(0, 1\]"),
+        ({"train_fraction": 1.5}, r"train_fraction=1.5 is outside \(0, 1\]"),
+        ({"augment": "cutmix"}, "augment='cutmix' is unknown .did you mean 'cutmix_mixup'"),
+        ({"loader_workers": -1}, "loader_workers=-1 is negative"),
     ],
 )
 def test_bad_values_name_the_setting(settings, message):
