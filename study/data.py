@@ -64,13 +64,14 @@ VAL_FRACTION = 0.2  # of the training split, when a dataset has no validation sp
 TEST_FRACTION = 0.2  # of all images, when a dataset has no split at all
 FOLDER_PREFIX = "folder:"
 BUILTIN = ("digits",)
-CACHE_DIR = "decoded"
-CACHE_FORMAT = 1  # part of every cache key: bump when what a cache file holds changes
+CACHE_DIR = "decoded-v1"  # under the data root; bump the version when what a cache file holds changes
 MEMORY_SHARE = 0.5  # of the node's memory that one decoded split may take
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DECODE_BATCH = 64
 SHOWN_SKIPS = 3
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,11 @@ def resolve_data_root(setting: str | None) -> Path:
 
 def folder_path(name: str) -> Path:
     return Path(name[len(FOLDER_PREFIX) :]).expanduser().resolve()
+
+
+def absolute_data(name: str) -> str:
+    """`name` with a folder's path made absolute (relative paths mean nothing in another working directory)."""
+    return f"{FOLDER_PREFIX}{folder_path(name)}" if name.startswith(FOLDER_PREFIX) else name
 
 
 def load_data(name: str, split_seed: int, img_size: int, data_root: str | None = None, train_fraction: float = 1.0) -> Splits:
@@ -284,7 +290,7 @@ def copy_debian_fashion_mnist(root: Path) -> bool:
     for source, file in zip(sources, FASHION_MNIST_FILES):
         with gzip.open(source, "rb") as packed, tempfile.NamedTemporaryFile(dir=raw, delete=False) as unpacked:
             shutil.copyfileobj(packed, unpacked)
-        os.replace(unpacked.name, raw / file)
+        publish(unpacked.name, raw / file)
     print(f"fashion_mnist: using Debian's dataset-fashion-mnist files from {DEBIAN_FASHION_MNIST}", flush=True)
     return True
 
@@ -363,7 +369,7 @@ def load_folder(root: Path, data_root: Path, img_size: int) -> tuple[dict[str, I
 
 def folder_fingerprint(folder) -> str:
     """Changes when any file is added, removed, renamed, or rewritten: a stale cache is never used."""
-    digest = hashlib.sha1(f"{CACHE_FORMAT}|{folder.root}|{folder.classes}".encode())
+    digest = hashlib.sha1(f"{folder.root}|{folder.classes}".encode())
     for path, label in folder.samples:
         stat = os.stat(path)
         digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
@@ -476,10 +482,16 @@ def _atomic_save(decoded: dict, path: Path) -> None:
     os.close(handle)
     try:
         torch.save(decoded, temporary)
-        os.replace(temporary, path)
+        publish(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def publish(temporary: str, path: Path) -> None:
+    """Rename a finished file into place (readers never see half a file), readable as the umask allows."""
+    os.chmod(temporary, 0o666 & ~_UMASK)  # temporary files are created 0600
+    os.replace(temporary, path)
 
 
 def from_cache(decoded: dict, where: str) -> tuple[ImageSet, list[str], int]:

@@ -17,11 +17,11 @@ from datetime import datetime
 from pathlib import Path
 
 from study.config import ALL_LAYERS, StudyError, parse_assignment
-from study.data import DATA_NAMES, load_data
+from study.data import DATA_NAMES, absolute_data, load_data
 from study.environment import hardware, package_versions
 from study.models import default_input_size, resolve_depth, structure_only, weight_layers
 from study.results import atomic_write, export, trials_table, varying_settings
-from study.space import Space, load_space
+from study.space import Dimension, Space, load_space
 
 DEFAULT_SPACE = "unfreeze_depth"
 
@@ -49,10 +49,19 @@ def resolve_space(args: argparse.Namespace) -> Space:
     settings = dict(parse_assignment(text) for text in args.set)
     settings.update({key: value for key, value in (("data", args.data), ("backbone", args.backbone)) if value is not None})
     if args.data_root is not None:
-        settings["data_root"] = str(args.data_root.expanduser().resolve())
+        settings["data_root"] = str(args.data_root)
     settings["seed"] = args.seed
     study = {key: value for key, value in (("num_samples", args.num_samples), ("max_epochs", args.max_epochs)) if value is not None}
-    return space.override(settings, **study)
+    return absolute_paths(space.override(settings, **study))
+
+
+def absolute_paths(space: Space) -> Space:
+    """Data paths made absolute: Ray runs each trial in its own working directory."""
+    absolute = {"data": absolute_data, "data_root": lambda path: str(Path(path).expanduser().resolve())}
+    fix = lambda key, value: absolute[key](value) if key in absolute and isinstance(value, str) else value
+    fixed = {key: fix(key, value) for key, value in space.fixed.items()}
+    dimensions = {key: Dimension(d.kind, [fix(key, value) for value in d.values]) for key, d in space.dimensions.items()}
+    return dataclasses.replace(space, fixed=fixed, dimensions=dimensions)
 
 
 def preflight(space: Space) -> None:

@@ -87,7 +87,8 @@ def test_a_study_on_folder_data_runs_end_to_end(tmp_path):
         "dimensions: {augment: {grid: [none, cutmix_mixup]}}\nmax_epochs: 1\nasha: false\n"
     )
     out, cache = tmp_path / "study", tmp_path / "cache"
-    result = run_module("study.run", "--space", str(space), "--data", f"folder:{root}", "--data-root", str(cache), "--out", str(out), "--no-dashboard")
+    # relative paths, as a user types them: trials run in other working directories
+    result = run_module("study.run", "--space", "folder.yaml", "--data", "folder:shapes", "--data-root", "cache", "--out", "study", "--no-dashboard", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"{root / 'train'}: skipped 1 unreadable image file(s)" in result.stdout
     trials = pd.read_csv(out / "trials.csv").set_index("augment")
@@ -97,5 +98,5 @@ def test_a_study_on_folder_data_runs_end_to_end(tmp_path):
     assert trials.loc["none", "data_splits"] == "train/val: the dataset's own; test: none (metrics NaN)"
     assert pd.isna(trials.loc["cutmix_mixup", "train_acc"]) and 0 <= trials.loc["none", "train_acc"] <= 1
     assert trials["val_acc"].between(0, 1).all() and trials["test_acc"].isna().all()
-    assert len(list((cache / "decoded").glob("folder-shapes-*-32px.pt"))) == 2
+    assert len(list((cache / "decoded-v1").glob("folder-shapes-*-32px.pt"))) == 2
     assert result.stdout.count("decoding folder-shapes-") == 2  # train and val, once, before the trials

@@ -120,7 +120,7 @@ def test_cifar10_python_batches_load_through_torchvision_and_then_from_the_node_
     cached = load_data("cifar10", 0, 224, str(tmp_path))
     assert "decoding" not in capsys.readouterr().out
     assert torch.equal(cached.train.images, splits.train.images) and torch.equal(cached.val.labels, splits.val.labels)
-    assert sorted(p.name for p in (tmp_path / "decoded").glob("*.pt")) == ["cifar10-test.pt", "cifar10-train.pt"]
+    assert sorted(p.name for p in (tmp_path / "decoded-v1").glob("*.pt")) == ["cifar10-test.pt", "cifar10-train.pt"]
 
 
 def idx_file(array: np.ndarray) -> bytes:
@@ -268,7 +268,7 @@ def test_processes_loading_at_once_decode_once_under_the_lock(tmp_path):
 def test_a_damaged_cache_file_is_decoded_again(tmp_path, capsys):
     root = make_folder(tmp_path / "pets")
     load_data(f"folder:{root}", 0, 32, str(tmp_path / "cache"))
-    for file in (tmp_path / "cache" / "decoded").glob("*.pt"):
+    for file in (tmp_path / "cache" / "decoded-v1").glob("*.pt"):
         file.write_bytes(file.read_bytes()[:100])
     splits = load_data(f"folder:{root}", 0, 32, str(tmp_path / "cache"))
     assert "is unreadable" in capsys.readouterr().out and len(splits.train) == 12
