@@ -221,7 +221,7 @@ def make_splits(name: str, classes: list[str], parts: dict[str, ImageSet], seed:
             notes.append("test: none (metrics NaN)")
     if train_fraction < 1:
         _, train = stratified(train, train_fraction, seed, f"{name}: train_fraction={train_fraction}")
-        notes.append(f"train: a {train_fraction:.0%} stratified subset (split_seed {seed})")
+        notes.append(f"train: a {train_fraction * 100:.3g}% stratified subset (split_seed {seed})")
     return Splits(name, classes, train, val, test, "; ".join(notes), skipped)
 
 
@@ -233,7 +233,7 @@ def stratified(data: ImageSet, fraction: float, seed: int, what: str) -> tuple[I
         rest, part = train_test_split(np.arange(len(data)), test_size=fraction, stratify=data.labels.numpy(), random_state=seed)
     except ValueError as error:
         raise StudyError(
-            f"{what}: cannot draw {fraction:.0%} of {len(data)} images stratified by class ({error}): "
+            f"{what}: cannot take {fraction * 100:.3g}% of {len(data)} images stratified by class ({error}): "
             f"use more images per class or a larger fraction"
         ) from None
     return data.subset(np.sort(rest)), data.subset(np.sort(part))
@@ -516,7 +516,14 @@ class _TrainImages(Dataset):
     def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = self.data.batch(torch.as_tensor(positions))
         if self.per_sample is not None:
-            images = torch.stack([self.per_sample(image) for image in images])  # each image draws its own parameters
+            # One thread: on a single small image, intra-op threads only add synchronisation (up to
+            # 40x slower on a busy machine). DataLoader workers run with one thread anyway.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                images = torch.stack([self.per_sample(image) for image in images])  # each image draws its own parameters
+            finally:
+                torch.set_num_threads(threads)
         return images, labels
 
 

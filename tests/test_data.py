@@ -69,7 +69,7 @@ def test_train_fraction_keeps_a_stratified_seeded_subset_of_the_training_split()
     assert torch.equal(tenth.val.rows, full.val.rows) and torch.equal(tenth.test.rows, full.test.rows)
     assert torch.equal(load_data("digits", 0, 8, train_fraction=0.1).train.rows, tenth.train.rows)
     assert "train: a 10% stratified subset (split_seed 0)" in tenth.description
-    with pytest.raises(StudyError, match=r"train_fraction=0.002: cannot draw 0% of 1077 images stratified by class"):
+    with pytest.raises(StudyError, match=r"train_fraction=0.002: cannot take 0.2% of 1077 images stratified by class"):
         load_data("digits", 0, 8, train_fraction=0.002)
 
 
