@@ -297,9 +297,11 @@ def copy_debian_fashion_mnist(root: Path) -> bool:
 
 def load_torchvision(name: str, root: Path, img_size: int) -> tuple[dict[str, ImageSet], list[str], int]:
     spec = TORCHVISION_SETS[name]
+    keys = {split: f"{name}-{split}" if spec.layout else f"{name}-{split}-{img_size}px" for split in spec.splits}
+    if not all((root / CACHE_DIR / f"{key}.pt").exists() for key in keys.values()):
+        ensure_downloaded(name, root)
     parts, classes, skipped = {}, [], 0
-    for split in spec.splits:
-        key = f"{name}-{split}" if spec.layout else f"{name}-{split}-{img_size}px"
+    for split, key in keys.items():
         decoded = cached(root, key, lambda: decode_torchvision(name, split, root, img_size))
         parts[split], classes, count = from_cache(decoded, f"{name} {split}")
         skipped += count
@@ -308,11 +310,7 @@ def load_torchvision(name: str, root: Path, img_size: int) -> tuple[dict[str, Im
 
 def decode_torchvision(name: str, split: str, root: Path, img_size: int) -> dict:
     spec = TORCHVISION_SETS[name]
-    try:
-        dataset = torchvision_dataset(name, split, root)
-    except RuntimeError:  # not downloaded yet (a trial started without the CLI's preflight)
-        ensure_downloaded(name, root)
-        dataset = torchvision_dataset(name, split, root)
+    dataset = torchvision_dataset(name, split, root)
     classes = list(getattr(dataset, spec.classes_attribute))
     if spec.layout is None:
         return decode_files(dataset, classes, img_size, f"{name} {split}", lambda index: f"{name} {split} image {index}")
