@@ -20,7 +20,7 @@ study sees the same split) and described in every trial's results:
 - `train_fraction` < 1 keeps a stratified subset of the training split.
 
 Decoding happens once per node: each split is decoded into one uint8 tensor
-(N x C x H x W) saved under DATA_ROOT/decoded/ (written atomically under a file
+(N x C x H x W) saved under DATA_ROOT/decoded-v1/ (written atomically under a file
 lock); every trial memory-maps that file (torch.load(mmap=True,
 weights_only=True)), so trials running at once share one copy in the page
 cache. Images of one common size no larger than the input size (CIFAR, STL-10,
