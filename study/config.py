@@ -22,7 +22,7 @@ class StudyError(Exception):
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-AUGMENTATIONS = ("none",)
+AUGMENTATIONS = ("none", "basic", "pspnet", "augmix", "cutmix_mixup", "trivialaugment")  # study/augment.py
 DEVICES = ("auto", "cpu", "cuda")
 ALL_LAYERS = "all"
 # Named weight sources; anything else must be a path to one of WEIGHT_FILE_SUFFIXES (study/models.py loads it).
@@ -53,11 +53,14 @@ class TrialConfig:
     bn_insert: str = "none"
     train_bn_affine: bool = False
     frozen_bn: str = "eval"
-    # Data
-    data: str = "digits"
+    # Data (study/data.py)
+    data: str = "digits"  # digits, a torchvision dataset name, or folder:PATH
+    data_root: str | None = None  # downloads and decoded caches; None: ~/.cache/study/data on each node
     img_size: int | None = None  # None: the backbone's pretrained input size
-    split_seed: int = 0  # the train/val/test split; kept apart from `seed` so trials share one split
-    augment: str = "none"
+    split_seed: int = 0  # the train/val/test split and train subset; kept apart from `seed` so trials share them
+    train_fraction: float = 1.0  # a stratified subset of the training split, in (0, 1]
+    augment: str = "none"  # training only (study/augment.py); evaluation data is never augmented
+    loader_workers: int | None = None  # DataLoader worker processes; None: from the trial's CPU share
     # Optimisation
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -76,6 +79,10 @@ class TrialConfig:
             raise StudyError(f"weight_decay={self.weight_decay} is negative: use 0 or a positive value")
         if self.img_size is not None and self.img_size < 8:
             raise StudyError(f"img_size={self.img_size} is too small: use at least 8, or null for the backbone's default")
+        if not 0 < self.train_fraction <= 1:
+            raise StudyError(f"train_fraction={self.train_fraction} is outside (0, 1]: use e.g. 0.1 for a 10% subset, 1 for all")
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise StudyError(f"loader_workers={self.loader_workers} is negative: use 0 (load in the trial process), a count, or null")
         depth = self.unfreeze_depth
         if isinstance(depth, str) and depth != ALL_LAYERS or isinstance(depth, int) and depth < 0:
             raise StudyError(f"unfreeze_depth={depth!r} is invalid: use an integer >= 0 or '{ALL_LAYERS}'")

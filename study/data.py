@@ -1,37 +1,130 @@
-"""Datasets as decoded uint8 tensors, split once, and batches ready for a backbone.
+"""Datasets as decoded uint8 tensors: found by name, split once, decoded once per node, batched.
 
-Images are decoded once into memory (uint8, N x C x H x W) so no epoch re-decodes
-a file; each batch is converted to float, resized to the backbone's input size
-and normalised on the fly with torchvision.transforms.v2, which works on whole
-batches.
+Sources (the `data` setting):
+- `digits`: scikit-learn's bundled handwritten digits (1,797 real 8x8 scans); no
+  files, no network, no data root.
+- torchvision datasets by name (TORCHVISION_SETS), through torchvision's own
+  classes, downloaded into the data root when absent (under a file lock, so
+  parallel trials do not race). `fashion_mnist` also takes the files of Debian's
+  `dataset-fashion-mnist` package when it is installed.
+- `folder:PATH`: an ImageFolder root with train/ (and optionally val/, test/)
+  class subfolders, or a single folder of class subfolders.
+
+Splits are seeded by `split_seed` (never by the trial seed, so every trial of a
+study sees the same split) and described in every trial's results:
+- official splits are used as they are; a dataset without a validation split
+  gives VAL_FRACTION of its training split, stratified by class;
+- a dataset with no split at all (digits, a single folder) is split 60/20/20
+  train/val/test, stratified;
+- a folder without test/ has an empty test split (test metrics are NaN);
+- `train_fraction` < 1 keeps a stratified subset of the training split.
+
+Decoding happens once per node: each split is decoded into one uint8 tensor
+(N x C x H x W) saved under DATA_ROOT/decoded-v1/ (written atomically under a file
+lock); every trial memory-maps that file (torch.load(mmap=True,
+weights_only=True)), so trials running at once share one copy in the page
+cache. Images of one common size no larger than the input size (CIFAR, STL-10,
+Fashion-MNIST, CIFAR as JPEG files) are stored at their own size and resized
+per batch; others are resized (shorter side) and centre-cropped to the input
+size when decoded. A split that would take more than half of the node's memory
+decoded is refused with a message.
+
+Bad data in folders (and in torchvision's file-based sets):
+- a file that cannot be decoded is skipped; the count and the first files are
+  printed (at every load) and `skipped_images` is recorded with the trial;
+- a class folder without images, or whose images are all unreadable: error;
+- train/, val/ and test/ with different class folders: error naming them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+import gzip
+import hashlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from study.config import StudyError
 
-VAL_FRACTION = 0.2
-TEST_FRACTION = 0.2
+VAL_FRACTION = 0.2  # of the training split, when a dataset has no validation split
+TEST_FRACTION = 0.2  # of all images, when a dataset has no split at all
 FOLDER_PREFIX = "folder:"
 BUILTIN = ("digits",)
+CACHE_DIR = "decoded-v1"  # under the data root; bump the version when what a cache file holds changes
+MEMORY_SHARE = 0.5  # of the node's memory that one decoded split may take
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DECODE_BATCH = 64
+SHOWN_SKIPS = 3
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@dataclass(frozen=True)
+class TorchvisionSet:
+    class_name: str  # in torchvision.datasets
+    splits: dict  # official split -> constructor arguments
+    layout: str | None = None  # "NHWC", "NCHW" or "NHW": the class holds one array (`.data`); None: image files
+    options: dict = field(default_factory=dict)
+    classes_attribute: str = "classes"
+    labels_attribute: str = "targets"  # array sets only
+
+
+TRAIN_TEST = {"train": {"train": True}, "test": {"train": False}}
+PETS_SPLITS = {"train": {"split": "trainval"}, "test": {"split": "test"}}
+TORCHVISION_SETS = {
+    "cifar10": TorchvisionSet("CIFAR10", TRAIN_TEST, "NHWC"),
+    "cifar100": TorchvisionSet("CIFAR100", TRAIN_TEST, "NHWC"),
+    "stl10": TorchvisionSet("STL10", {"train": {"split": "train"}, "test": {"split": "test"}}, "NCHW", labels_attribute="labels"),
+    "fashion_mnist": TorchvisionSet("FashionMNIST", TRAIN_TEST, "NHW"),
+    "flowers102": TorchvisionSet("Flowers102", {s: {"split": s} for s in ("train", "val", "test")}),
+    "oxford_pets": TorchvisionSet("OxfordIIITPet", PETS_SPLITS),
+    # Document 004's cats vs dogs: the Oxford-IIIT Pet images labelled cat or dog.
+    "oxford_pets_binary": TorchvisionSet("OxfordIIITPet", PETS_SPLITS, options={"target_types": "binary-category"}, classes_attribute="bin_classes"),
+}
+DATA_NAMES = (*BUILTIN, *TORCHVISION_SETS)
 
 
 @dataclass
 class ImageSet:
-    images: torch.Tensor  # uint8, N x C x H x W
-    labels: torch.Tensor  # int64, N
+    """Some images of a decoded split: `rows` of `store`, which subsets and trials share without copying."""
+
+    store: torch.Tensor  # uint8, N x C x H x W (memory-mapped when it comes from the node's cache)
+    labels: torch.Tensor  # int64, one per image of this set
+    rows: torch.Tensor | None = None  # this set's images in `store`; None: all, in order
+
+    def __post_init__(self) -> None:
+        if self.rows is None:
+            self.rows = torch.arange(len(self.store))
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.rows)
+
+    @property
+    def images(self) -> torch.Tensor:
+        """This set's images (a copy)."""
+        return self.store[self.rows]
+
+    def subset(self, positions) -> "ImageSet":
+        positions = torch.as_tensor(positions, dtype=torch.int64)
+        return ImageSet(self.store, self.labels[positions], self.rows[positions])
+
+    def batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.store[self.rows[positions]], self.labels[positions]
 
 
 @dataclass
@@ -41,83 +134,436 @@ class Splits:
     train: ImageSet
     val: ImageSet
     test: ImageSet
+    description: str = ""  # how the splits were made, for the results
+    skipped: int = 0  # unreadable files left out
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def info(self) -> dict:
+        return {
+            "train_images": len(self.train),
+            "val_images": len(self.val),
+            "test_images": len(self.test),
+            "skipped_images": self.skipped,
+            "data_splits": self.description,
+        }
 
-def check_data_name(name: str) -> None:
-    if name.startswith(FOLDER_PREFIX):
-        root = Path(name[len(FOLDER_PREFIX) :]).expanduser()
-        missing = [split for split in ("train", "val") if not (root / split).is_dir()]
-        if missing:
-            raise StudyError(f"data '{name}': {root} has no {' or '.join(f'{m}/' for m in missing)} folder: give an ImageFolder root with train/ and val/ class subfolders")
-    elif name not in BUILTIN:
-        raise StudyError(f"unknown dataset '{name}': use one of {', '.join(BUILTIN)} or folder:PATH")
+
+# --- names and availability -------------------------------------------------------------
 
 
-def load_data(name: str, split_seed: int, img_size: int) -> Splits:
-    check_data_name(name)
+def default_data_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "study" / "data"
+
+
+def resolve_data_root(setting: str | None) -> Path:
+    return Path(setting).expanduser() if setting else default_data_root()
+
+
+def folder_path(name: str) -> Path:
+    return Path(name[len(FOLDER_PREFIX) :]).expanduser().resolve()
+
+
+def absolute_data(name: str) -> str:
+    """`name` with a folder's path made absolute (relative paths mean nothing in another working directory)."""
+    return f"{FOLDER_PREFIX}{folder_path(name)}" if name.startswith(FOLDER_PREFIX) else name
+
+
+def load_data(name: str, split_seed: int, img_size: int, data_root: str | None = None, train_fraction: float = 1.0) -> Splits:
+    """The train/val/test splits of dataset `name`; `img_size` is the storage size of images that need resizing."""
     if name == "digits":
-        return load_digits(split_seed)
-    return load_folder(Path(name[len(FOLDER_PREFIX) :]).expanduser(), img_size)
+        parts, classes, skipped = {"all": load_digits_set()}, [str(c) for c in range(10)], 0
+    elif name in TORCHVISION_SETS:
+        parts, classes, skipped = load_torchvision(name, resolve_data_root(data_root), img_size)
+    elif name.startswith(FOLDER_PREFIX):
+        parts, classes, skipped = load_folder(folder_path(name), resolve_data_root(data_root), img_size)
+    else:
+        raise StudyError(f"unknown dataset '{name}': use one of {', '.join(DATA_NAMES)} or folder:PATH")
+    return make_splits(name, classes, parts, split_seed, train_fraction, skipped)
 
 
 def load_digits(split_seed: int) -> Splits:
     """scikit-learn's bundled handwritten digits (1,797 real 8x8 scans, 10 classes): real data with no download."""
+    return load_data("digits", split_seed, img_size=8)
+
+
+def load_digits_set() -> ImageSet:
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()
     images = torch.from_numpy(np.round(bunch.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
-    train, val, test = stratified_split(len(labels), bunch.target, split_seed)
-    subset = lambda idx: ImageSet(images[idx], labels[idx])
-    return Splits("digits", [str(c) for c in bunch.target_names], subset(train), subset(val), subset(test))
+    return ImageSet(images, torch.from_numpy(bunch.target.astype(np.int64)))
 
 
-def stratified_split(count: int, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    indices = np.arange(count)
-    rest, test = train_test_split(indices, test_size=TEST_FRACTION, stratify=labels, random_state=seed)
-    train, val = train_test_split(
-        rest, test_size=VAL_FRACTION / (1 - TEST_FRACTION), stratify=labels[rest], random_state=seed
-    )
-    return np.sort(train), np.sort(val), np.sort(test)
+# --- splits -----------------------------------------------------------------------------
 
 
-def load_folder(root: Path, img_size: int) -> Splits:
-    """An ImageFolder root with train/ and val/ (and optionally test/; else val doubles as test).
+def make_splits(name: str, classes: list[str], parts: dict[str, ImageSet], seed: int, train_fraction: float, skipped: int) -> Splits:
+    """Train/val/test from the dataset's own splits (`all` when it has none), carving what is missing."""
+    if "all" in parts:
+        rest, test = stratified(parts["all"], TEST_FRACTION, seed, f"{name}: the test split")
+        train, val = stratified(rest, VAL_FRACTION / (1 - TEST_FRACTION), seed, f"{name}: the validation split")
+        notes = [f"train/val/test {1 - VAL_FRACTION - TEST_FRACTION:.0%}/{VAL_FRACTION:.0%}/{TEST_FRACTION:.0%} of {len(parts['all'])} images, stratified (split_seed {seed})"]
+    else:
+        train = parts["train"]
+        if "val" in parts:
+            val, notes = parts["val"], ["train/val: the dataset's own"]
+        else:
+            train, val = stratified(train, VAL_FRACTION, seed, f"{name}: the validation split")
+            notes = [f"val: {VAL_FRACTION:.0%} of the dataset's train split, stratified (split_seed {seed})"]
+        if "test" in parts:
+            test = parts["test"]
+            notes.append("test: the dataset's own")
+        else:
+            test = train.subset([])
+            notes.append("test: none (metrics NaN)")
+    if train_fraction < 1:
+        _, train = stratified(train, train_fraction, seed, f"{name}: train_fraction={train_fraction}")
+        notes.append(f"train: a {train_fraction * 100:.3g}% stratified subset (split_seed {seed})")
+    return Splits(name, classes, train, val, test, "; ".join(notes), skipped)
 
-    Images are decoded once and stored at the evaluation size (resize + centre crop).
-    """
+
+def stratified(data: ImageSet, fraction: float, seed: int, what: str) -> tuple[ImageSet, ImageSet]:
+    """(the rest, a stratified `fraction` of `data`), seeded; positions stay in store order."""
+    from sklearn.model_selection import train_test_split  # imported when needed: it takes seconds
+
+    try:
+        rest, part = train_test_split(np.arange(len(data)), test_size=fraction, stratify=data.labels.numpy(), random_state=seed)
+    except ValueError as error:
+        raise StudyError(
+            f"{what}: cannot take {fraction * 100:.3g}% of {len(data)} images stratified by class ({error}): "
+            f"use more images per class or a larger fraction"
+        ) from None
+    return data.subset(np.sort(rest)), data.subset(np.sort(part))
+
+
+# --- torchvision datasets ---------------------------------------------------------------
+
+
+def torchvision_dataset(name: str, split: str, root: Path, download: bool = False):
+    import torchvision.datasets
+
+    spec = TORCHVISION_SETS[name]
+    return getattr(torchvision.datasets, spec.class_name)(root=str(root), download=download, **spec.splits[split], **spec.options)
+
+
+def fetch_command(name: str, root: Path) -> str:
+    return f"python -m study.data download {name} --data-root {root}"
+
+
+def ensure_downloaded(name: str, root: Path) -> None:
+    """Make every split of `name` readable from `root`: Debian's files or torchvision's download when absent."""
+    spec = TORCHVISION_SETS[name]
+    with data_lock(root, f"download-{spec.class_name}"):
+        if all(_present(name, split, root) for split in spec.splits):
+            return
+        if name == "fashion_mnist" and copy_debian_fashion_mnist(root):
+            return
+        try:
+            for split in spec.splits:
+                torchvision_dataset(name, split, root, download=True)
+        except Exception as error:  # urllib, HTTP, integrity and archive errors all mean "not fetched"
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+            raise StudyError(
+                f"dataset '{name}' is not in {root} and could not be downloaded ({reason}): "
+                f"run `{fetch_command(name, root)}` where the internet is reachable, then copy {root} here"
+            ) from None
+
+
+def _present(name: str, split: str, root: Path) -> bool:
+    try:
+        torchvision_dataset(name, split, root)
+    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+        return False
+    return True
+
+
+def copy_debian_fashion_mnist(root: Path) -> bool:
+    """Decompress Debian's dataset-fashion-mnist files into torchvision's layout; False when the package is absent."""
+    sources = [DEBIAN_FASHION_MNIST / f"{file}.gz" for file in FASHION_MNIST_FILES]
+    if not all(source.is_file() for source in sources):
+        return False
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for source, file in zip(sources, FASHION_MNIST_FILES):
+        with gzip.open(source, "rb") as packed, tempfile.NamedTemporaryFile(dir=raw, delete=False) as unpacked:
+            shutil.copyfileobj(packed, unpacked)
+        publish(unpacked.name, raw / file)
+    print(f"fashion_mnist: using Debian's dataset-fashion-mnist files from {DEBIAN_FASHION_MNIST}", flush=True)
+    return True
+
+
+def load_torchvision(name: str, root: Path, img_size: int) -> tuple[dict[str, ImageSet], list[str], int]:
+    spec = TORCHVISION_SETS[name]
+    keys = {split: f"{name}-{split}" if spec.layout else f"{name}-{split}-{img_size}px" for split in spec.splits}
+    if not all((root / CACHE_DIR / f"{key}.pt").exists() for key in keys.values()):
+        ensure_downloaded(name, root)
+    parts, classes, skipped = {}, [], 0
+    for split, key in keys.items():
+        decoded = cached(root, key, lambda: decode_torchvision(name, split, root, img_size))
+        parts[split], classes, count = from_cache(decoded, f"{name} {split}")
+        skipped += count
+    return parts, classes, skipped
+
+
+def decode_torchvision(name: str, split: str, root: Path, img_size: int) -> dict:
+    spec = TORCHVISION_SETS[name]
+    dataset = torchvision_dataset(name, split, root)
+    classes = list(getattr(dataset, spec.classes_attribute))
+    if spec.layout is None:
+        return decode_files(dataset, classes, img_size, f"{name} {split}", lambda index: f"{name} {split} image {index}")
+    array = torch.as_tensor(np.asarray(dataset.data))
+    images = {"NHWC": lambda: array.permute(0, 3, 1, 2), "NCHW": lambda: array, "NHW": lambda: array.unsqueeze(1)}[spec.layout]()
+    labels = torch.as_tensor(np.asarray(getattr(dataset, spec.labels_attribute)), dtype=torch.int64)
+    return {"images": images.contiguous(), "labels": labels, "classes": classes, "skipped": []}
+
+
+# --- folders ----------------------------------------------------------------------------
+
+
+def scan_folder(root: Path) -> dict:
+    """The ImageFolders of `root` by split (`all` for a single folder of classes); layout errors are StudyErrors."""
     from torchvision.datasets import ImageFolder
 
-    fit = v2.Compose([v2.PILToTensor(), v2.RGB(), v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size)])
-    sets = {}
-    for split in ("train", "val", "test"):
-        if (root / split).is_dir():
-            folder = ImageFolder(str(root / split), transform=fit)
-            if sets and folder.classes != sets["train"][1]:
-                raise StudyError(f"{root / split} has classes {folder.classes} but train/ has {sets['train'][1]}: use the same class folders in every split")
-            images = torch.stack([image for image, _ in folder]) if len(folder) else torch.empty(0, 3, img_size, img_size, dtype=torch.uint8)
-            sets[split] = (ImageSet(images, torch.tensor(folder.targets, dtype=torch.int64)), folder.classes)
-    test = sets.get("test", sets["val"])[0]
-    return Splits(f"folder:{root}", sets["train"][1], sets["train"][0], sets["val"][0], test)
+    if not root.is_dir():
+        raise StudyError(f"data folder {root} does not exist: give folder:PATH with train/ and val/ class subfolders, or class subfolders")
+    splits = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()} if (root / "train").is_dir() else {"all": root}
+    folders = {}
+    for split, path in splits.items():
+        try:
+            folder = ImageFolder(str(path), allow_empty=True)
+        except FileNotFoundError:
+            raise StudyError(f"{path} has no class folders: put each class's images in a subfolder named after the class") from None
+        counts = np.bincount(folder.targets, minlength=len(folder.classes))
+        empty = [c for c, n in zip(folder.classes, counts) if n == 0]
+        if empty:
+            raise StudyError(f"{path}: class folder(s) {', '.join(empty)} hold no image files: add images or remove the folder(s)")
+        folders[split] = folder
+    reference = next(iter(folders))
+    for split, folder in folders.items():
+        if folder.classes != folders[reference].classes:
+            have, want = set(folder.classes), set(folders[reference].classes)
+            differences = [f"{label} {sorted(names)}" for label, names in (("lacks", want - have), ("adds", have - want)) if names]
+            raise StudyError(
+                f"{splits[split]} has other class folders than {splits[reference]} ({split}/ {'; '.join(differences)}): "
+                f"use the same class folders in every split"
+            )
+    return folders
 
 
-def preprocessor(img_size: int, mean, std, interpolation: str) -> v2.Transform:
-    """uint8 batch -> normalised float batch at the backbone's input size (grayscale becomes RGB)."""
-    mode = v2.InterpolationMode(interpolation)
-    return v2.Compose(
-        [v2.RGB(), v2.ToDtype(torch.float32, scale=True), v2.Resize((img_size, img_size), mode, antialias=True), v2.Normalize(mean, std)]
-    )
+def load_folder(root: Path, data_root: Path, img_size: int) -> tuple[dict[str, ImageSet], list[str], int]:
+    parts, skipped = {}, 0
+    folders = scan_folder(root)
+    for split, folder in folders.items():
+        key = f"folder-{re.sub(r'[^A-Za-z0-9_.-]', '_', root.name)}-{folder_fingerprint(folder)}-{split}-{img_size}px"
+        where = str(root if split == "all" else root / split)
+        decoded = cached(data_root, key, lambda: decode_files(folder, folder.classes, img_size, where, lambda index: folder.samples[index][0]))
+        parts[split], _, count = from_cache(decoded, where)
+        skipped += count
+    return parts, next(iter(folders.values())).classes, skipped
 
 
-def batches(
-    data: ImageSet, batch_size: int, preprocess: v2.Transform, generator: torch.Generator | None = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches in a seeded random order when `generator` is given, else in order."""
-    order = torch.randperm(len(data), generator=generator) if generator is not None else torch.arange(len(data))
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        yield preprocess(data.images[index]), data.labels[index]
+def folder_fingerprint(folder) -> str:
+    """Changes when any file is added, removed, renamed, or rewritten: a stale cache is never used."""
+    digest = hashlib.sha1(f"{folder.root}|{folder.classes}".encode())
+    for path, label in folder.samples:
+        stat = os.stat(path)
+        digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+# --- decoding ---------------------------------------------------------------------------
+
+
+class _Decoding(Dataset):
+    """Item i of `dataset` through its own loader, as uint8 C x H x W no larger than needed; failures are reported, not raised."""
+
+    def __init__(self, dataset, img_size: int, describe: Callable[[int], str]):
+        self.dataset, self.img_size, self.describe = dataset, img_size, describe
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            image, label = self.dataset[index]
+        except Exception as error:  # image decoders raise many kinds (OSError, SyntaxError, ValueError, DecompressionBombError)
+            return None, None, f"{self.describe(index)} ({type(error).__name__}: {str(error)[:120]})"
+        image = F.pil_to_tensor(image) if isinstance(image, Image.Image) else image
+        if min(image.shape[-2:]) > self.img_size:  # shrink now: a big image never sits in memory whole
+            image = fit(image, self.img_size)
+        # As an array it travels from a worker by value; a tensor would hold a file descriptor per image.
+        return image.numpy(), label, None
+
+
+def fit(image: torch.Tensor, img_size: int) -> torch.Tensor:
+    """Shorter side to img_size, centre crop: the same geometry as the batch preprocessing."""
+    return F.center_crop(F.resize(image, img_size, antialias=True), img_size)
+
+
+def decode_files(dataset, classes: list[str], img_size: int, where: str, describe: Callable[[int], str]) -> dict:
+    """Every image of a file-based dataset decoded into one tensor (in parallel with the trial's CPU share)."""
+    threads = torch.get_num_threads()
+    loader = DataLoader(_Decoding(dataset, img_size, describe), batch_size=DECODE_BATCH, num_workers=threads if threads > 1 else 0, collate_fn=list)
+    budget = MEMORY_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    images, labels, skipped, stored = [], [], [], 0
+    for batch in loader:
+        for image, label, problem in batch:
+            if problem:
+                skipped.append(problem)
+                continue
+            images.append(torch.from_numpy(image))
+            labels.append(label)
+            stored += image.size
+        if stored > budget:
+            raise StudyError(
+                f"{where}: {len(dataset)} images at {img_size} px do not fit in half of this node's memory once decoded: "
+                f"lower img_size (or use a smaller dataset)"
+            )
+    readable = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+    unreadable = [c for c, n in zip(classes, readable) if n == 0]
+    if unreadable:
+        raise StudyError(f"{where}: class(es) {', '.join(unreadable)} have no readable image (e.g. {skipped[0]}): replace the broken files")
+    if len({image.shape for image in images}) > 1:  # else: one common size, no larger than needed, kept as it is
+        images = [fit(image, img_size) for image in images]
+    return {"images": torch.stack(images), "labels": torch.tensor(labels, dtype=torch.int64), "classes": classes, "skipped": skipped}
+
+
+# --- the node's cache -------------------------------------------------------------------
+
+
+@contextmanager
+def data_lock(root: Path, name: str) -> Iterator[None]:
+    """An inter-process lock in the data root: one process downloads or decodes, the others wait and reuse."""
+    from filelock import FileLock
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(root / f".{name}.lock"))
+        lock.acquire()
+    except OSError as error:
+        raise StudyError(f"data root {root} is not writable ({error.strerror}): pass --data-root DIR on a writable disk") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def cached(root: Path, key: str, build: Callable[[], dict]) -> dict:
+    """The decoded split `key` from the node's cache, built once (by whichever process takes the lock first)."""
+    path = root / CACHE_DIR / f"{key}.pt"
+    decoded = _load(path)
+    if decoded is None:
+        with data_lock(path.parent, key):
+            decoded = _load(path)
+            if decoded is None:
+                print(f"decoding {key} into {path} (once for this node)", flush=True)
+                _atomic_save(build(), path)
+                decoded = _load(path)
+    return decoded
+
+
+def _load(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, mmap=True, weights_only=True)
+    except Exception as error:  # a damaged file: torch raises RuntimeError, pickle and zip errors
+        print(f"decoded cache {path} is unreadable ({type(error).__name__}): decoding again", flush=True)
+        return None
+
+
+def _atomic_save(decoded: dict, path: Path) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(decoded, temporary)
+        publish(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def publish(temporary: str, path: Path) -> None:
+    """Rename a finished file into place (readers never see half a file), readable as the umask allows."""
+    os.chmod(temporary, 0o666 & ~_UMASK)  # temporary files are created 0600
+    os.replace(temporary, path)
+
+
+def from_cache(decoded: dict, where: str) -> tuple[ImageSet, list[str], int]:
+    skipped = decoded["skipped"]
+    if skipped:
+        print(f"{where}: skipped {len(skipped)} unreadable image file(s): {'; '.join(skipped[:SHOWN_SKIPS])}", flush=True)
+    return ImageSet(decoded["images"], decoded["labels"]), decoded["classes"], len(skipped)
+
+
+# --- batches ----------------------------------------------------------------------------
+
+
+class _TrainImages(Dataset):
+    """Batched access (DataLoader's __getitems__): one gather from the store, then `per_sample` on each image."""
+
+    def __init__(self, data: ImageSet, per_sample: v2.Transform | None):
+        self.data, self.per_sample = data, per_sample
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.data.batch(torch.as_tensor(positions))
+        if self.per_sample is not None:
+            # One thread: on a single small image, intra-op threads only add synchronisation (up to
+            # 40x slower on a busy machine). DataLoader workers run with one thread anyway.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                images = torch.stack([self.per_sample(image) for image in images])  # each image draws its own parameters
+            finally:
+                torch.set_num_threads(threads)
+        return images, labels
+
+
+def _batch_as_is(batch):
+    return batch
+
+
+def train_loader(
+    data: ImageSet, batch_size: int, per_sample: v2.Transform | None, generator: torch.Generator, workers: int, pin_memory: bool
+) -> DataLoader:
+    """Shuffled uint8 training batches (seeded by `generator`, workers included), per-sample augmentation applied."""
+    return DataLoader(
+        _TrainImages(data, per_sample), batch_size=batch_size, shuffle=True, generator=generator, num_workers=workers,
+        collate_fn=_batch_as_is, pin_memory=pin_memory, persistent_workers=workers > 0,
+    )  # fmt: skip
+
+
+def batches(data: ImageSet, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 batches in order, never augmented: evaluation."""
+    for start in range(0, len(data), batch_size):
+        yield data.batch(torch.arange(start, min(start + batch_size, len(data))))
+
+
+# --- command line -----------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.data", description="Fetch a dataset into the data root, for machines without internet access.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    download = commands.add_parser("download", help="download (or copy Debian's files of) a torchvision dataset")
+    download.add_argument("name", choices=sorted(TORCHVISION_SETS))
+    download.add_argument("--data-root", type=Path, default=None, help=f"default: {default_data_root()}")
+    args = parser.parse_args(argv)
+    root = resolve_data_root(str(args.data_root) if args.data_root else None)
+    try:
+        ensure_downloaded(args.name, root)
+    except StudyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.name} is in {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,6 +30,7 @@ EPOCH_METRICS = (
 TRIAL_INFO = (
     "weights_used", "num_layers", "unfrozen_layers", "trainable_params", "total_params", "inserted_bn", "effective",
     "img_size", "device", "memory_measure",
+    "loader_workers", "train_images", "val_images", "test_images", "skipped_images", "data_splits",
 )  # fmt: skip
 FINAL_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss", "train_time_s", "peak_memory_mib")
 _UMASK = os.umask(0)

@@ -19,12 +19,12 @@ from datetime import datetime
 from pathlib import Path
 
 from study.config import StudyError, parse_assignment, weights_source
-from study.data import check_data_name
+from study.data import DATA_NAMES, absolute_data, load_data
 from study.environment import hardware, package_versions
 from study.models import create_backbone, default_input_size, plan_for, weight_layers
 from study.report import write_report
 from study.results import atomic_write, export, trials_table, varying_settings
-from study.space import Space, load_space
+from study.space import Dimension, Space, load_space
 
 DEFAULT_SPACE = "unfreeze_depth"
 
@@ -32,7 +32,8 @@ DEFAULT_SPACE = "unfreeze_depth"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
     parser.add_argument("--space", default=DEFAULT_SPACE, help="a name from search_spaces/ or a path to a .yaml file")
-    parser.add_argument("--data", help="dataset: digits (built in) or folder:PATH (ImageFolder with train/ and val/)")
+    parser.add_argument("--data", help=f"dataset: {', '.join(DATA_NAMES)} (digits is built in; the others download), or folder:PATH (class subfolders, or train/ val/ test/ of them)")
+    parser.add_argument("--data-root", type=Path, help="where datasets are downloaded and decoded images cached (default: ~/.cache/study/data on each node)")
     parser.add_argument("--backbone", help="any timm model name")
     parser.add_argument("--num-samples", type=int, help="draws of the sampled dimensions (grids repeat this often)")
     parser.add_argument("--max-epochs", type=int, help="every trial's epoch budget (ASHA's max_t)")
@@ -50,16 +51,20 @@ def resolve_space(args: argparse.Namespace) -> Space:
     space = load_space(args.space)
     settings = dict(parse_assignment(text) for text in args.set)
     settings.update({key: value for key, value in (("data", args.data), ("backbone", args.backbone)) if value is not None})
+    if args.data_root is not None:
+        settings["data_root"] = str(args.data_root)
     settings["seed"] = args.seed
     study = {key: value for key, value in (("num_samples", args.num_samples), ("max_epochs", args.max_epochs)) if value is not None}
-    space = space.override(settings, **study)
-    # Ray runs trials in their own directories: weights files go to them as absolute paths.
-    if isinstance(space.fixed.get("weights"), str):
-        space.fixed["weights"] = weights_source(space.fixed["weights"])
-    if "weights" in space.dimensions:
-        dimension = space.dimensions["weights"]
-        dimension.values = [weights_source(v) if isinstance(v, str) else v for v in dimension.values]
-    return space
+    return absolute_paths(space.override(settings, **study))
+
+
+def absolute_paths(space: Space) -> Space:
+    """Paths made absolute (weights files, folder data, the data root): Ray runs each trial in its own working directory."""
+    absolute = {"data": absolute_data, "data_root": lambda path: str(Path(path).expanduser().resolve()), "weights": weights_source}
+    fix = lambda key, value: absolute[key](value) if key in absolute and isinstance(value, str) else value
+    fixed = {key: fix(key, value) for key, value in space.fixed.items()}
+    dimensions = {key: Dimension(d.kind, [fix(key, value) for value in d.values]) for key, d in space.dimensions.items()}
+    return dataclasses.replace(space, fixed=fixed, dimensions=dimensions)
 
 
 # Settings that decide whether a model can be built and frozen as asked: preflight crosses all their values.
@@ -67,16 +72,16 @@ MODEL_SETTINGS = ("backbone", "weights", "head", "img_size", "unfreeze_depth", "
 
 
 def preflight(space: Space) -> None:
-    """What would make trials fail, caught before Ray starts: dataset names, weights that cannot be had or do not
-    fit, and model surgery a backbone cannot take (a depth beyond it, single_linear on a non-VGG, BN insertion in a ViT).
+    """What would make trials fail, caught before Ray starts: datasets and their splits, weights that cannot be had
+    or do not fit, and model surgery a backbone cannot take (a depth beyond it, single_linear on a non-VGG, BN
+    insertion in a ViT).
 
     Models are built on the meta device for every combination of the values of MODEL_SETTINGS: weights files
     are read and checked against the architecture, ImageNet weights found in (or downloaded into) the cache,
-    and nothing is kept in memory.
+    and nothing is kept in memory. Loading the data here also downloads what is missing and decodes it into the
+    node's cache with every core of this process, once, before the trials start.
     """
     configs = space.example_configs()
-    for data in {c.data for c in configs}:
-        check_data_name(data)
     choices = [sorted({getattr(c, key) for c in configs}, key=str) for key in MODEL_SETTINGS]
     models: dict[tuple, tuple] = {}
     for values in itertools.product(*choices):
@@ -87,6 +92,9 @@ def preflight(space: Space) -> None:
             model, _ = create_backbone(config.backbone, config.weights, 10, config.seed, size, config.head, on_meta=True)
             models[key] = (model, weight_layers(model))
         plan_for(models[key][0], config, layers=models[key][1])
+    data_settings = {(c.data, c.split_seed, c.img_size or default_input_size(c.backbone), c.data_root, c.train_fraction) for c in configs}
+    for data, split_seed, img_size, data_root, train_fraction in data_settings:
+        load_data(data, split_seed, img_size, data_root, train_fraction)
 
 
 def prepare_out(out: Path | None, space_name: str) -> Path:

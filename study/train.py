@@ -10,6 +10,11 @@ caching allocator's peak (`torch.cuda.max_memory_allocated`), on CPU the
 process's peak resident set size (Linux `VmHWM`). Both counters are reset before
 every training pass, so a process that ran an earlier trial (Ray reusing an
 actor, a notebook, a test session) does not pass its peak on to the next one.
+
+Batches leave the data store as uint8 and are preprocessed on the trial's device
+(study/augment.py). Under `cutmix_mixup` the loss is the cross-entropy against
+the mixed class probabilities, and train accuracy is NaN: a mixed image has no
+single correct class.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from study.augment import batch_mix, preprocessor, sample_transform
 from study.config import StudyError, TrialConfig
-from study.data import ImageSet, Splits, batches, load_data, preprocessor
+from study.data import ImageSet, Splits, batches, load_data, train_loader
 from study.models import FreezePlan, TransferModel, apply_freeze, create_backbone, default_input_size, plan_for
 
 EVAL_BATCH_SIZE = 256
@@ -40,7 +46,9 @@ class Trial:
     data: Splits
     model: TransferModel
     plan: FreezePlan
-    preprocess: v2.Transform
+    preprocess: v2.Transform  # uint8 batch -> normalised float batch at the input size
+    loader: torch.utils.data.DataLoader  # shuffled, per-sample augmented uint8 training batches
+    mix: v2.Transform | None  # CutMix/MixUp on preprocessed batches
     optimizer: torch.optim.Optimizer
     device: torch.device
     img_size: int
@@ -59,6 +67,8 @@ class Trial:
             "img_size": self.img_size,
             "device": self.device.type,
             "memory_measure": memory_measure(self.device),
+            "loader_workers": self.loader.num_workers,
+            **self.data.info(),
         }
 
 
@@ -72,25 +82,39 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
     device = pick_device(config.device)
     size = config.img_size or default_input_size(config.backbone)
     if data is None:
-        data = load_data(config.data, config.split_seed, size)
+        data = load_data(config.data, config.split_seed, size, config.data_root, config.train_fraction)
     backbone, weights_used = create_backbone(config.backbone, config.weights, data.num_classes, config.seed, size, config.head)
     plan = plan_for(backbone, config)
     model = apply_freeze(backbone, plan).to(device)
     data_config = timm.data.resolve_data_config({}, model=backbone)
     preprocess = preprocessor(size, data_config["mean"], data_config["std"], data_config["interpolation"])
+    per_sample = sample_transform(config.augment, size, data_config["interpolation"])
+    shuffle = torch.Generator().manual_seed(config.seed)
+    workers = loader_workers(config.loader_workers, per_sample is not None, device)
+    loader = train_loader(data.train, config.batch_size, per_sample, shuffle, workers, pin_memory=device.type == "cuda")
     optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
-    return Trial(config, data, model, plan, preprocess, optimizer, device, size, weights_used)
+    mix = batch_mix(config.augment, data.num_classes)
+    return Trial(config, data, model, plan, preprocess, loader, mix, optimizer, device, size, weights_used)
+
+
+def loader_workers(setting: int | None, per_sample: bool, device: torch.device) -> int:
+    """DataLoader workers: the setting, else the trial's CPU share (torch's thread count, set from Ray's
+    assignment) when there is per-sample work to overlap with a GPU; else none, as gathering a batch
+    from memory costs less than passing it between processes, and on a CPU trial the model already
+    uses every core of the share."""
+    if setting is not None:
+        return setting
+    return torch.get_num_threads() if per_sample and device.type == "cuda" else 0
 
 
 def run_trial(config: TrialConfig, data: Splits | None = None) -> Iterator[dict]:
     """Train `config` for config.epochs epochs, yielding the metrics of each."""
     trial = build_trial(config, data)
-    shuffle = torch.Generator().manual_seed(config.seed)
     train_time = 0.0
     peak_memory = math.nan
     for epoch in range(1, config.epochs + 1):
         measurable = reset_peak_memory(trial.device)
-        train_loss, train_acc, epoch_time = train_epoch(trial, shuffle)
+        train_loss, train_acc, epoch_time = train_epoch(trial)
         train_time += epoch_time
         epoch_peak = peak_memory_mib(trial.device) if measurable else math.nan
         peak_memory = epoch_peak if math.isnan(peak_memory) else max(peak_memory, epoch_peak)
@@ -117,17 +141,24 @@ def run_trial(config: TrialConfig, data: Splits | None = None) -> Iterator[dict]
         }
 
 
-def train_epoch(trial: Trial, shuffle: torch.Generator) -> tuple[float, float, float]:
-    """One pass over the training split: (mean loss, accuracy, seconds). Metrics stay on the device until the end."""
+def train_epoch(trial: Trial) -> tuple[float, float, float]:
+    """One pass over the training split: (mean loss, accuracy, seconds). Metrics stay on the device until the end.
+
+    Accuracy is NaN under CutMix/MixUp (see the module docstring).
+    """
     model, device = trial.model, trial.device
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     start = clock(device)
-    for images, labels in batches(trial.data.train, trial.config.batch_size, trial.preprocess, shuffle):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    for images, labels in trial.loader:
+        images = trial.preprocess(images.to(device, non_blocking=True))
+        labels = labels.to(device, non_blocking=True)
+        targets = labels
+        if trial.mix is not None:
+            images, targets = trial.mix(images, labels)  # targets: class probabilities
         logits = model(images)
-        loss = nn.functional.cross_entropy(logits, labels)
+        loss = nn.functional.cross_entropy(logits, targets)
         trial.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trial.optimizer.step()
@@ -135,7 +166,8 @@ def train_epoch(trial: Trial, shuffle: torch.Generator) -> tuple[float, float, f
         correct += (logits.argmax(1) == labels).sum()
     seconds = clock(device) - start
     count = len(trial.data.train)
-    return loss_sum.item() / count, correct.item() / count, seconds
+    accuracy = correct.item() / count if trial.mix is None else math.nan
+    return loss_sum.item() / count, accuracy, seconds
 
 
 def clock(device: torch.device) -> float:
@@ -188,8 +220,9 @@ def evaluate(trial: Trial, data: ImageSet) -> tuple[float, float]:
     trial.model.eval()
     loss_sum = torch.zeros((), device=trial.device)
     correct = torch.zeros((), device=trial.device, dtype=torch.long)
-    for images, labels in batches(data, EVAL_BATCH_SIZE, trial.preprocess):
-        images, labels = images.to(trial.device, non_blocking=True), labels.to(trial.device, non_blocking=True)
+    for images, labels in batches(data, EVAL_BATCH_SIZE):
+        images = trial.preprocess(images.to(trial.device, non_blocking=True))
+        labels = labels.to(trial.device, non_blocking=True)
         logits = trial.model(images)
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()

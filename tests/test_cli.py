@@ -69,3 +69,34 @@ def test_smoke_study_through_ray_exports_consistent_results(smoke_study):
     assert study["space"]["name"] == "smoke" and study["versions"]["ray"].startswith("2.60")
     assert study["hardware"]["cpu_count"] >= 1 and study["seed"] == 0 and study["wall_time_s"] > 0
     assert f"Report: {(out / 'report.html').resolve()}" in result.stdout
+
+
+def test_a_study_on_folder_data_runs_end_to_end(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "shapes"
+    for split, count in (("train", 8), ("val", 4)):
+        for label, name in enumerate(("circle", "square", "star")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.effect_noise((16, 16), 20 + 30 * label).convert("RGB").save(root / split / name / f"{i}.png")
+    (root / "train" / "star" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    space = tmp_path / "folder.yaml"
+    space.write_text(
+        "fixed: {backbone: tf_efficientnet_lite0, img_size: 32, lr: 0.01, batch_size: 16, unfreeze_depth: 0}\n"
+        "dimensions: {augment: {grid: [none, cutmix_mixup]}}\nmax_epochs: 1\nasha: false\n"
+    )
+    out, cache = tmp_path / "study", tmp_path / "cache"
+    # relative paths, as a user types them: trials run in other working directories
+    result = run_module("study.run", "--space", "folder.yaml", "--data", "folder:shapes", "--data-root", "cache", "--out", "study", "--no-dashboard", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"{root / 'train'}: skipped 1 unreadable image file(s)" in result.stdout
+    trials = pd.read_csv(out / "trials.csv").set_index("augment")
+    assert sorted(trials.index) == ["cutmix_mixup", "none"] and (trials["status"] == "completed").all()
+    assert (trials["train_images"] == 24).all() and (trials["val_images"] == 12).all() and (trials["test_images"] == 0).all()
+    assert (trials["skipped_images"] == 1).all() and (trials["data_root"] == str(cache)).all()
+    assert trials.loc["none", "data_splits"] == "train/val: the dataset's own; test: none (metrics NaN)"
+    assert pd.isna(trials.loc["cutmix_mixup", "train_acc"]) and 0 <= trials.loc["none", "train_acc"] <= 1
+    assert trials["val_acc"].between(0, 1).all() and trials["test_acc"].isna().all()
+    assert len(list((cache / "decoded-v1").glob("folder-shapes-*-32px.pt"))) == 2
+    assert result.stdout.count("decoding folder-shapes-") == 2  # train and val, once, before the trials

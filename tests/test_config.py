@@ -35,6 +35,10 @@ def test_int_widens_to_float_but_nothing_else_converts():
         ({"frozen_bn": "fixed"}, "frozen_bn='fixed' is unknown .valid: eval, train"),
         ({"train_bn_affine": "yes"}, "setting 'train_bn_affine' must be bool, got 'yes'"),
         ({"weights": "vgg16.bin"}, "weights='vgg16.bin' is neither imagenet nor random nor a path"),
+        ({"train_fraction": 0}, r"train_fraction=0.0 is outside \(0, 1\]"),
+        ({"train_fraction": 1.5}, r"train_fraction=1.5 is outside \(0, 1\]"),
+        ({"augment": "cutmix"}, "augment='cutmix' is unknown .did you mean 'cutmix_mixup'"),
+        ({"loader_workers": -1}, "loader_workers=-1 is negative"),
     ],
 )
 def test_bad_values_name_the_setting(settings, message):
