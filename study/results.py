@@ -53,6 +53,7 @@ def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         row["eval_time_s"] = sum(h["eval_time_s"] for h in history) if history else math.nan
         row["images_per_s"] = sum(h["images_per_s"] for h in history) / len(history) if history else math.nan
         row.update({key: last.get(key) for key in TRIAL_INFO})
+        row["checkpoint"] = record.get("checkpoint") or ""  # the saved final model (save_checkpoint), for study.merge
         rows.append(row)
         epochs += [{"trial_id": record["trial_id"], **{k: h.get(k) for k in EPOCH_METRICS}} for h in history]
     trials = pd.DataFrame(rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import timm.data
@@ -23,6 +24,8 @@ from study.data import ImageSet, Splits, batches, load_data, preprocessor
 from study.models import FreezePlan, TransferModel, apply_freeze, create_backbone, default_input_size, freeze_plan
 
 EVAL_BATCH_SIZE = 256
+CHECKPOINT_FILE = "model.pt"
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass
@@ -70,8 +73,11 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
     return Trial(config, data, model, plan, preprocess, optimizer, device, size, weights_used)
 
 
-def run_trial(config: TrialConfig, data: Splits | None = None) -> Iterator[dict]:
-    """Train `config` for config.epochs epochs, yielding the metrics of each."""
+def run_trial(config: TrialConfig, data: Splits | None = None, checkpoint_dir: Path | None = None) -> Iterator[dict]:
+    """Train `config` for config.epochs epochs, yielding the metrics of each.
+
+    With `checkpoint_dir`, the final model is saved there (`save_model`) before the last epoch's metrics are yielded.
+    """
     trial = build_trial(config, data)
     shuffle = torch.Generator().manual_seed(config.seed)
     train_time = 0.0
@@ -83,6 +89,8 @@ def run_trial(config: TrialConfig, data: Splits | None = None) -> Iterator[dict]
         eval_start = clock(trial.device)
         val_loss, val_acc = evaluate(trial, trial.data.val)
         test_loss, test_acc = evaluate(trial, trial.data.test)
+        if checkpoint_dir is not None and epoch == config.epochs:
+            save_model(trial, checkpoint_dir)
         yield {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -97,6 +105,27 @@ def run_trial(config: TrialConfig, data: Splits | None = None) -> Iterator[dict]
             "images_per_s": len(trial.data.train) / epoch_time,
             **trial.info(),
         }
+
+
+def save_model(trial: Trial, directory: Path) -> Path:
+    """Write the trial's model to DIRECTORY/model.pt: one torch.save file of tensors and plain values only, so that
+    `torch.load(..., weights_only=True)` reads it. The state dict is the backbone's (timm's own keys, new head
+    included); beside it, what `python -m study.merge` needs to rebuild and judge it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CHECKPOINT_FILE
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "state_dict": {key: value.detach().cpu() for key, value in trial.model.backbone.state_dict().items()},
+            "config": trial.config.to_dict(),
+            "data": trial.data.name,
+            "classes": list(trial.data.classes),
+            "weights_used": trial.weights_used,
+            "img_size": trial.img_size,
+        },
+        path,
+    )
+    return path
 
 
 def train_epoch(trial: Trial, shuffle: torch.Generator) -> tuple[float, float, float]:
