@@ -86,7 +86,7 @@ class PermutationGroup:
 @dataclass
 class PermutationSpec:
     groups: list[PermutationGroup]
-    fixed: Counter = field(default_factory=Counter)  # operation -> channel spaces it kept in place
+    fixed: Counter = field(default_factory=Counter)  # operation -> how many of its calls kept channels in place
 
     def axes_by_key(self) -> dict[str, dict[int, int]]:
         """key -> {dimension: group index}."""

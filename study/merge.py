@@ -361,28 +361,36 @@ def align(a: Checkpoint, b: Checkpoint, model_a: nn.Module, merged_keys: list[st
     print(f"alignment: {spec.describe()}; {share:.1%} of the merged parameters in permutable tensors, {moved} of {channels} channels moved", flush=True)
     record = {"groups": len(spec.groups), "channels": channels, "channels_moved": moved, "permuted_parameter_share": share,
               "kept_in_place_by": dict(spec.fixed), "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
-    return permute(b.state, spec, perms), record
+    return (b.state if moved == 0 else permute(b.state, spec, perms)), record  # the same object: sweep reuses its numbers
 
 
 def sweep(a: Checkpoint, states: dict, alphas: list[float], merged_keys: list[str], head_owner: Checkpoint, heads: list[str],
           target: Target, args: argparse.Namespace) -> pd.DataFrame:  # fmt: skip
-    """Evaluate (1 - alpha) * A + alpha * B for every B state (unaligned, aligned) and alpha: one row per head."""
-    rows = []
+    """Evaluate (1 - alpha) * A + alpha * B for every B state (unaligned, aligned) and alpha: one row per head.
+
+    A merge identical to one already evaluated (alpha 0 with A's head, or an alignment that moved nothing) is
+    not evaluated again: every step is deterministic, so its numbers are the same.
+    """
+    rows, done = [], {}
     model = head_owner.build().to(target.device)
     head_keys_b = head_keys(model) if head_owner is not a else set()
     for align_mode, state_b in states.items():
         for alpha in alphas:
-            merged = interpolate(a.state, state_b, alpha, merged_keys)
-            merged.update({key: state_b[key] for key in head_keys_b if key not in merged_keys})  # B's head, kept whole
-            model.load_state_dict(merged)
-            if args.bn_stats == "recompute":
-                recompute_bn_stats(model, target.data.train, target.preprocess, target.device, args.batch_size)
-            heads_now = {head: model.get_classifier() if head == "keep" else None for head in heads}
-            evaluated = target.evaluate(model, heads_now, (args.probe_epochs, args.probe_lr, args.seed))
+            key = "A" if alpha == 0 and not head_keys_b else (id(state_b), alpha)  # alpha 0 with A's head is A, whatever B
+            note = " (the same model as above: not evaluated again)" if key in done else ""
+            if key not in done:
+                merged = interpolate(a.state, state_b, alpha, merged_keys)
+                merged.update({k: state_b[k] for k in head_keys_b if k not in merged_keys})  # B's head, kept whole
+                model.load_state_dict(merged)
+                if args.bn_stats == "recompute":
+                    recompute_bn_stats(model, target.data.train, target.preprocess, target.device, args.batch_size)
+                heads_now = {head: model.get_classifier() if head == "keep" else None for head in heads}
+                done[key] = target.evaluate(model, heads_now, (args.probe_epochs, args.probe_lr, args.seed))
+            evaluated = done[key]
             for head, result in evaluated.items():
                 rows.append({"align": align_mode, "alpha": alpha, "head": head, "bn_stats": args.bn_stats, **result})
             scores_now = "  ".join(f"{h}: val {r['val_acc']:.4f} test {r['test_acc']:.4f}" for h, r in evaluated.items())
-            print(f"  align={align_mode:<7} alpha={alpha:<4} {scores_now}", flush=True)
+            print(f"  align={align_mode:<7} alpha={alpha:<4} {scores_now}{note}", flush=True)
     return pd.DataFrame(rows)
 
 

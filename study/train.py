@@ -89,6 +89,7 @@ def run_trial(config: TrialConfig, data: Splits | None = None, checkpoint_dir: P
         eval_start = clock(trial.device)
         val_loss, val_acc = evaluate(trial, trial.data.val)
         test_loss, test_acc = evaluate(trial, trial.data.test)
+        eval_time = clock(trial.device) - eval_start
         if checkpoint_dir is not None and epoch == config.epochs:
             save_model(trial, checkpoint_dir)
         yield {
@@ -101,7 +102,7 @@ def run_trial(config: TrialConfig, data: Splits | None = None, checkpoint_dir: P
             "test_acc": test_acc,
             "epoch_time_s": epoch_time,
             "train_time_s": train_time,
-            "eval_time_s": clock(trial.device) - eval_start,
+            "eval_time_s": eval_time,
             "images_per_s": len(trial.data.train) / epoch_time,
             **trial.info(),
         }

@@ -149,3 +149,24 @@ def test_a_model_torch_fx_cannot_trace_is_a_one_line_error():
 
     with pytest.raises(StudyError, match=r"^cannot align DataDependent: torch.fx cannot trace it \(TraceError: .*\): merge without --align$"):
         permutation_spec(DataDependent(), torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "backbone, size, kept_in_place_by",
+    [
+        ("resnet18", 32, set()),
+        ("densenet121", 32, {"cat"}),
+        ("vit_tiny_patch16_224", 224, {"Linear", "layer_norm", "scaled_dot_product_attention"}),
+    ],
+)
+def test_coverage_of_other_backbones_is_as_documented_and_always_function_preserving(backbone, size, kept_in_place_by):
+    torch.manual_seed(0)
+    model = randomised(timm.create_model(backbone, pretrained=False, num_classes=3), seed=5)
+    images = torch.randn(2, 3, size, size)
+    spec = permutation_spec(model, images)
+    assert kept_in_place_by <= set(spec.fixed) and bool(spec.fixed) == bool(kept_in_place_by)
+    if backbone.startswith("vit"):
+        assert spec.groups == []  # nothing is permuted in a ViT
+        return
+    state = model.state_dict()
+    torch.testing.assert_close(outputs(model, permute(state, spec, random_perms(spec, seed=6)), images), outputs(model, state, images), rtol=1e-4, atol=1e-4)

@@ -162,6 +162,12 @@ def test_two_smoke_trials_on_different_digits_merge_end_to_end(tmp_path, digit_s
     assert record["target"]["data"] == digit_subsets["low"] and record["bn_stats"] == "recompute"
     assert "A's head" in record["heads"]["keep"] and "10 epochs" in record["heads"]["probe"]
     assert record["alignment"]["groups"] == 24 and record["alignment"]["kept_in_place_by"] == {}
+    # fine-tuned from one pretrained backbone, the two keep their channel order: weight matching moves nothing,
+    # so the aligned merges are the same models (and are not evaluated twice)
+    assert record["alignment"]["channels_moved"] == 0 and merged.stdout.count("not evaluated again") == 3
+    metrics = ["train_acc", "val_acc", "test_acc", "val_loss"]
+    by_align = {align: part[metrics].reset_index(drop=True) for align, part in table.groupby("align")}
+    pd.testing.assert_frame_equal(by_align["none"], by_align["weights"])
     # A as trained, evaluated by merge, gives the numbers its trial reported
     assert record["reference"]["A"]["val_acc"] == pytest.approx(trials.loc[digit_subsets["low"], "val_acc"])
     assert "B" not in record["reference"]  # B's head knows other classes
