@@ -70,6 +70,8 @@ class TrialConfig:
     epochs: int = 5
     seed: int = 0
     device: str = "auto"
+    # Results: save the final model (under the study's results directory) for `python -m study.merge`
+    save_checkpoint: bool = False
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -65,6 +65,7 @@ def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         row["images_per_s"] = sum(h["images_per_s"] for h in history) / len(history) if history else math.nan
         row["finished_at"] = last.get("reported_at", math.nan)
         row.update({key: last.get(key) for key in TRIAL_INFO})
+        row["checkpoint"] = record.get("checkpoint") or ""  # the saved final model (save_checkpoint), for study.merge
         rows.append(row)
         epochs += [{"trial_id": record["trial_id"], **{k: h.get(k) for k in EPOCH_METRICS}} for h in history]
     trials = pd.DataFrame(rows)

@@ -38,6 +38,8 @@ from study.models import FreezePlan, TransferModel, apply_freeze, create_backbon
 EVAL_BATCH_SIZE = 256
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+CHECKPOINT_FILE = "model.pt"
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass
@@ -107,8 +109,11 @@ def loader_workers(setting: int | None, per_sample: bool, device: torch.device) 
     return torch.get_num_threads() if per_sample and device.type == "cuda" else 0
 
 
-def run_trial(config: TrialConfig, data: Splits | None = None) -> Iterator[dict]:
-    """Train `config` for config.epochs epochs, yielding the metrics of each."""
+def run_trial(config: TrialConfig, data: Splits | None = None, checkpoint_dir: Path | None = None) -> Iterator[dict]:
+    """Train `config` for config.epochs epochs, yielding the metrics of each.
+
+    With `checkpoint_dir`, the final model is saved there (`save_model`) before the last epoch's metrics are yielded.
+    """
     trial = build_trial(config, data)
     train_time = 0.0
     peak_memory = math.nan
@@ -123,6 +128,9 @@ def run_trial(config: TrialConfig, data: Splits | None = None) -> Iterator[dict]
         eval_start = clock(trial.device)
         val_loss, val_acc = evaluate(trial, trial.data.val)
         test_loss, test_acc = evaluate(trial, trial.data.test)
+        eval_time = clock(trial.device) - eval_start
+        if checkpoint_dir is not None and epoch == config.epochs:
+            save_model(trial, checkpoint_dir)
         yield {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -133,12 +141,33 @@ def run_trial(config: TrialConfig, data: Splits | None = None) -> Iterator[dict]
             "test_acc": test_acc,
             "epoch_time_s": epoch_time,
             "train_time_s": train_time,
-            "eval_time_s": clock(trial.device) - eval_start,
+            "eval_time_s": eval_time,
             "images_per_s": len(trial.data.train) / epoch_time,
             "peak_memory_mib": peak_memory,
             "reported_at": time.time(),
             **trial.info(),
         }
+
+
+def save_model(trial: Trial, directory: Path) -> Path:
+    """Write the trial's model to DIRECTORY/model.pt: one torch.save file of tensors and plain values only, so that
+    `torch.load(..., weights_only=True)` reads it. The state dict is the backbone's (timm's own keys, new head
+    included); beside it, what `python -m study.merge` needs to rebuild and judge it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CHECKPOINT_FILE
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "state_dict": {key: value.detach().cpu() for key, value in trial.model.backbone.state_dict().items()},
+            "config": trial.config.to_dict(),
+            "data": trial.data.name,
+            "classes": list(trial.data.classes),
+            "weights_used": trial.weights_used,
+            "img_size": trial.img_size,
+        },
+        path,
+    )
+    return path
 
 
 def train_epoch(trial: Trial) -> tuple[float, float, float]:

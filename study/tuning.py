@@ -6,6 +6,7 @@ Ray's API has changed several times; this file is written against Ray 2.60
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import ray
@@ -24,12 +25,19 @@ EXPERIMENT = "tune"
 
 
 def trainable(config: dict) -> None:
-    """Ray Tune function trainable: one report per epoch; ASHA may stop it between epochs."""
+    """Ray Tune function trainable: one report per epoch; ASHA may stop it between epochs.
+
+    With save_checkpoint, the last epoch's report carries the final model as a Ray checkpoint, which Ray copies
+    into the trial's directory under the results (ray/tune/TRIAL_ID/checkpoint_000000/model.pt). A trial that
+    ASHA stops early never reaches its last epoch and saves none.
+    """
     trial = TrialConfig.from_dict(config)
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
-    for metrics in run_trial(trial):
-        tune.report(metrics)
+    with tempfile.TemporaryDirectory(prefix="study-checkpoint-") as directory:
+        for metrics in run_trial(trial, checkpoint_dir=Path(directory) if trial.save_checkpoint else None):
+            final = trial.save_checkpoint and metrics["epoch"] == trial.epochs
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if final else None)
 
 
 def start_ray(address: str | None, dashboard: bool) -> str | None:
@@ -81,6 +89,7 @@ def records_from(results: tune.ResultGrid, max_epochs: int) -> list[dict]:
                 "config": result.config,
                 "history": rows,
                 "error": describe_error(result.error) if result.error else None,
+                "checkpoint": result.checkpoint.path if result.checkpoint else None,
                 "max_epochs": max_epochs,
             }
         )
