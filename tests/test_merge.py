@@ -11,7 +11,8 @@ from torchvision.transforms import v2
 
 from conftest import run_module
 from study.config import StudyError, TrialConfig
-from study.data import ImageSet, load_digits, preprocessor
+from study.augment import preprocessor
+from study.data import ImageSet, load_digits
 from study.merge import Checkpoint, Target, check_compatible, interpolate, load_checkpoint, main, recompute_bn_stats
 from study.train import build_trial, run_trial, save_model
 
