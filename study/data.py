@@ -82,19 +82,20 @@ class TorchvisionSet:
     options: dict = field(default_factory=dict)
     classes_attribute: str = "classes"
     labels_attribute: str = "targets"  # array sets only
+    num_classes: int = 10  # known without the files (study.run --dry-run)
 
 
 TRAIN_TEST = {"train": {"train": True}, "test": {"train": False}}
 PETS_SPLITS = {"train": {"split": "trainval"}, "test": {"split": "test"}}
 TORCHVISION_SETS = {
     "cifar10": TorchvisionSet("CIFAR10", TRAIN_TEST, "NHWC"),
-    "cifar100": TorchvisionSet("CIFAR100", TRAIN_TEST, "NHWC"),
+    "cifar100": TorchvisionSet("CIFAR100", TRAIN_TEST, "NHWC", num_classes=100),
     "stl10": TorchvisionSet("STL10", {"train": {"split": "train"}, "test": {"split": "test"}}, "NCHW", labels_attribute="labels"),
     "fashion_mnist": TorchvisionSet("FashionMNIST", TRAIN_TEST, "NHW"),
-    "flowers102": TorchvisionSet("Flowers102", {s: {"split": s} for s in ("train", "val", "test")}),
-    "oxford_pets": TorchvisionSet("OxfordIIITPet", PETS_SPLITS),
+    "flowers102": TorchvisionSet("Flowers102", {s: {"split": s} for s in ("train", "val", "test")}, num_classes=102),
+    "oxford_pets": TorchvisionSet("OxfordIIITPet", PETS_SPLITS, num_classes=37),
     # Document 004's cats vs dogs: the Oxford-IIIT Pet images labelled cat or dog.
-    "oxford_pets_binary": TorchvisionSet("OxfordIIITPet", PETS_SPLITS, options={"target_types": "binary-category"}, classes_attribute="bin_classes"),
+    "oxford_pets_binary": TorchvisionSet("OxfordIIITPet", PETS_SPLITS, options={"target_types": "binary-category"}, classes_attribute="bin_classes", num_classes=2),
 }
 DATA_NAMES = (*BUILTIN, *TORCHVISION_SETS)
 
@@ -182,6 +183,17 @@ def load_data(name: str, split_seed: int, img_size: int, data_root: str | None =
     else:
         raise StudyError(f"unknown dataset '{name}': use one of {', '.join(DATA_NAMES)} or folder:PATH")
     return make_splits(name, classes, parts, split_seed, train_fraction, skipped)
+
+
+def class_count(name: str) -> int:
+    """The number of classes of dataset `name` without loading it (a folder's is read from its class folders)."""
+    if name in TORCHVISION_SETS:
+        return TORCHVISION_SETS[name].num_classes
+    if name.startswith(FOLDER_PREFIX):
+        return len(next(iter(scan_folder(folder_path(name)).values())).classes)
+    if name == "digits":
+        return 10
+    raise StudyError(f"unknown dataset '{name}': use one of {', '.join(DATA_NAMES)} or folder:PATH")
 
 
 def load_digits(split_seed: int) -> Splits:

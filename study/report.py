@@ -330,9 +330,12 @@ def settings_view(study: dict) -> View:
         "num_samples / max_epochs": f"{space.get('num_samples', '?')} / {space.get('max_epochs', '?')}",
         "ASHA": space.get("asha") or "off",
         "metric": f"{space.get('metric', '?')} ({space.get('mode', '?')})",
+        "search": space.get("search", "?"),
         "seed": study.get("seed"),
         "command": " ".join(map(str, study.get("command", []))),
         "resources": study.get("resources"),
+        "cluster": study.get("cluster"),
+        "resumed": study.get("resumed"),
         "started": study.get("started"),
     }
     for key in ("finished", "wall_time_s", "trials"):

@@ -31,6 +31,8 @@ TRIAL_INFO = (
     "weights_used", "num_layers", "unfrozen_layers", "trainable_params", "total_params", "inserted_bn", "effective",
     "img_size", "device", "memory_measure",
     "loader_workers", "train_images", "val_images", "test_images", "skipped_images", "data_splits",
+    # where and when it ran (study/tuning.py): Ray's node, its address and host name, the GPUs Ray gave it
+    "node_id", "node_ip", "hostname", "gpu_ids", "gpu_name", "started_at",
 )  # fmt: skip
 FINAL_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss", "train_time_s", "peak_memory_mib")
 _UMASK = os.umask(0)
@@ -89,13 +91,20 @@ def varying_settings(trials: pd.DataFrame) -> list[str]:
 
 def export(out: Path, trials: pd.DataFrame, epochs: pd.DataFrame, title: str) -> pd.DataFrame:
     """Write trials.csv/.parquet, epochs.parquet, pareto.csv/.html into `out`; return the front."""
+    front = write_tables(out, trials, epochs)
+    figure = pareto_figure(trials, front, title)
+    atomic_write(out / "pareto.html", lambda p: figure.write_html(p, include_plotlyjs=True, full_html=True))
+    return front
+
+
+def write_tables(out: Path, trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """The tables alone (trials.csv/.parquet, epochs.parquet, pareto.csv), as rewritten after every finished trial
+    while a study runs; return the front."""
     front = pareto_front(trials)
     atomic_write(out / "trials.csv", lambda p: trials.to_csv(p, index=False))
     atomic_write(out / "trials.parquet", lambda p: trials.to_parquet(p, index=False))
     atomic_write(out / "epochs.parquet", lambda p: epochs.to_parquet(p, index=False))
     atomic_write(out / "pareto.csv", lambda p: front.to_csv(p, index=False))
-    figure = pareto_figure(trials, front, title)
-    atomic_write(out / "pareto.html", lambda p: figure.write_html(p, include_plotlyjs=True, full_html=True))
     return front
 
 

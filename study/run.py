@@ -1,16 +1,20 @@
 """Run a study: `python -m study.run --space unfreeze_depth`.
 
 Everything a user can get wrong is checked before Ray starts (one line on
-stderr, exit code 2); then Ray Tune runs the trials with ASHA, and the results
-directory receives trials.csv/.parquet, epochs.parquet, pareto.csv/.html,
-study.json (resolved space, command line, versions, hardware, seed) and
-report.html (study/report.py).
+stderr, exit code 2); then Ray Tune runs the trials (on this machine, or on a
+Ray cluster with --address), and the results directory receives
+trials.csv/.parquet, epochs.parquet and pareto.csv (rewritten after every
+finished trial), pareto.html, study.json (resolved space, command line,
+versions, hardware, resources, seed) and report.html (study/report.py).
+`--resume DIR` continues an interrupted study; `--dry-run` lists the trials
+without running them.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import itertools
 import json
 import sys
@@ -18,43 +22,62 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from study.config import StudyError, parse_assignment, weights_source
-from study.data import DATA_NAMES, absolute_data, load_data
+import pandas as pd
+
+from study.config import StudyError, TrialConfig, parse_assignment, weights_source
+from study.data import DATA_NAMES, absolute_data, class_count, load_data
 from study.environment import hardware, package_versions
-from study.models import create_backbone, default_input_size, plan_for, weight_layers
+from study.models import create_backbone, default_input_size, plan_for, structure_only, weight_layers
 from study.report import write_report
 from study.results import atomic_write, export, trials_table, varying_settings
-from study.space import Dimension, Space, load_space
+from study.space import SEARCHES, Dimension, Space, load_space
 
 DEFAULT_SPACE = "unfreeze_depth"
+# What defines a study: --resume takes all of it from the study's study.json.
+STUDY_OPTIONS = (
+    "space", "data", "data_root", "backbone", "num_samples", "max_epochs", "out", "set", "search", "seed",
+    "cpus_per_trial", "gpus_per_trial", "max_concurrent", "storage", "dry_run",
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--space", default=DEFAULT_SPACE, help="a name from search_spaces/ or a path to a .yaml file")
+    parser.add_argument("--space", help=f"a name from search_spaces/ or a path to a .yaml file (default: {DEFAULT_SPACE})")
     parser.add_argument("--data", help=f"dataset: {', '.join(DATA_NAMES)} (digits is built in; the others download), or folder:PATH (class subfolders, or train/ val/ test/ of them)")
     parser.add_argument("--data-root", type=Path, help="where datasets are downloaded and decoded images cached (default: ~/.cache/study/data on each node)")
     parser.add_argument("--backbone", help="any timm model name")
-    parser.add_argument("--num-samples", type=int, help="draws of the sampled dimensions (grids repeat this often)")
+    parser.add_argument("--num-samples", type=int, help="draws of the sampled dimensions (grids repeat this often); Optuna: trials in all")
     parser.add_argument("--max-epochs", type=int, help="every trial's epoch budget (ASHA's max_t)")
     parser.add_argument("--out", type=Path, help="results directory (default: results/SPACE-TIMESTAMP)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix a trial setting (repeatable)")
-    parser.add_argument("--cpus-per-trial", type=float, default=1, help="CPU cores per trial (default 1)")
-    parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions pack trials (default: 1 if a GPU is visible, else 0)")
-    parser.add_argument("--address", help="an existing Ray cluster (auto, or ray://HOST:10001); default: a local Ray instance")
-    parser.add_argument("--seed", type=int, default=0, help="trial seed and sampler seed (default 0)")
-    parser.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard (local Ray only)")
+    parser.add_argument("--search", choices=SEARCHES, help="search algorithm, replacing the space's")
+    parser.add_argument("--seed", type=int, help="seeds the search algorithm and fixes every trial's seed (replacing a seed dimension); default: sampler seed 0, trial seeds from the space")
+    parser.add_argument("--dry-run", action="store_true", help="list the trials (settings, trainable parameters) and exit: nothing trains, no weights or data are read")
+    resources = parser.add_argument_group("resources")
+    resources.add_argument("--cpus-per-trial", type=float, help="CPU cores per trial (default 1)")
+    resources.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions pack trials on a GPU (0.25: four per GPU); default: 1 if the cluster has a GPU, else 0")
+    resources.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as many as the resources allow)")
+    cluster = parser.add_argument_group("Ray cluster")
+    cluster.add_argument("--address", help="an existing Ray cluster: auto (the one `ray start` started on this machine, or RAY_ADDRESS), HOST:6379, or ray://HOST:10001; default: a new local Ray instance")
+    cluster.add_argument("--storage", help="Ray Tune's storage for experiment state and checkpoints: a path every node can reach (NFS) or a URI (s3://bucket/dir, gs://...); default: DIR/ray on this machine")
+    cluster.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted study whose results directory is DIR (finished trials are kept, unfinished ones run again)")
+    monitoring = parser.add_argument_group("monitoring (local Ray only)")
+    monitoring.add_argument("--dashboard-host", default="127.0.0.1", help="address the Ray dashboard listens on (default 127.0.0.1: this machine only)")
+    monitoring.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     return parser.parse_args(argv)
 
 
 def resolve_space(args: argparse.Namespace) -> Space:
-    space = load_space(args.space)
+    space = load_space(args.space or DEFAULT_SPACE)
     settings = dict(parse_assignment(text) for text in args.set)
     settings.update({key: value for key, value in (("data", args.data), ("backbone", args.backbone)) if value is not None})
     if args.data_root is not None:
         settings["data_root"] = str(args.data_root)
-    settings["seed"] = args.seed
-    study = {key: value for key, value in (("num_samples", args.num_samples), ("max_epochs", args.max_epochs)) if value is not None}
+    if args.seed is not None:
+        if "seed" in space.dimensions and "seed" not in settings:
+            print(f"note: --seed {args.seed} fixes every trial's seed, replacing the space's seed dimension {space.dimensions['seed'].values}")
+        settings.setdefault("seed", args.seed)
+    study = {key: value for key, value in (("num_samples", args.num_samples), ("max_epochs", args.max_epochs), ("search", args.search)) if value is not None}
     return absolute_paths(space.override(settings, **study))
 
 
@@ -97,10 +120,42 @@ def preflight(space: Space) -> None:
         load_data(data, split_seed, img_size, data_root, train_fraction)
 
 
+def dry_run(space: Space, seed: int) -> pd.DataFrame:
+    """The trials the study would run, with what each trains: structure-only models, no weights, no data."""
+    from study import tuning
+
+    configs, total = tuning.planned_trials(space, seed)
+    models: dict[tuple, tuple] = {}
+    rows = []
+    for number, values in enumerate(configs, 1):
+        config = TrialConfig.from_dict(values, where=f"{space.source}: trial {number}")
+        size = config.img_size or default_input_size(config.backbone)
+        key = (config.backbone, config.head, size, class_count(config.data))
+        if key not in models:
+            model = structure_only(config.backbone, key[3], config.head, size)
+            models[key] = (model, weight_layers(model))
+        plan = plan_for(models[key][0], config, layers=models[key][1])
+        rows.append({
+            "trial": number, **{name: getattr(config, name) for name in space.dimensions},
+            "trained_layers": f"{plan.depth}/{len(plan.layers)}", "inserted_bn": len(plan.inserted_bn),
+            "trainable_params": plan.trainable_params, "total_params": plan.total_params,
+        })  # fmt: skip
+    table = pd.DataFrame(rows)
+    asha = f"ASHA on {space.metric} ({space.mode}), grace {space.asha['grace_period']}, reduction {space.asha['reduction_factor']}" if space.asha else "no ASHA"
+    shown = f"{total} trials" if len(configs) == total else f"{total} trials; the first {len(configs)} (TPE's seeded random start) are known now, the rest follow from results"
+    print(f"Dry run of {space.name} ({space.source}): search {space.search}, seed {seed}, {shown}; up to {space.max_epochs} epochs each, {asha}.")
+    print("Nothing is trained; no weights or data are read (structure-only models).")
+    if space.fixed:
+        print("Fixed: " + ", ".join(f"{key}={value}" for key, value in space.fixed.items()))
+    formats = {"trainable_params": "{:,}".format, "total_params": "{:,}".format}
+    print(table.to_string(index=False, formatters=formats))
+    return table
+
+
 def prepare_out(out: Path | None, space_name: str) -> Path:
     out = out or Path("results") / f"{space_name}-{datetime.now():%Y%m%d-%H%M%S}"
     if out.exists() and any(out.iterdir()):
-        raise StudyError(f"--out {out} already holds files: choose a new directory")
+        raise StudyError(f"--out {out} already holds files: choose a new directory (or continue an interrupted study with --resume {out})")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -108,38 +163,158 @@ def prepare_out(out: Path | None, space_name: str) -> Path:
     return out
 
 
+def check_resource_options(args: argparse.Namespace) -> None:
+    if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
+        raise StudyError(f"--cpus-per-trial {args.cpus_per_trial:g} must be positive")
+    gpus = args.gpus_per_trial
+    if gpus is not None and (gpus < 0 or gpus > 1 and not float(gpus).is_integer()):
+        raise StudyError(f"--gpus-per-trial {gpus:g} is neither a fraction of one GPU (0 to 1) nor a whole number of GPUs: use e.g. 0.25, 1 or 2")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise StudyError(f"--max-concurrent {args.max_concurrent} must be at least 1")
+    if args.address and (args.no_dashboard or args.dashboard_host not in ("127.0.0.1",)):
+        raise StudyError("--dashboard-host and --no-dashboard set up the local Ray that study starts; a cluster's dashboard is set by `ray start --head --dashboard-host`: leave them out with --address")
+
+
+def fail(error: StudyError) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    command = ["python", "-m", "study.run", *(sys.argv[1:] if argv is None else argv)]
+    if args.resume is not None:
+        return resume(args, command)
     try:
         space = resolve_space(args)
+        seed = 0 if args.seed is None else args.seed
+        if args.dry_run:
+            dry_run(space, seed)
+            return 0
+        check_resource_options(args)
         preflight(space)
-        gpus = args.gpus_per_trial if args.gpus_per_trial is not None else default_gpus()
         out = prepare_out(args.out, space.name)
     except StudyError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
 
     from study import tuning  # Ray is imported only once the input is known to be good
 
+    storage, name = tuning.experiment_location(out, args.storage)
+    started = time.perf_counter()
+    try:
+        cluster = start(tuning, args)
+        resources = tuning.Resources(args.cpus_per_trial or 1.0, args.gpus_per_trial if args.gpus_per_trial is not None else float(cluster.gpus > 0), args.max_concurrent)
+        warning = tuning.check_fit(cluster, resources.cpus_per_trial, resources.gpus_per_trial, joined=args.address is not None)
+    except StudyError as error:
+        return fail(error)
+    if warning:
+        print(warning)
     record = {
         "space": dataclasses.asdict(space),
-        "command": sys.argv if argv is None else ["python", "-m", "study.run", *argv],
-        "seed": args.seed,
-        "resources": {"cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": gpus, "address": args.address},
+        "command": command,
+        "search": {"algorithm": space.search, "seed": seed},
+        "seed": seed,
+        "trial_seed": space.fixed.get("seed", f"dimension {space.dimensions['seed'].kind} {space.dimensions['seed'].values}" if "seed" in space.dimensions else 0),
+        "resources": dataclasses.asdict(resources),
+        "cluster": {"address": args.address, "nodes": cluster.nodes, "cpus": cluster.cpus, "gpus": cluster.gpus, "ray_client": cluster.client},
+        "ray_experiment": f"{storage.rstrip('/')}/{name}",
+        "dashboard": cluster.dashboard_url,
         "versions": package_versions(),
         "hardware": hardware(),
         "started": datetime.now().isoformat(timespec="seconds"),
     }
     write_json(out / "study.json", record)
+    print(f"Study {space.name}: search {space.search} (seed {seed}), up to {space.max_epochs} epochs per trial; "
+          f"{resources.cpus_per_trial:g} CPU and {resources.gpus_per_trial:g} GPU per trial"
+          f"{f', at most {resources.max_concurrent} at once' if resources.max_concurrent else ''}; "
+          f"{cluster.nodes} node(s) with {cluster.cpus:g} CPU and {cluster.gpus:g} GPU. Results: {out.resolve()}", flush=True)  # fmt: skip
+    records = tuning.run_study(space, out, storage, name, resources, seed, cluster)
+    return finish(out, space, record, records, started)
+
+
+def start(tuning, args: argparse.Namespace):
+    """Start or join Ray and say how to reach its dashboard."""
+    exposed = args.address is None and not args.no_dashboard and not loopback(args.dashboard_host)
+    cluster = tuning.start_ray(args.address, None if args.no_dashboard else args.dashboard_host)
+    if cluster.dashboard_url:
+        if cluster.token_auth:
+            how = (f"Ray token authentication is on: the page asks for the token, which is in {tuning.token_location()} "
+                   f"(`ray get-auth-token` prints it); API clients send the header 'Authorization: Bearer TOKEN'")  # fmt: skip
+        else:
+            how = "no authentication (RAY_AUTH_MODE=disabled)"
+        print(f"Ray dashboard: {cluster.dashboard_url} ({how})", flush=True)
+    if exposed:
+        protection = ("its only protection is the Ray token, sent unencrypted over HTTP" if cluster.token_auth
+                      else "with RAY_AUTH_MODE=disabled it has no authentication at all")  # fmt: skip
+        print(f"warning: the Ray dashboard listens on {args.dashboard_host}, reachable from other machines: Ray's dashboard and "
+              f"its job API run any code they are sent on this machine, and {protection}; expose it only on a trusted "
+              f"network, or keep the default 127.0.0.1 and use an SSH tunnel (ssh -L 8265:127.0.0.1:8265 THIS_HOST)", flush=True)  # fmt: skip
+    if cluster.client:
+        print("note: through Ray Client (ray://), Tune runs on the head node: the results tables are written at the end only, not after every trial")
+    return cluster
+
+
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: other machines may reach it
+        return False
+
+
+def resume(args: argparse.Namespace, command: list[str]) -> int:
+    """Continue the interrupted study in args.resume with its recorded space, resources and Ray experiment."""
+    out = args.resume
+    try:
+        given = [f"--{name.replace('_', '-')}" for name in STUDY_OPTIONS if getattr(args, name) not in (None, False, [])]
+        if given:
+            raise StudyError(f"--resume continues the study as {out / 'study.json'} records it: leave out {given[0]}")
+        record = read_study(out)
+        if "finished" in record:
+            raise StudyError(f"the study in {out} finished at {record['finished']}: nothing to resume (start a new one with another --out)")
+        space = Space.from_record(record["space"])
+        check_resource_options(args)
+    except StudyError as error:
+        return fail(error)
+    from study import tuning
+
+    experiment = record["ray_experiment"]
     started = time.perf_counter()
     try:
-        dashboard = tuning.start_ray(args.address, dashboard=not args.no_dashboard)
+        if not tuning.restorable(experiment):
+            raise StudyError(f"{experiment} holds no Ray Tune experiment state: the study was interrupted before its first trial started; start it again with a new --out")
+        cluster = start(tuning, args)
+        resources = tuning.Resources(**record["resources"])
+        warning = tuning.check_fit(cluster, resources.cpus_per_trial, resources.gpus_per_trial, joined=args.address is not None)
     except StudyError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if dashboard:
-        print(f"Ray dashboard: {dashboard}", flush=True)
-    records = tuning.run_study(space, out, args.cpus_per_trial, gpus, args.seed)
+        return fail(error)
+    if warning:
+        print(warning)
+    kept, again = tuning.finished_before(experiment)
+    print(f"Resuming {out.resolve()}: {kept} trial(s) finished before the interruption are kept; {again} unfinished "
+          f"trial(s) run again from their first epoch; the trials not started yet follow.", flush=True)  # fmt: skip
+    record.setdefault("resumed", []).append({"at": datetime.now().isoformat(timespec="seconds"), "command": command, "kept": kept, "run_again": again,
+                                             "address": args.address, "dashboard": cluster.dashboard_url})  # fmt: skip
+    write_json(out / "study.json", record)
+    records = tuning.resume_study(experiment, space.max_epochs, resources)
+    return finish(out, space, record, records, started)
+
+
+def read_study(out: Path) -> dict:
+    path = out / "study.json"
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StudyError(f"{path} does not exist: --resume takes the results directory (--out) of a study started by python -m study.run") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise StudyError(f"{path} is unreadable ({error}): --resume needs the study.json its study wrote") from None
+    if "ray_experiment" not in record:
+        raise StudyError(f"{path} records no Ray experiment (a study from an older version, or no study.json of study.run): it cannot be resumed")
+    return record
+
+
+def finish(out: Path, space: Space, record: dict, records: list[dict], started: float) -> int:
     trials, epochs = trials_table(records)
     front = export(out, trials, epochs, title=f"{space.name}: validation accuracy vs training time")
     record.update(wall_time_s=round(time.perf_counter() - started, 1), finished=datetime.now().isoformat(timespec="seconds"),
@@ -149,12 +324,6 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(out, trials, front, record["wall_time_s"])
     print(f"Report: {report.resolve()}")
     return 0 if (trials["status"] != "error").any() else 1
-
-
-def default_gpus() -> float:
-    import torch
-
-    return 1.0 if torch.cuda.is_available() else 0.0
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -10,11 +10,21 @@ A space file (search_spaces/NAME.yaml):
       optimizer: {choice: [sgd, adamw]}         # one value drawn per sample
       lr: {loguniform: [1.0e-4, 1.0e-2]}        # also: uniform: [lo, hi]
       batch_size: {randint: [16, 64]}           # both ends included
-    num_samples: 1    # draws of the sampled dimensions (grids repeat this often)
+    search: random    # grid | random | optuna | optuna_mo (below); default: grid if every dimension is one
+    num_samples: 1    # draws of the sampled dimensions (grids repeat this often); Optuna: the number of trials
     max_epochs: 5     # every trial's epoch budget
     asha: {grace_period: 1, reduction_factor: 2}   # or `asha: false` to run every trial out
     metric: val_acc
     mode: max
+
+Search algorithms (Ray Tune runs them all; study/tuning.py builds them):
+- grid: every combination of the grid dimensions, num_samples times; only grid dimensions allowed.
+- random: Ray's variant generator: grids crossed, sampled dimensions drawn num_samples times (seeded).
+- optuna: Optuna's TPE sampler (seeded) proposes num_samples trials, learning from finished ones, on
+  `metric`/`mode`. Grids are not allowed (TPE samples every dimension): use `choice`.
+- optuna_mo: multi-objective TPE: maximise val_acc and minimise train_time_s together. `metric`/`mode`
+  are then ASHA's alone; the sampler learns only from trials that ran all max_epochs (a trial ASHA
+  stops is told to Optuna as pruned: its accuracy and time belong to a shorter budget).
 
 Everything is validated when the file is read; mistakes name the file and the key.
 """
@@ -30,7 +40,10 @@ import yaml
 from study.config import FIELD_TYPES, StudyError, TrialConfig, closest_hint, load_yaml
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-SPACE_KEYS = ("description", "fixed", "dimensions", "num_samples", "max_epochs", "asha", "metric", "mode")
+SPACE_KEYS = ("description", "fixed", "dimensions", "search", "num_samples", "max_epochs", "asha", "metric", "mode")
+SEARCHES = ("grid", "random", "optuna", "optuna_mo")
+# optuna_mo's two objectives: the Pareto front of the results (study/pareto.py) is over the same pair.
+MULTI_OBJECTIVE = {"val_acc": "max", "train_time_s": "min"}
 ASHA_KEYS = ("grace_period", "reduction_factor")
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 DIMENSION_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -71,6 +84,15 @@ class Space:
     asha: dict | None = field(default_factory=lambda: {"grace_period": 1, "reduction_factor": 2})
     metric: str = "val_acc"
     mode: str = "max"
+    search: str = "grid"
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Space":
+        """The space as study.json records it (dataclasses.asdict), for --resume."""
+        dimensions = {key: Dimension(**spec) for key, spec in record["dimensions"].items()}
+        space = cls(**{**record, "dimensions": dimensions})
+        space.validate()
+        return space
 
     def param_space(self) -> dict:
         """Ray Tune's param_space: every trial setting, sampled or fixed."""
@@ -104,6 +126,16 @@ class Space:
             raise StudyError(f"{where}: metric '{self.metric}' is unknown{closest_hint(self.metric, METRICS)}")
         if self.mode not in ("max", "min"):
             raise StudyError(f"{where}: mode '{self.mode}' must be max or min")
+        if self.search not in SEARCHES:
+            raise StudyError(f"{where}: search '{self.search}' is unknown{closest_hint(self.search, SEARCHES)}")
+        grids = [key for key, d in self.dimensions.items() if d.kind == "grid"]
+        sampled = [key for key, d in self.dimensions.items() if d.kind != "grid"]
+        if self.search == "grid" and sampled:
+            raise StudyError(f"{where}: search grid runs grid dimensions only, but '{sampled[0]}' is {self.dimensions[sampled[0]].kind}: use search: random (grids crossed, the rest sampled) or make it a grid")
+        if self.search.startswith("optuna") and grids:
+            raise StudyError(f"{where}: search {self.search} samples every dimension (TPE), but '{grids[0]}' is a grid: write it as {{choice: {self.dimensions[grids[0]].values}}}")
+        if self.search.startswith("optuna") and not self.dimensions:
+            raise StudyError(f"{where}: search {self.search} needs at least one dimension to sample: add one, or use search: grid")
         if self.asha is not None:
             if self.asha["grace_period"] > self.max_epochs:
                 raise StudyError(f"{where}: asha.grace_period={self.asha['grace_period']} exceeds max_epochs={self.max_epochs}: lower it")
@@ -146,6 +178,7 @@ def load_space(name_or_path: str) -> Space:
         if key not in FIELD_TYPES or key == "epochs":
             raise StudyError(f"{where}: unknown setting 'fixed.{key}'{closest_hint(key, set(FIELD_TYPES) - {'epochs'})}" + (" (use max_epochs)" if key == "epochs" else ""))
     dimensions = {key: _dimension(key, spec, where) for key, spec in _mapping(raw, "dimensions", where).items()}
+    default_search = "grid" if all(d.kind == "grid" for d in dimensions.values()) else "random"
     space = Space(
         name=path.stem,
         source=where,
@@ -157,6 +190,7 @@ def load_space(name_or_path: str) -> Space:
         asha=_asha(raw, where),
         metric=_typed(raw, "metric", str, where, "val_acc"),
         mode=_typed(raw, "mode", str, where, "max"),
+        search=_typed(raw, "search", str, where, default_search),
     )
     space.validate()
     return space

@@ -1,103 +1,408 @@
-"""The one place that knows Ray Tune: the trainable, the Tuner, and reading its results back.
+"""The one place that knows Ray: the trainable, search algorithms, the Tuner, clusters, resume, results.
 
 Ray's API has changed several times; this file is written against Ray 2.60
-(`ray.tune.report`, `tune.RunConfig`, `tune.Tuner`). Nothing else imports Ray.
+(`ray.tune.report`, `tune.RunConfig`, `tune.Tuner`, `Tuner.restore`, token
+authentication). Nothing else imports Ray.
+
+Search algorithms (the space's `search`, study/space.py): `grid` and `random`
+are Ray's variant generator (seeded); `optuna` and `optuna_mo` are Ray's
+OptunaSearch with Optuna's TPE sampler (seeded). ASHA is single-metric: with
+`optuna_mo` it stops trials on the space's `metric` while the sampler learns
+from both objectives (val_acc, train_time_s) of the trials that ran every epoch
+only: a trial ASHA stopped is told to Optuna as pruned, a failed one as failed
+(`FullBudgetOptunaSearch`).
+
+Results are exported while the study runs: after every trial that finishes or
+fails, `ExportCallback` rewrites the results tables (study/results.py, atomic
+files), so a study whose driver dies has already saved every finished trial.
+The callback's record of finished trials is part of Ray's experiment state,
+which Ray saves (every CHECKPOINT_PERIOD_S) together with the trials'
+statuses: `--resume` restores both from the same snapshot, so the tables and
+Ray agree on what ran.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import socket
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import ray
 import torch
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search.variant_generator import generate_variants
 
 from study.config import StudyError, TrialConfig
-from study.results import EPOCH_METRICS, TRIAL_INFO
-from study.space import Space
+from study.results import EPOCH_METRICS, TRIAL_INFO, trials_table, write_tables
+from study.space import MULTI_OBJECTIVE, Space
 from study.train import run_trial
 
-RAY_DIR = "ray"  # under the study's results directory: Ray Tune's own experiment files
+RAY_DIR = "ray"  # under the study's results directory: Ray Tune's own experiment files (without --storage)
 EXPERIMENT = "tune"
+STUDY_PACKAGE = Path(__file__).resolve().parent
+# How often Ray saves the experiment state (trial statuses, searcher, ExportCallback): a trial that finished
+# less than this before the driver died is not in the saved state and runs again on --resume (never lost).
+# Ray's default ("auto") is 10 s or more; the state of a study is small, so saving it every second costs little.
+CHECKPOINT_PERIOD_S = "1"
+# TPE draws this many trials at random before it models results (Optuna's default n_startup_trials).
+OPTUNA_STARTUP_TRIALS = 10
+REPORT_KEYS = (*EPOCH_METRICS, *TRIAL_INFO)
+
+
+# --- inside a trial ----------------------------------------------------------------------------------------------
+
+
+def trial_device(setting: str, gpu_ids: list[str], cuda_available: bool) -> str:
+    """The device a trial trains on: the one Ray's resources give it, never a GPU it was not given.
+
+    Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a trial without GPUs, so on a GPU node such a trial
+    would still see every GPU: `auto` follows Ray's assignment (`gpu_ids`), not what CUDA shows.
+    """
+    if setting == "cpu":
+        return "cpu"
+    if gpu_ids and not cuda_available:
+        raise StudyError(f"Ray gave this trial GPU {','.join(gpu_ids)} but PyTorch cannot use CUDA on this node (a CPU-only torch build, or no driver): fix the node, or run with --set device=cpu")
+    if setting == "cuda" and not gpu_ids:
+        raise StudyError("device=cuda but Ray gave this trial no GPU: give trials GPUs with --gpus-per-trial (e.g. 1, or 0.25 to pack four per GPU)")
+    return "cuda" if gpu_ids else "cpu"
 
 
 def trainable(config: dict) -> None:
     """Ray Tune function trainable: one report per epoch; ASHA may stop it between epochs.
 
-    With save_checkpoint, the last epoch's report carries the final model as a Ray checkpoint, which Ray copies
-    into the trial's directory under the results (ray/tune/TRIAL_ID/checkpoint_000000/model.pt). A trial that
-    ASHA stops early never reaches its last epoch and saves none.
+    Every report also says where the trial ran (node, GPU) and when it started. With save_checkpoint, the last
+    epoch's report carries the final model as a Ray checkpoint, which Ray copies into the trial's directory
+    (ray/tune/TRIAL_ID/checkpoint_000000/model.pt). A trial that ASHA stops early never reaches its last epoch
+    and saves none.
     """
-    trial = TrialConfig.from_dict(config)
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    started = time.time()
+    context = ray.get_runtime_context()
+    cpus = context.get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
+    gpu_ids = [str(i) for i in context.get_accelerator_ids().get("GPU", [])]
+    trial = TrialConfig.from_dict(config)
+    device = trial_device(trial.device, gpu_ids, torch.cuda.is_available())
+    trial = trial.replace(device=device)
+    placement = {
+        "node_id": context.get_node_id(),
+        "node_ip": ray.util.get_node_ip_address(),
+        "hostname": socket.gethostname(),
+        "gpu_ids": ",".join(gpu_ids),
+        "gpu_name": torch.cuda.get_device_name() if device == "cuda" else "",
+        "started_at": started,
+    }
     with tempfile.TemporaryDirectory(prefix="study-checkpoint-") as directory:
         for metrics in run_trial(trial, checkpoint_dir=Path(directory) if trial.save_checkpoint else None):
             final = trial.save_checkpoint and metrics["epoch"] == trial.epochs
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if final else None)
+            tune.report({**metrics, **placement}, checkpoint=tune.Checkpoint.from_directory(directory) if final else None)
 
 
-def start_ray(address: str | None, dashboard: bool) -> str | None:
-    """Join `address` (an existing cluster) or start a local Ray; returns the dashboard URL, if any."""
+# --- the cluster -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    dashboard_url: str | None
+    token_auth: bool  # Ray's token authentication is on for this driver (RAY_AUTH_MODE=token)
+    client: bool  # connected through Ray Client (ray://): Tune's driver loop runs on the head node
+    nodes: int
+    cpus: float
+    gpus: float
+    largest_node: dict  # CPU and GPU of the node with the most of each (a trial must fit on one node)
+
+
+def start_ray(address: str | None, dashboard_host: str | None) -> Cluster:
+    """Join `address` (an existing cluster) or start a local Ray with its dashboard on `dashboard_host` (None: off).
+
+    On a cluster, the driver's copy of the `study` package is shipped to every worker (runtime_env py_modules),
+    so trials run the driver's code; the nodes need the project's dependencies installed.
+    """
     try:
         if address:
-            context = ray.init(address=address)
+            context = ray.init(address=address, runtime_env={"py_modules": [str(STUDY_PACKAGE)]})
         else:
-            # Ray's dashboard and job API have no authentication of their own: loopback only.
-            context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1")
+            # "local": a new instance even where another Ray runs (ray.init() would join the last `ray start` cluster)
+            context = ray.init(address="local", include_dashboard=dashboard_host is not None, dashboard_host=dashboard_host or "127.0.0.1")
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as error:
-        raise StudyError(f"cannot reach Ray at {address or 'a new local instance'}: {str(error).splitlines()[0]}: check --address (e.g. auto, or ray://HOST:10001)") from None
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise StudyError(f"cannot reach Ray at {address or 'a new local instance'}: {first}: check --address (e.g. auto, HOST:6379 or ray://HOST:10001)") from None
     url = context.dashboard_url
-    return f"http://{url}" if url else None
-
-
-def run_study(space: Space, out: Path, cpus_per_trial: float, gpus_per_trial: float, seed: int) -> list[dict]:
-    """Run every trial of `space` with ASHA (if the space enables it); return one record per trial."""
-    scheduler = (
-        ASHAScheduler(time_attr="training_iteration", max_t=space.max_epochs, **space.asha)
-        if space.asha
-        else FIFOScheduler()
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    total = ray.cluster_resources()
+    return Cluster(
+        dashboard_url=f"http://{url}" if url else None,
+        token_auth=os.environ.get("RAY_AUTH_MODE", "").lower() == "token",
+        client=ray.util.client.ray.is_connected(),
+        nodes=len(nodes),
+        cpus=total.get("CPU", 0),
+        gpus=total.get("GPU", 0),
+        largest_node={kind: max((node.get(kind, 0) for node in nodes), default=0) for kind in ("CPU", "GPU")},
     )
+
+
+def token_location() -> str:
+    """Where this driver's Ray token comes from (Ray's order: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "the RAY_AUTH_TOKEN environment variable"
+    return os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
+
+
+def check_fit(cluster: Cluster, cpus_per_trial: float, gpus_per_trial: float, joined: bool) -> str | None:
+    """A trial that fits no node would wait forever: an error on a local Ray; on a cluster a warning (returned),
+    since an autoscaler may add such a node once trials ask for it."""
+    short = [f"{need:g} {kind}" for kind, need in (("CPU", cpus_per_trial), ("GPU", gpus_per_trial)) if need > cluster.largest_node[kind]]
+    if not short:
+        return None
+    have = f"the largest node has {cluster.largest_node['CPU']:g} CPU and {cluster.largest_node['GPU']:g} GPU"
+    if not joined:
+        raise StudyError(f"a trial asks for {' and '.join(short)} but {have}: lower --cpus-per-trial/--gpus-per-trial")
+    return f"warning: a trial asks for {' and '.join(short)} but {have} now: trials wait until a node that large joins (an autoscaler may add one)"
+
+
+def slots(cluster: Cluster, resources: "Resources") -> int:
+    """How many trials the cluster runs at once. Ray Tune asks a searcher other than its own variant generator for
+    one trial at a time unless told how many may run together, which would run Optuna's trials one by one."""
+    count = cluster.cpus // resources.cpus_per_trial
+    if resources.gpus_per_trial:
+        count = min(count, cluster.gpus // resources.gpus_per_trial)
+    return max(1, int(count))
+
+
+def experiment_location(out: Path, storage: str | None) -> tuple[str, str]:
+    """(storage_path, experiment name) for Ray Tune: the results directory's ray/tune, or a fresh name under --storage."""
+    if storage is None:
+        return str((out / RAY_DIR).resolve()), EXPERIMENT
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve()), f"{out.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# --- search ------------------------------------------------------------------------------------------------------
+
+
+class FullBudgetOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch telling Optuna only what a full epoch budget measured.
+
+    A trial that ran all `max_epochs` is told as complete with its final metrics. One stopped early (by ASHA) is
+    told as pruned: its accuracy and time are those of a shorter run, and as complete it would look cheap and
+    bias the time objective. One that failed is told as failed, even if it reported epochs before failing
+    (Ray's OptunaSearch would tell its last report as complete).
+    """
+
+    def __init__(self, max_epochs: int, **kwargs):
+        super().__init__(**kwargs)
+        self.max_epochs = max_epochs
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        full_budget = not error and result is not None and result.get("epoch", 0) >= self.max_epochs
+        super().on_trial_complete(trial_id, result if full_budget else None, error)
+
+
+def search_algorithm(space: Space, seed: int, max_concurrent: int | None = None):
+    if space.search in ("grid", "random"):
+        # Its own limit: Ray ignores TuneConfig.max_concurrent_trials for a variant generator passed in (and a
+        # resumed study restores the generator with its limit).
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial from Optuna besides Ray's table: noise
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=OPTUNA_STARTUP_TRIALS)
+    if space.search == "optuna_mo":
+        return FullBudgetOptunaSearch(space.max_epochs, metric=list(MULTI_OBJECTIVE), mode=list(MULTI_OBJECTIVE.values()), sampler=sampler)
+    return FullBudgetOptunaSearch(space.max_epochs, sampler=sampler)
+
+
+def planned_trials(space: Space, seed: int) -> tuple[list[dict], int]:
+    """The trial configs a study would run, without Ray running: (configs known now, trials in all).
+
+    grid/random: every trial, drawn as Ray's variant generator draws them with the same seed. optuna: the first
+    ones TPE proposes before any result (its seeded random start-up draws); the later ones depend on results.
+    """
+    params = space.param_space()
+    if space.search in ("grid", "random"):
+        rng = np.random.default_rng(seed)  # what BasicVariantGenerator(random_state=seed) draws from
+        configs = [spec["config"] for _ in range(space.num_samples) for _, spec in generate_variants({"config": params}, random_state=rng)]
+        return configs, len(configs)
+    searcher = search_algorithm(space, seed)
+    searcher.set_search_properties(None if space.search == "optuna_mo" else space.metric, None if space.search == "optuna_mo" else space.mode, params)
+    fixed = {key: value for key, value in params.items() if key not in space.dimensions}
+    configs = [{**fixed, **searcher.suggest(f"planned_{i}")} for i in range(min(space.num_samples, OPTUNA_STARTUP_TRIALS))]
+    return configs, space.num_samples
+
+
+# --- running -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Resources:
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int | None = None
+
+    def per_trial(self) -> dict:
+        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+
+class ExportCallback(tune.Callback):
+    """Rewrites the results tables after every trial that finishes or fails (module docstring)."""
+
+    def __init__(self, out: Path, max_epochs: int, storage_scheme: str | None = None):
+        self.out = out
+        self.max_epochs = max_epochs
+        self.storage_scheme = storage_scheme
+        self.finished: dict[str, dict] = {}  # trial id -> record (study/results.py trials_table)
+        self.histories: dict[str, list[dict]] = {}  # epoch reports of running trials
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.histories[trial.trial_id] = []  # also a trial run again after --resume: from its first epoch
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.histories.setdefault(trial.trial_id, []).append({key: result[key] for key in REPORT_KEYS if key in result})
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = None
+        if trial.pickled_error_file and Path(trial.pickled_error_file).exists():
+            with open(trial.pickled_error_file, "rb") as file:  # Ray's own file, written by this process just now
+                error = describe_error(cloudpickle.load(file))
+        self._finish(trial, error or "the trial failed (Ray recorded no error message)")
+
+    def _finish(self, trial, error: str | None) -> None:
+        checkpoint = trial.checkpoint.path if trial.checkpoint and not error else None
+        self.finished[trial.trial_id] = {
+            "trial_id": trial.trial_id,
+            "config": dict(trial.config),
+            "history": self.histories.pop(trial.trial_id, []),
+            "error": error,
+            "checkpoint": checkpoint and with_scheme(checkpoint, self.storage_scheme),
+            "max_epochs": self.max_epochs,
+        }
+        trials, epochs = trials_table(sorted(self.finished.values(), key=lambda r: r["trial_id"]))
+        write_tables(self.out, trials, epochs)
+
+    def get_state(self) -> dict:
+        return {"finished": self.finished}
+
+    def set_state(self, state: dict) -> None:
+        self.finished = state["finished"]
+
+
+def with_scheme(path: str, scheme: str | None) -> str:
+    return f"{scheme}://{path}" if scheme else path
+
+
+def _ray_settings() -> None:
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
+
+
+def run_study(space: Space, out: Path, storage: str, name: str, resources: Resources, seed: int, cluster: Cluster) -> list[dict]:
+    """Run every trial of `space`; return one record per trial (study/results.py trials_table)."""
+    _ray_settings()
+    scheme = storage.split("://")[0] if "://" in storage else None
+    if space.asha:
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=space.max_epochs, **space.asha,
+                                  **({"metric": space.metric, "mode": space.mode} if space.search == "optuna_mo" else {}))  # fmt: skip
+    else:
+        scheduler = FIFOScheduler()
+    single = space.search != "optuna_mo"  # multi-objective: the searcher and ASHA carry their own metrics
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
+        tune.with_resources(trainable, resources.per_trial()),
         param_space=space.param_space(),
         tune_config=tune.TuneConfig(
-            metric=space.metric,
-            mode=space.mode,
+            metric=space.metric if single else None,
+            mode=space.mode if single else None,
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=seed),
+            search_alg=search_algorithm(space, seed, resources.max_concurrent),
             num_samples=space.num_samples,
-            trial_dirname_creator=lambda trial: trial.trial_id,
+            max_concurrent_trials=None if space.search in ("grid", "random") else resources.max_concurrent or slots(cluster, resources),
+            trial_dirname_creator=_trial_dirname,
         ),
-        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str((out / RAY_DIR).resolve()), verbose=1),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=1,
+            # Ray Client runs Tune's loop on the head node, whose disk is not this machine's: tables at the end only.
+            callbacks=[] if cluster.client else [ExportCallback(out, space.max_epochs, scheme)],
+        ),  # fmt: skip
     )
-    return records_from(tuner.fit(), space.max_epochs)
+    return records_from(tuner.fit(), space.max_epochs, scheme)
 
 
-def records_from(results: tune.ResultGrid, max_epochs: int) -> list[dict]:
-    keys = (*EPOCH_METRICS, *TRIAL_INFO)
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def restorable(experiment: str) -> bool:
+    return tune.Tuner.can_restore(experiment)
+
+
+def resume_study(experiment: str, max_epochs: int, resources: Resources) -> list[dict]:
+    """Continue an interrupted study from Ray's experiment directory: finished and failed trials are kept as
+    they are, unfinished ones run again from their first epoch (trials save no checkpoints mid-way)."""
+    _ray_settings()
+    scheme = experiment.split("://")[0] if "://" in experiment else None
+    with _quiet_about_unfinished_trials():
+        tuner = tune.Tuner.restore(experiment, tune.with_resources(trainable, resources.per_trial()),
+                                   resume_unfinished=True, resume_errored=False, restart_errored=False)  # fmt: skip
+    return records_from(tuner.fit(), max_epochs, scheme)
+
+
+def finished_before(experiment: str) -> tuple[int, int]:
+    """(finished or failed, unfinished) trials in Ray's saved state of an interrupted experiment."""
+    with _quiet_about_unfinished_trials():
+        statuses = [trial.status for trial in tune.ExperimentAnalysis(experiment).trials]
+    done = sum(status in ("TERMINATED", "ERROR") for status in statuses)
+    return done, len(statuses) - done
+
+
+@contextlib.contextmanager
+def _quiet_about_unfinished_trials():
+    """Reading an interrupted experiment, Ray warns about every trial that never reported: expected here."""
+    analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = analysis.level
+    analysis.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        analysis.setLevel(level)
+
+
+def records_from(results: tune.ResultGrid, max_epochs: int, scheme: str | None = None) -> list[dict]:
     records = []
     for result in results:
         history = result.metrics_dataframe
-        rows = [] if history is None or history.empty else history[[k for k in keys if k in history]].to_dict("records")
+        rows = [] if history is None or history.empty else history[[k for k in REPORT_KEYS if k in history]].to_dict("records")
         records.append(
             {
                 "trial_id": Path(result.path).name,
                 "config": result.config,
-                "history": rows,
+                "history": last_run(rows),
                 "error": describe_error(result.error) if result.error else None,
-                "checkpoint": result.checkpoint.path if result.checkpoint else None,
+                "checkpoint": with_scheme(result.checkpoint.path, scheme) if result.checkpoint else None,
                 "max_epochs": max_epochs,
             }
         )
     return sorted(records, key=lambda r: r["trial_id"])
 
 
-def describe_error(error: BaseException) -> str:
+def last_run(rows: list[dict]) -> list[dict]:
+    """A trial run again after --resume appends to the reports of its interrupted run: keep the last run only."""
+    starts = [i for i, row in enumerate(rows) if row.get("epoch") == 1]
+    return rows[starts[-1]:] if starts else rows
+
+
+def describe_error(error) -> str:
     """Ray wraps a trial's exception; the user needs the original type and message, on one line."""
+    if isinstance(error, str):  # Ray's text record, when the exception could not be pickled
+        lines = [line for line in error.strip().splitlines() if line.strip()]
+        return lines[-1].strip() if lines else "the trial failed"
     cause = getattr(error, "cause", None) or error
     lines = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {lines[-1] if lines else ''}".rstrip(": ")

@@ -3,7 +3,7 @@ import textwrap
 import pytest
 
 from study.config import StudyError
-from study.space import available_spaces, load_space
+from study.space import SEARCHES, Space, available_spaces, load_space
 
 
 def write_space(tmp_path, text: str):
@@ -12,11 +12,40 @@ def write_space(tmp_path, text: str):
     return str(path)
 
 
+SHIPPED = {
+    "unfreeze_depth", "bn_insertion", "optimizer", "augmentation", "backbone", "full", "smoke",
+    "paper_000_bn_target", "paper_001_transfer_vs_finetune", "paper_004_unfreeze_k",
+}  # fmt: skip
+
+
 def test_every_shipped_space_loads():
-    assert {"smoke", "unfreeze_depth"} <= set(available_spaces())
+    assert SHIPPED <= set(available_spaces())
     for name in available_spaces():
         space = load_space(name)
-        assert space.example_configs()
+        assert space.example_configs() and space.description and space.search in SEARCHES
+
+
+def test_the_full_space_searches_every_dimension_with_multi_objective_tpe_and_asha():
+    full = load_space("full")
+    assert full.search == "optuna_mo" and full.asha and full.metric == "val_acc"
+    assert set(full.dimensions) == {"backbone", "unfreeze_depth", "bn_insert", "train_bn_affine", "optimizer", "lr", "weight_decay", "augment", "batch_size"}
+
+
+def test_the_document_spaces_are_the_documents_experiments():
+    bn = load_space("paper_000_bn_target")
+    assert (bn.fixed["backbone"], bn.fixed["head"], bn.fixed["data"]) == ("vgg16", "single_linear", "cifar10")
+    assert bn.dimensions["unfreeze_depth"].values == list(range(1, 14))  # Target model n = 14 - depth, n = 13..1
+    assert bn.dimensions["bn_insert"].values == ["none", "before_retrained_conv"]
+    transfer = load_space("paper_001_transfer_vs_finetune")
+    assert [name.split(".")[0] for name in transfer.dimensions["backbone"].values] == ["resnet50", "densenet201", "vit_base_patch16_224"]
+    assert transfer.dimensions["unfreeze_depth"].values == [0, "all"] and transfer.dimensions["optimizer"].values == ["sgd", "adam"]
+    assert (transfer.fixed["data"], transfer.fixed["img_size"], transfer.fixed["lr"], transfer.fixed["momentum"], transfer.fixed["batch_size"]) == ("stl10", 224, 0.001, 0.9, 50)
+    assert transfer.max_epochs == 50 and set(transfer.dimensions["augment"].values) == {"none", "pspnet", "augmix", "cutmix_mixup"}
+    k = load_space("paper_004_unfreeze_k")
+    assert (k.fixed["backbone"], k.fixed["data"], k.max_epochs) == ("mobilenetv2_100", "oxford_pets_binary", 3)
+    assert k.dimensions["train_fraction"].values == [0.1, 0.2]
+    # the document's K (Keras layers, 154) as conv layers of the same MobileNetV2 (study/models.py's layers)
+    assert k.dimensions["unfreeze_depth"].values == [0, 1, 2, 3, 5, 6, 7, 8, 10, 20, 34]
 
 
 def test_default_space_is_the_depth_grid():
@@ -80,6 +109,35 @@ def test_mistakes_are_one_line_errors_naming_file_and_key(tmp_path, text, messag
     with pytest.raises(StudyError, match=message) as caught:
         load_space(path)
     assert str(caught.value).startswith(path) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("dimensions: {lr: {uniform: [0.1, 0.2]}}\nsearch: grid\n", r"search grid runs grid dimensions only, but 'lr' is uniform"),
+        ("dimensions: {lr: {grid: [0.1, 0.2]}}\nsearch: optuna\n", r"search optuna samples every dimension \(TPE\), but 'lr' is a grid: write it as \{choice: \[0.1, 0.2\]\}"),
+        ("search: optuna_mo\n", r"search optuna_mo needs at least one dimension to sample"),
+        ("search: tpe\n", r"search 'tpe' is unknown \(valid: grid, optuna, optuna_mo, random\)"),
+        ("search: [grid]\n", r"'search' must be str"),
+    ],
+)
+def test_search_mistakes_are_one_line_errors(tmp_path, text, message):
+    with pytest.raises(StudyError, match=message):
+        load_space(write_space(tmp_path, text))
+
+
+def test_search_defaults_to_grid_for_grids_only_and_to_random_otherwise(tmp_path):
+    assert load_space(write_space(tmp_path, "dimensions: {lr: {grid: [0.1, 0.2]}}\n")).search == "grid"
+    assert load_space(write_space(tmp_path, "dimensions: {lr: {grid: [0.1]}, momentum: {uniform: [0.8, 0.9]}}\n")).search == "random"
+    assert load_space(write_space(tmp_path, "fixed: {lr: 0.1}\n")).search == "grid"
+
+
+def test_a_space_comes_back_from_its_record_in_study_json():
+    import dataclasses
+    import json
+
+    space = load_space("full")
+    assert Space.from_record(json.loads(json.dumps(dataclasses.asdict(space)))) == space
 
 
 def test_unknown_space_lists_the_available_ones(tmp_path):
