@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="list the trials (settings, trainable parameters) and exit: nothing trains, no weights or data are read")
     resources = parser.add_argument_group("resources")
     resources.add_argument("--cpus-per-trial", type=float, help="CPU cores per trial (default 1)")
-    resources.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions pack trials on a GPU (0.25: four per GPU); default: 1 if the cluster has a GPU, else 0")
+    resources.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, 0 to 1; fractions pack trials on a GPU (0.25: four per GPU); default: 1 if the cluster has a GPU, else 0")
     resources.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as many as the resources allow)")
     cluster = parser.add_argument_group("Ray cluster")
     cluster.add_argument("--address", help="an existing Ray cluster: auto (the one `ray start` started on this machine, or RAY_ADDRESS), HOST:6379, or ray://HOST:10001; default: a new local Ray instance")
@@ -167,8 +167,8 @@ def check_resource_options(args: argparse.Namespace) -> None:
     if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
         raise StudyError(f"--cpus-per-trial {args.cpus_per_trial:g} must be positive")
     gpus = args.gpus_per_trial
-    if gpus is not None and (gpus < 0 or gpus > 1 and not float(gpus).is_integer()):
-        raise StudyError(f"--gpus-per-trial {gpus:g} is neither a fraction of one GPU (0 to 1) nor a whole number of GPUs: use e.g. 0.25, 1 or 2")
+    if gpus is not None and not 0 <= gpus <= 1:
+        raise StudyError(f"--gpus-per-trial {gpus:g} is outside 0..1: a trial trains on one device (more GPUs would sit idle); fractions pack trials on a GPU (0.25: four per GPU)")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise StudyError(f"--max-concurrent {args.max_concurrent} must be at least 1")
     if args.address and (args.no_dashboard or args.dashboard_host not in ("127.0.0.1",)):
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "search": {"algorithm": space.search, "seed": seed},
         "seed": seed,
-        "trial_seed": space.fixed.get("seed", f"dimension {space.dimensions['seed'].kind} {space.dimensions['seed'].values}" if "seed" in space.dimensions else 0),
+        "trial_seed": dataclasses.asdict(space.dimensions["seed"]) if "seed" in space.dimensions else space.fixed.get("seed", TrialConfig.seed),
         "resources": dataclasses.asdict(resources),
         "cluster": {"address": args.address, "nodes": cluster.nodes, "cpus": cluster.cpus, "gpus": cluster.gpus, "ray_client": cluster.client},
         "ray_experiment": f"{storage.rstrip('/')}/{name}",

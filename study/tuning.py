@@ -24,6 +24,7 @@ Ray agree on what ran.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -382,7 +383,7 @@ def records_from(results: tune.ResultGrid, max_epochs: int, scheme: str | None =
         records.append(
             {
                 "trial_id": Path(result.path).name,
-                "config": result.config,
+                "config": result.config or saved_config(result),
                 "history": last_run(rows),
                 "error": describe_error(result.error) if result.error else None,
                 "checkpoint": with_scheme(result.checkpoint.path, scheme) if result.checkpoint else None,
@@ -390,6 +391,13 @@ def records_from(results: tune.ResultGrid, max_epochs: int, scheme: str | None =
             }
         )
     return sorted(records, key=lambda r: r["trial_id"])
+
+
+def saved_config(result: tune.Result) -> dict:
+    """The settings of a trial that never reported, read back after --resume (Ray then knows no result of it):
+    Ray's parameters file, written in the trial's directory when it started."""
+    with result.filesystem.open_input_stream(f"{result.path}/params.json") as file:
+        return json.loads(file.readall())
 
 
 def last_run(rows: list[dict]) -> list[dict]:

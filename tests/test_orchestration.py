@@ -72,7 +72,7 @@ def test_offline_a_document_study_stops_before_ray_naming_the_weights_it_needs(t
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--space", "smoke", "--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5 is neither a fraction of one GPU"),
+        (["--space", "smoke", "--gpus-per-trial", "2"], "--gpus-per-trial 2 is outside 0..1: a trial trains on one device"),
         (["--space", "smoke", "--max-concurrent", "0"], "--max-concurrent 0 must be at least 1"),
         (["--space", "smoke", "--cpus-per-trial", "0"], "--cpus-per-trial 0 must be positive"),
         (["--space", "smoke", "--address", "auto", "--dashboard-host", "0.0.0.0"], "leave them out with --address"),
@@ -237,9 +237,10 @@ def test_a_multi_objective_study_runs_on_a_two_node_cluster_packing_two_trials_p
 
 
 RESUMABLE = """
-    fixed: {backbone: tf_efficientnet_lite0, data: digits, img_size: 32, train_fraction: 0.3, optimizer: adamw, lr: 0.003, batch_size: 64}
-    dimensions:
-      unfreeze_depth: {grid: [0, 1, 2, 3]}
+    fixed: {backbone: tf_efficientnet_lite0, data: digits, img_size: 32, train_fraction: 0.3, optimizer: adamw, unfreeze_depth: 2}
+    dimensions:  # Ray's grid order: every batch size with lr 1e30, then every one with 0.003
+      lr: {grid: [1.0e+30, 0.003]}    # 1e30: the loss becomes NaN in epoch 1 (an error trial)
+      batch_size: {grid: [32, 48, 64]}
     max_epochs: 2
     asha: false
     """
@@ -250,38 +251,57 @@ def test_a_study_killed_mid_way_resumes_without_losing_or_repeating_finished_tri
     out = tmp_path / "study"
     driver = subprocess.Popen([sys.executable, "-m", "study.run", "--space", str(space), "--out", str(out), "--max-concurrent", "1", "--no-dashboard"],
                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
+    try:  # one trial at a time: the three with lr 1e30 fail, then the first with lr 0.003 completes
         deadline = time.monotonic() + 300
-        while not ((out / "trials.csv").exists() and len(pd.read_csv(out / "trials.csv")) >= 2):
-            assert driver.poll() is None and time.monotonic() < deadline, "the study ended or stalled before two trials finished"
+        while not ((out / "trials.csv").exists() and len(pd.read_csv(out / "trials.csv")) >= 4):
+            assert driver.poll() is None and time.monotonic() < deadline, "the study ended or stalled before four trials finished"
             time.sleep(0.2)
-        time.sleep(2.5)  # past Ray's one-second experiment snapshot, while the third trial trains
+        time.sleep(2.5)  # past Ray's one-second experiment snapshot, while the fifth trial trains
         before = pd.read_csv(out / "trials.csv")
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    assert len(before) == 2 and "finished" not in json.loads((out / "study.json").read_text())
+    killed_at = time.time()
+    assert len(before) == 4 and "finished" not in json.loads((out / "study.json").read_text())
+    # written while the study ran, after every finished trial: faults with their messages too
+    assert (before["status"] == "error").sum() == 3 and (before["status"] == "completed").sum() == 1
+    assert before[before["status"] == "error"]["error"].str.startswith("FloatingPointError: training loss became nan in epoch 1").all()
 
     # the resumed run exposes its dashboard on every interface: a warning says what that means
     result = run_module("study.run", "--resume", str(out), "--dashboard-host", "0.0.0.0", env={"RAY_AUTH_TOKEN": secrets.token_hex(16)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "warning: the Ray dashboard listens on 0.0.0.0, reachable from other machines: Ray's dashboard and its job API run any code" in result.stdout
     assert "its only protection is the Ray token, sent unencrypted over HTTP" in result.stdout
-    # with one trial at a time, the third was training when the driver died and the fourth was not created yet
-    assert "2 trial(s) finished before the interruption are kept; 1 unfinished trial(s) run again from their first epoch" in result.stdout
+    # the fifth trial was training when the driver died, the sixth not created yet (one trial at a time)
+    assert "4 trial(s) finished before the interruption are kept; 1 unfinished trial(s) run again from their first epoch" in result.stdout
 
     after = pd.read_csv(out / "trials.csv").set_index("trial_id")
-    assert len(after) == 4 and (after["status"] == "completed").all()
+    assert len(after) == 6 and after["status"].value_counts().to_dict() == {"error": 3, "completed": 3}
     kept = after.loc[before["trial_id"]]
-    assert kept["started_at"].tolist() == before["started_at"].tolist()  # not run again
-    assert kept["val_acc"].tolist() == before["val_acc"].tolist()
+    assert kept["started_at"].tolist() == before["started_at"].tolist()  # not run again, errors included
+    assert kept["status"].tolist() == before["status"].tolist() and kept["error"].fillna("").tolist() == before["error"].fillna("").tolist()
     resumed = after.drop(before["trial_id"])
-    assert (resumed["started_at"] > before["finished_at"].max() + 2).all()
+    assert len(resumed) == 2 and (resumed["started_at"] > killed_at).all() and (resumed["status"] == "completed").all()
     epochs = pd.read_parquet(out / "epochs.parquet")
-    assert sorted(epochs.groupby("trial_id")["epoch"].apply(list).tolist()) == [[1, 2]] * 4  # no epoch of the killed run left
-    intervals = after.sort_values("started_at")[["started_at", "finished_at"]].to_numpy()
-    assert (intervals[1:, 0] >= intervals[:-1, 1]).all()  # --max-concurrent 1: one trial at a time, resumed ones too
+    assert sorted(epochs.groupby("trial_id")["epoch"].apply(list).tolist()) == [[1, 2]] * 3  # no epoch of the killed run left
+    completed = after[after["status"] == "completed"].sort_values("started_at")
+    assert (completed["started_at"].to_numpy()[1:] >= completed["finished_at"].to_numpy()[:-1]).all()  # --max-concurrent 1, resumed too
 
     study = json.loads((out / "study.json").read_text())
-    assert study["resumed"][0]["kept"] == 2 and study["resumed"][0]["run_again"] == 1 and study["trials"] == {"completed": 4}
+    assert study["resumed"][0]["kept"] == 4 and study["resumed"][0]["run_again"] == 1 and study["trials"] == {"error": 3, "completed": 3}
     assert run.main(["--resume", str(out)]) == 2  # finished: nothing left to resume
+
+
+def test_the_gpu_cluster_example_is_a_valid_ray_cluster_launcher_config():
+    import copy
+
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "examples" / "cluster-gpu.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(config)))  # Ray's own schema and defaults, as `ray up` applies them
+    workers = config["available_node_types"]["gpu_worker"]
+    assert workers["node_config"]["InstanceType"].startswith("g5.") and workers["max_workers"] >= 1
+    starts = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
+    assert starts.count("RAY_AUTH_MODE=token") == 2 and "--dashboard-host=127.0.0.1" in starts
+    assert "study.run" in (REPO / "examples" / "cluster-gpu.yaml").read_text()
