@@ -76,7 +76,6 @@ MEMORY_SHARE = 0.25  # of the node's memory that the cached features may take to
 MIN_PREFIX_SHARE = 0.1  # of the weight layers' multiply-accumulates that a prefix must hold to be worth caching
 GPU_SHARE = 0.25  # of the GPU's free memory that one split's features may take to be kept on the GPU
 HASH_CHUNK = 1024  # images hashed at a time
-SPLITS = ("train", "val", "test")
 
 
 class _Tracer(torch.fx.Tracer):
@@ -346,7 +345,8 @@ class CachedSplit:
         on_device = positions.to(device, non_blocking=True)
         if self.features.device.type == device.type:
             return self.features[on_device], self.labels[on_device]
-        return self.features[positions].to(device, non_blocking=True), self.labels[on_device]
+        rows = self.features[positions]
+        return (rows.pin_memory() if device.type == "cuda" else rows).to(device, non_blocking=True), self.labels[on_device]
 
 
 class _Rows(Dataset):

@@ -71,6 +71,7 @@ def run_study(space: Space, out: Path, cpus_per_trial: float, gpus_per_trial: fl
             search_alg=BasicVariantGenerator(random_state=seed),
             num_samples=space.num_samples,
             trial_dirname_creator=lambda trial: trial.trial_id,
+            reuse_actors=True,  # a trial starts in a warm process: no interpreter start and imports per trial
         ),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str((out / RAY_DIR).resolve()), verbose=1),
     )
