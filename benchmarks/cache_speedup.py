@@ -4,7 +4,7 @@
     python benchmarks/cache_speedup.py --quick    # 400 photos, 3 epochs
 
 One process, no Ray: `study.train.run_trial` on the CIFAR-10 photos at 64 px (tf_efficientnet_lite0, real
-ImageNet weights, AdamW, batch 64), each depth of DEPTHS once with `feature_cache: true` (from an empty
+ImageNet weights, AdamW, batch 64; --img-size changes the size), on the CPU or the GPU, each depth of DEPTHS once with `feature_cache: true` (from an empty
 cache) and once with `false`, with every core. Epoch time is training only (the cached trial's first epoch
 includes computing the features); evaluation time is listed beside. Headline: at depth 0, the uncached epoch
 time over the cached one, averaged over the second epoch on.
@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="400 training photos and 3 epochs instead of 2,400 and 5")
     parser.add_argument("--archive", type=Path, default=CIFAR_ARCHIVE, help="the CIFAR-10 JPEG archive")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory (data, data root)")
+    parser.add_argument("--img-size", type=int, default=64)
     args = parser.parse_args()
 
     from study.config import TrialConfig
@@ -37,13 +38,13 @@ def main() -> None:
     per_class, epochs = (50, 3) if args.quick else (300, 5)
     data = cifar_subset(args.archive, args.work, per_class, 20)
     data_root = args.work / "data-root"
-    splits = load_data(f"folder:{data}", 0, 64, str(data_root))
+    splits = load_data(f"folder:{data}", 0, args.img_size, str(data_root))
     load_before = load_average()
     rows = []
     for depth in DEPTHS:
         for cached in (True, False):
             forget_features(data_root)
-            config = TrialConfig(data=f"folder:{data}", data_root=str(data_root), img_size=64, unfreeze_depth=depth, lr=1e-3,
+            config = TrialConfig(data=f"folder:{data}", data_root=str(data_root), img_size=args.img_size, unfreeze_depth=depth, lr=1e-3,
                                  batch_size=64, epochs=epochs, feature_cache=cached)  # fmt: skip
             for report in run_trial(config, splits):
                 rows.append({
@@ -62,7 +63,7 @@ def main() -> None:
     ratio = float(speedups.loc[0, "speedup_from_epoch_2"])
     summary = {
         "speedups": speedups.reset_index().to_dict("records"), "epochs": epochs, "train_images": len(splits.train),
-        "img_size": 64, "load_average_before": load_before, "load_average_after": load_average(), "quick": args.quick,
+        "img_size": args.img_size, "device": report["device"], "amp": report["amp"], "load_average_before": load_before, "load_average_after": load_average(), "quick": args.quick,
     }  # fmt: skip
     path = save(NAME, table.drop(columns=["cache_note"]), summary)
     print(speedups.to_string(float_format=lambda v: f"{v:.3f}"))
