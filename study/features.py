@@ -50,6 +50,7 @@ during evaluation and count as evaluation time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -281,12 +282,13 @@ class FeatureStore:
         path = self.path(key)
         try:
             record = torch.load(path, mmap=True, weights_only=True)
-            os.utime(path)  # recently used: evicted last
         except FileNotFoundError:
             return None
         except Exception as error:  # a damaged file: torch raises RuntimeError, pickle and zip errors
             print(f"feature cache {path} is unreadable ({type(error).__name__}): computing it again", flush=True)
             return None
+        with contextlib.suppress(OSError):  # a read-only data root still serves its features
+            os.utime(path)  # recently used: evicted last
         return record
 
     def lock(self, key: str):
