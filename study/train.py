@@ -2,8 +2,9 @@
 
 `run_trial` is a generator so the same loop serves Ray Tune (which reports each
 epoch and may stop it early), tests and benchmarks. Training time counts only
-the optimisation passes (CUDA synchronised before each clock read); evaluation
-is timed separately and never counts as training time.
+the optimisation passes (CUDA synchronised before each clock read), with the
+computing of cached training features where a trial does it (its first epoch);
+evaluation is timed separately and never counts as training time.
 
 Peak memory is measured over the training passes too, per trial: on CUDA the
 caching allocator's peak (`torch.cuda.max_memory_allocated`), on CPU the
@@ -171,7 +172,9 @@ def feature_cache(trial: Trial, data_config: dict) -> tuple[FeatureCache | None,
         return None, "feature_cache=false"
     if config.augment != "none":
         return None, f"augment={config.augment} changes the frozen prefix's input every epoch"
-    example = trial.prepare(torch.randint(0, 256, (2, *trial.data.train.store.shape[1:]), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
+    # two random images from their own generator: the trial's random draws stay those of an uncached trial
+    noise = torch.randint(0, 256, (2, *trial.data.train.store.shape[1:]), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    example = trial.prepare(noise)
     trial.model.eval()
     cut = find_cut(trial.model.backbone, trial.plan, example, trial.autocast)
     trial.model.train()
@@ -186,7 +189,8 @@ def feature_cache(trial: Trial, data_config: dict) -> tuple[FeatureCache | None,
         preprocess={key: data_config[key] for key in ("mean", "std", "interpolation")},
         device=trial.device.type, dtype=str(trial.amp_dtype), channels_last=trial.channels_last,
     )  # fmt: skip
-    return FeatureCache(cut, store, family, trial.data, trial.prepare, trial.memory_format, trial.device, trial.autocast, trial.eval_batch_size), ""
+    cache = FeatureCache(cut, store, family, trial.data, trial.prepare, trial.memory_format, trial.device, trial.autocast, trial.eval_batch_size)
+    return cache, ""
 
 
 def loader_workers(setting: int | None, per_sample: bool, device: torch.device) -> int:
