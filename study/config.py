@@ -70,6 +70,10 @@ class TrialConfig:
     epochs: int = 5
     seed: int = 0
     device: str = "auto"
+    # Speed (study/train.py, study/features.py): mixed precision (autocast) on CUDA; CPU trials run in float32.
+    amp: bool = True
+    # Compute the frozen prefix's output once and train only the rest on it, where the results stay the same.
+    feature_cache: bool = True
     # Results: save the final model (under the study's results directory) for `python -m study.merge`
     save_checkpoint: bool = False
 

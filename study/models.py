@@ -442,6 +442,17 @@ class FreezePlan:
                 return position
         return len(self.layers)
 
+    def fixed(self, name: str, module: nn.Module) -> bool:
+        """Whether module `name` of the backbone (sub-modules included) stays the same function while training:
+        none of its parameters trains and none of its BatchNorm updates running statistics (a BatchNorm stays
+        fixed only where this plan keeps it in eval mode). The frozen prefix (study/features.py) is made of these."""
+        for inner, part in module.named_modules(prefix=name):
+            if any(f"{inner}.{p}" in self.trainable for p, _ in part.named_parameters(recurse=False)):
+                return False
+            if isinstance(part, nn.modules.batchnorm._NormBase) and part.track_running_stats and inner not in self.eval_norms:
+                return False
+        return True
+
     @property
     def effective(self) -> str:
         """What the surgery settings did to this model, in words (the results' `effective` column)."""

@@ -85,7 +85,8 @@ class Hypervolume:
 
 
 def hypervolume_history(
-    trials: pd.DataFrame, accuracy: str = ACCURACY, cost: str = MAIN_COST, include_stopped: bool = INCLUDE_STOPPED
+    trials: pd.DataFrame, accuracy: str = ACCURACY, cost: str = MAIN_COST, include_stopped: bool = INCLUDE_STOPPED,
+    reference_cost: float | None = None,
 ) -> Hypervolume:
     """The hypervolume of the accuracy-cost front after each finished trial (an anytime curve).
 
@@ -95,12 +96,16 @@ def hypervolume_history(
     leave the curve where it was. Reference point: accuracy 0 and
     REFERENCE_MARGIN times the largest cost of an eligible trial; the cost axis
     is scaled by that reference, so 1.0 would be accuracy 1 at no cost.
+    `reference_cost` sets the reference cost instead: two studies' hypervolumes
+    compare only against the same reference (points beyond it add nothing).
     """
     ordered = finishing_order(trials)
     points = ordered[[accuracy, cost]].to_numpy(dtype=float)
     usable = eligible(ordered, include_stopped).to_numpy() & ~np.isnan(points).any(axis=1)
-    largest = points[usable, 1].max() if usable.any() else 0.0
-    reference_cost = float(REFERENCE_MARGIN * largest) if largest > 0 else 1.0
+    if reference_cost is None:
+        largest = points[usable, 1].max() if usable.any() else 0.0
+        reference_cost = float(REFERENCE_MARGIN * largest) if largest > 0 else 1.0
+    usable &= points[:, 1] < reference_cost
     hypervolumes = np.zeros(len(ordered))
     if usable.any():
         by_number = _optuna_hypervolumes(points, usable, reference_cost)

@@ -25,16 +25,19 @@ from study.pareto import ACCURACY, COSTS, INCLUDE_STOPPED, MAIN_COST, pareto_fro
 # What a trial reports every epoch (study/train.py); the rest of a report is static trial information.
 EPOCH_METRICS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-    "epoch_time_s", "train_time_s", "eval_time_s", "images_per_s", "peak_memory_mib", "reported_at",
+    "epoch_time_s", "train_time_s", "standalone_train_time_s", "eval_time_s", "images_per_s", "peak_memory_mib", "reported_at",
 )  # fmt: skip
 TRIAL_INFO = (
     "weights_used", "num_layers", "unfrozen_layers", "trainable_params", "total_params", "inserted_bn", "effective",
-    "img_size", "device", "memory_measure",
+    "img_size", "device", "memory_measure", "amp", "channels_last",
+    "cache", "cache_cut", "cache_note", "cache_build_s", "cache_cost_s",
     "loader_workers", "train_images", "val_images", "test_images", "skipped_images", "data_splits",
     # where and when it ran (study/tuning.py): Ray's node, its address and host name, the GPUs Ray gave it
     "node_id", "node_ip", "hostname", "gpu_ids", "gpu_name", "started_at",
 )  # fmt: skip
-FINAL_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss", "train_time_s", "peak_memory_mib")
+FINAL_METRICS = (
+    "val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss", "train_time_s", "standalone_train_time_s", "peak_memory_mib",
+)  # fmt: skip
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -2,8 +2,9 @@
 
 `run_trial` is a generator so the same loop serves Ray Tune (which reports each
 epoch and may stop it early), tests and benchmarks. Training time counts only
-the optimisation passes (CUDA synchronised before each clock read); evaluation
-is timed separately and never counts as training time.
+the optimisation passes (CUDA synchronised before each clock read), with the
+computing of cached training features where a trial does it (its first epoch);
+evaluation is timed separately and never counts as training time.
 
 Peak memory is measured over the training passes too, per trial: on CUDA the
 caching allocator's peak (`torch.cuda.max_memory_allocated`), on CPU the
@@ -15,15 +16,29 @@ Batches leave the data store as uint8 and are preprocessed on the trial's device
 (study/augment.py). Under `cutmix_mixup` the loss is the cross-entropy against
 the mixed class probabilities, and train accuracy is NaN: a mixed image has no
 single correct class.
+
+Speed. Where the frozen prefix of the network is deterministic, its output is
+computed once and only the rest trains (study/features.py: the feature cache;
+its build is part of the first epoch and recorded as `cache_build_s`).
+Convolutional models and their inputs are channels_last (faster on CUDA and, with
+oneDNN, on CPU). On CUDA, forward passes run under autocast (`amp: true`, the
+default: bfloat16 where the GPU has it, else float16 with a gradient scaler) and
+cuDNN picks its fastest algorithms (`cudnn.benchmark`); CPU trials run in
+float32. The inner loop never waits for the device: losses and counts stay there
+until the epoch ends (the float16 gradient scaler's overflow check is the one
+exception). Evaluation runs in batches under torch.inference_mode():
+CUDA_EVAL_BATCH_SIZE on CUDA, the training batch size on CPU (larger batches
+run slower there, out of the processor's caches).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import timm.data
 import torch
@@ -32,10 +47,11 @@ from torchvision.transforms import v2
 
 from study.augment import batch_mix, preprocessor, sample_transform
 from study.config import StudyError, TrialConfig
-from study.data import ImageSet, Splits, batches, load_data, train_loader
+from study.data import Splits, batches, load_data, train_loader
+from study.features import FeatureCache, FeatureStore, family_key, find_cut, off_report, rows_loader
 from study.models import FreezePlan, TransferModel, apply_freeze, create_backbone, default_input_size, plan_for
 
-EVAL_BATCH_SIZE = 256
+CUDA_EVAL_BATCH_SIZE = 256  # on CPU, evaluation uses the training batch size: larger batches leave the caches and run slower
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 CHECKPOINT_FILE = "model.pt"
@@ -55,6 +71,31 @@ class Trial:
     device: torch.device
     img_size: int
     weights_used: str
+    channels_last: bool
+    amp_dtype: torch.dtype | None  # autocast's dtype; None: float32
+    scaler: torch.amp.GradScaler | None  # float16 only
+    cache: FeatureCache | None  # the frozen prefix's features (study/features.py)
+    cache_off: str  # why there is no cache ("" when there is one)
+    rows: torch.utils.data.DataLoader | None  # with a cache: shuffled row positions, the image batches' order
+
+    @property
+    def network(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What a batch goes through: the suffix on cached features, else the whole model on images."""
+        return self.cache.suffix if self.cache is not None else self.model
+
+    @property
+    def eval_batch_size(self) -> int:
+        return CUDA_EVAL_BATCH_SIZE if self.device.type == "cuda" else self.config.batch_size
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, self.amp_dtype) if self.amp_dtype is not None else contextlib.nullcontext()
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> the model's input on the device (preprocessed; channels_last for a convolutional model)."""
+        return self.memory_format(self.preprocess(images.to(self.device, non_blocking=True)))
+
+    def memory_format(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last and batch.dim() == 4 else batch
 
     def info(self) -> dict:
         """What a trial is, beside what it measures: reported with every epoch."""
@@ -69,7 +110,10 @@ class Trial:
             "img_size": self.img_size,
             "device": self.device.type,
             "memory_measure": memory_measure(self.device),
-            "loader_workers": self.loader.num_workers,
+            "loader_workers": 0 if self.cache is not None else self.loader.num_workers,
+            "amp": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype is not None else "off",
+            "channels_last": self.channels_last,
+            **(self.cache.report() if self.cache is not None else off_report(self.cache_off)),
             **self.data.info(),
         }
 
@@ -82,12 +126,19 @@ def pick_device(setting: str) -> torch.device:
 
 def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
     device = pick_device(config.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN time its algorithms once
     size = config.img_size or default_input_size(config.backbone)
     if data is None:
         data = load_data(config.data, config.split_seed, size, config.data_root, config.train_fraction)
     backbone, weights_used = create_backbone(config.backbone, config.weights, data.num_classes, config.seed, size, config.head)
     plan = plan_for(backbone, config)
     model = apply_freeze(backbone, plan).to(device)
+    channels_last = all(p.dim() != 5 for p in model.parameters()) and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = mixed_precision(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     data_config = timm.data.resolve_data_config({}, model=backbone)
     preprocess = preprocessor(size, data_config["mean"], data_config["std"], data_config["interpolation"])
     per_sample = sample_transform(config.augment, size, data_config["interpolation"])
@@ -96,7 +147,50 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
     loader = train_loader(data.train, config.batch_size, per_sample, shuffle, workers, pin_memory=device.type == "cuda")
     optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
     mix = batch_mix(config.augment, data.num_classes)
-    return Trial(config, data, model, plan, preprocess, loader, mix, optimizer, device, size, weights_used)
+    trial = Trial(
+        config, data, model, plan, preprocess, loader, mix, optimizer, device, size, weights_used,
+        channels_last, amp_dtype, scaler, cache=None, cache_off="", rows=None,
+    )  # fmt: skip
+    trial.cache, trial.cache_off = feature_cache(trial, data_config)
+    if trial.cache is not None:
+        # an equally seeded generator: the same sampler draws the same batches as the image loader would
+        trial.rows = rows_loader(len(data.train), config.batch_size, torch.Generator().manual_seed(config.seed), device.type == "cuda")
+    return trial
+
+
+def mixed_precision(enabled: bool, device: torch.device) -> torch.dtype | None:
+    """Autocast's dtype on CUDA (bfloat16 where supported: no gradient scaling needed), None for float32."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def feature_cache(trial: Trial, data_config: dict) -> tuple[FeatureCache | None, str]:
+    """The trial's frozen-prefix cache (study/features.py), or None and why not."""
+    config = trial.config
+    if not config.feature_cache:
+        return None, "feature_cache=false"
+    if config.augment != "none":
+        return None, f"augment={config.augment} changes the frozen prefix's input every epoch"
+    # two random images from their own generator: the trial's random draws stay those of an uncached trial
+    noise = torch.randint(0, 256, (2, *trial.data.train.store.shape[1:]), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    example = trial.prepare(noise)
+    trial.model.eval()
+    cut = find_cut(trial.model.backbone, trial.plan, example, trial.autocast)
+    trial.model.train()
+    if isinstance(cut, str):
+        return None, cut
+    needed = cut.bytes_per_image() * sum(len(part) for part in (trial.data.train, trial.data.val, trial.data.test))
+    store = FeatureStore(config.data_root)
+    if needed > store.budget:
+        return None, f"the features at {cut.name} would take {needed / 2**20:,.0f} MiB, over the cache's {store.budget / 2**20:,.0f} MiB"
+    family = family_key(
+        backbone=config.backbone, weights=trial.weights_used, head=config.head, img_size=trial.img_size,
+        preprocess={key: data_config[key] for key in ("mean", "std", "interpolation")},
+        device=trial.device.type, dtype=str(trial.amp_dtype), channels_last=trial.channels_last,
+    )  # fmt: skip
+    cache = FeatureCache(cut, store, family, trial.data, trial.prepare, trial.memory_format, trial.device, trial.autocast, trial.eval_batch_size)
+    return cache, ""
 
 
 def loader_workers(setting: int | None, per_sample: bool, device: torch.device) -> int:
@@ -126,11 +220,12 @@ def run_trial(config: TrialConfig, data: Splits | None = None, checkpoint_dir: P
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}: lower the learning rate (lr={config.lr})")
         eval_start = clock(trial.device)
-        val_loss, val_acc = evaluate(trial, trial.data.val)
-        test_loss, test_acc = evaluate(trial, trial.data.test)
+        val_loss, val_acc = evaluate(trial, "val")
+        test_loss, test_acc = evaluate(trial, "test")
         eval_time = clock(trial.device) - eval_start
         if checkpoint_dir is not None and epoch == config.epochs:
             save_model(trial, checkpoint_dir)
+        info = trial.info()
         yield {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -141,11 +236,13 @@ def run_trial(config: TrialConfig, data: Splits | None = None, checkpoint_dir: P
             "test_acc": test_acc,
             "epoch_time_s": epoch_time,
             "train_time_s": train_time,
+            # the time the same trial would take alone on a fresh node: reused features cost what they cost to build
+            "standalone_train_time_s": train_time - info["cache_build_s"] + info["cache_cost_s"],
             "eval_time_s": eval_time,
             "images_per_s": len(trial.data.train) / epoch_time,
             "peak_memory_mib": peak_memory,
             "reported_at": time.time(),
-            **trial.info(),
+            **info,
         }
 
 
@@ -173,6 +270,7 @@ def save_model(trial: Trial, directory: Path) -> Path:
 def train_epoch(trial: Trial) -> tuple[float, float, float]:
     """One pass over the training split: (mean loss, accuracy, seconds). Metrics stay on the device until the end.
 
+    With a feature cache, the first call computes (or reads) the training split's features, inside the timed pass.
     Accuracy is NaN under CutMix/MixUp (see the module docstring).
     """
     model, device = trial.model, trial.device
@@ -180,23 +278,39 @@ def train_epoch(trial: Trial) -> tuple[float, float, float]:
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     start = clock(device)
-    for images, labels in trial.loader:
-        images = trial.preprocess(images.to(device, non_blocking=True))
-        labels = labels.to(device, non_blocking=True)
+    for inputs, labels in training_batches(trial):
         targets = labels
         if trial.mix is not None:
-            images, targets = trial.mix(images, labels)  # targets: class probabilities
-        logits = model(images)
-        loss = nn.functional.cross_entropy(logits, targets)
+            inputs, targets = trial.mix(inputs, labels)  # targets: class probabilities
+        with trial.autocast():
+            logits = trial.network(inputs)
+            loss = nn.functional.cross_entropy(logits, targets)
         trial.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        trial.optimizer.step()
+        if trial.scaler is not None:
+            trial.scaler.scale(loss).backward()
+            trial.scaler.step(trial.optimizer)
+            trial.scaler.update()
+        else:
+            loss.backward()
+            trial.optimizer.step()
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
     seconds = clock(device) - start
     count = len(trial.data.train)
     accuracy = correct.item() / count if trial.mix is None else math.nan
     return loss_sum.item() / count, accuracy, seconds
+
+
+def training_batches(trial: Trial) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(network input, labels) on the device, in the loader's shuffled order: cached features or preprocessed images."""
+    if trial.cache is None:
+        for images, labels in trial.loader:
+            yield trial.prepare(images), labels.to(trial.device, non_blocking=True)
+        return
+    cached = trial.cache.split("train")
+    for rows in trial.rows:
+        features, labels = cached.batch(rows, trial.device)
+        yield trial.memory_format(features), labels
 
 
 def clock(device: torch.device) -> float:
@@ -242,17 +356,26 @@ def make_optimizer(config: TrialConfig, params: list[nn.Parameter]) -> torch.opt
 
 
 @torch.inference_mode()
-def evaluate(trial: Trial, data: ImageSet) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over `data`, in eval mode."""
-    if len(data) == 0:
+def evaluate(trial: Trial, split: str) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over the split ("val", "test" or "train"), in eval mode, never augmented."""
+    count = len(getattr(trial.data, split))
+    if count == 0:
         return math.nan, math.nan
     trial.model.eval()
     loss_sum = torch.zeros((), device=trial.device)
     correct = torch.zeros((), device=trial.device, dtype=torch.long)
-    for images, labels in batches(data, EVAL_BATCH_SIZE):
-        images = trial.preprocess(images.to(trial.device, non_blocking=True))
-        labels = labels.to(trial.device, non_blocking=True)
-        logits = trial.model(images)
-        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
+    for inputs, labels in evaluation_batches(trial, split):
+        with trial.autocast():
+            logits = trial.network(inputs)
+        loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
-    return loss_sum.item() / len(data), correct.item() / len(data)
+    return loss_sum.item() / count, correct.item() / count
+
+
+def evaluation_batches(trial: Trial, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    if trial.cache is not None:
+        for features, labels in trial.cache.batches(split, trial.eval_batch_size):
+            yield trial.memory_format(features), labels
+        return
+    for images, labels in batches(getattr(trial.data, split), trial.eval_batch_size):
+        yield trial.prepare(images), labels.to(trial.device, non_blocking=True)

@@ -326,6 +326,7 @@ def run_study(space: Space, out: Path, storage: str, name: str, resources: Resou
             num_samples=space.num_samples,
             max_concurrent_trials=None if space.search in ("grid", "random") else resources.max_concurrent or slots(cluster, resources),
             trial_dirname_creator=_trial_dirname,
+            reuse_actors=True,  # a trial starts in a warm process: no interpreter start and imports per trial
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=1,

@@ -65,8 +65,8 @@ def test_per_sample_policies_draw_their_parameters_for_each_image(policy):
 def test_evaluation_is_never_augmented(small_digits):
     plain = build_trial(TrialConfig(img_size=32, seed=3), small_digits)
     augmented = build_trial(TrialConfig(img_size=32, seed=3, augment="pspnet"), small_digits)
-    assert evaluate(plain, small_digits.val) == evaluate(augmented, small_digits.val)
-    assert evaluate(augmented, small_digits.val) == evaluate(augmented, small_digits.val)
+    assert evaluate(plain, "val") == evaluate(augmented, "val")
+    assert evaluate(augmented, "val") == evaluate(augmented, "val")
     stored = torch.cat([images for images, _ in batches(small_digits.val, 40)])
     assert torch.equal(stored, small_digits.val.images)
 
@@ -93,7 +93,7 @@ def test_cutmix_mixup_soft_targets_train_the_model_through_the_loss(small_digits
 
 
 def test_loader_workers_give_the_same_batches_as_the_trial_process(small_digits):
-    config = TrialConfig(img_size=32, epochs=1, unfreeze_depth=0, lr=0.01)
+    config = TrialConfig(img_size=32, epochs=1, unfreeze_depth=0, lr=0.01, feature_cache=False)  # image batches every epoch
     (in_process,) = run_trial(config, small_digits)
     (in_workers,) = run_trial(config.replace(loader_workers=2), small_digits)
     assert in_workers["loader_workers"] == 2 and in_process["loader_workers"] == 0

@@ -1,0 +1,75 @@
+"""cache_speedup: epoch time with the frozen-prefix feature cache against without it, at depth 0 and shallow depths.
+
+    python benchmarks/cache_speedup.py            # full: 2,400 training photos, 5 epochs
+    python benchmarks/cache_speedup.py --quick    # 400 photos, 3 epochs
+
+One process, no Ray: `study.train.run_trial` on the CIFAR-10 photos at 64 px (tf_efficientnet_lite0, real
+ImageNet weights, AdamW, batch 64; --img-size changes the size), on the CPU or the GPU, each depth of DEPTHS once with `feature_cache: true` (from an empty
+cache) and once with `false`, with every core. Epoch time is training only (the cached trial's first epoch
+includes computing the features); evaluation time is listed beside. Headline: at depth 0, the uncached epoch
+time over the cached one, averaged over the second epoch on.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from common import CIFAR_ARCHIVE, DEFAULT_WORK, cifar_subset, forget_features, load_average, save
+
+NAME = "cache_speedup"
+DEPTHS = [0, 2, 8]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="400 training photos and 3 epochs instead of 2,400 and 5")
+    parser.add_argument("--archive", type=Path, default=CIFAR_ARCHIVE, help="the CIFAR-10 JPEG archive")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory (data, data root)")
+    parser.add_argument("--img-size", type=int, default=64)
+    args = parser.parse_args()
+
+    from study.config import TrialConfig
+    from study.data import load_data
+    from study.train import run_trial
+
+    per_class, epochs = (50, 3) if args.quick else (300, 5)
+    data = cifar_subset(args.archive, args.work, per_class, 20)
+    data_root = args.work / "data-root"
+    splits = load_data(f"folder:{data}", 0, args.img_size, str(data_root))
+    load_before = load_average()
+    rows = []
+    for depth in DEPTHS:
+        for cached in (True, False):
+            forget_features(data_root)
+            config = TrialConfig(data=f"folder:{data}", data_root=str(data_root), img_size=args.img_size, unfreeze_depth=depth, lr=1e-3,
+                                 batch_size=64, epochs=epochs, feature_cache=cached)  # fmt: skip
+            for report in run_trial(config, splits):
+                rows.append({
+                    "unfreeze_depth": depth, "cached": cached, "epoch": report["epoch"], "epoch_time_s": report["epoch_time_s"],
+                    "eval_time_s": report["eval_time_s"], "cache_build_s": report["cache_build_s"] if report["epoch"] == 1 else 0.0,
+                    "val_acc": report["val_acc"], "cache": report["cache"], "cache_note": report["cache_note"],
+                })  # fmt: skip
+                print(f"depth {depth} {'cached' if cached else 'uncached'} epoch {report['epoch']}: {report['epoch_time_s']:.3f} s", flush=True)
+    table = pd.DataFrame(rows)
+    later = table[table["epoch"] >= 2].groupby(["unfreeze_depth", "cached"])["epoch_time_s"].mean().unstack()
+    first = table[table["epoch"] == 1].groupby(["unfreeze_depth", "cached"])["epoch_time_s"].mean().unstack()
+    speedups = pd.DataFrame({
+        "uncached_epoch_s": later[False], "cached_epoch_s": later[True], "speedup_from_epoch_2": later[False] / later[True],
+        "first_epoch_uncached_s": first[False], "first_epoch_cached_s": first[True],
+    })  # fmt: skip
+    ratio = float(speedups.loc[0, "speedup_from_epoch_2"])
+    summary = {
+        "speedups": speedups.reset_index().to_dict("records"), "epochs": epochs, "train_images": len(splits.train),
+        "img_size": args.img_size, "device": report["device"], "amp": report["amp"], "load_average_before": load_before, "load_average_after": load_average(), "quick": args.quick,
+    }  # fmt: skip
+    path = save(NAME, table.drop(columns=["cache_note"]), summary)
+    print(speedups.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"load average {load_before} -> {summary['load_average_after']}; table: {path}")
+    print(f"{NAME}: ratio={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

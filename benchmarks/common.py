@@ -1,0 +1,132 @@
+"""What the benchmarks share: real photos, the study and bare loops run as fresh processes, the machine, the tables.
+
+Every benchmark times whole processes (`python -m study.run ...` against `python benchmarks/bare_loop.py ...`),
+imports and start-up included, as a user would wait for them. Each writes its table to
+benchmarks/results/NAME.csv and NAME.json (the settings, the machine, the load average before and after)
+and prints its headline as its last line: `NAME: ratio=X.XX`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+BENCHMARKS = Path(__file__).resolve().parent
+REPO = BENCHMARKS.parent
+RESULTS = BENCHMARKS / "results"
+CIFAR_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"  # real CIFAR-10 photos as JPEG (an ImageFolder)
+DEFAULT_WORK = Path(os.environ.get("TMPDIR", "/tmp")) / "study-benchmarks"
+sys.path.insert(0, str(REPO))  # this checkout's `study`, here and (environment()) in the child processes
+
+
+def cifar_subset(archive: Path, work: Path, train_per_class: int, test_per_class: int) -> Path:
+    """A class-balanced slice of the CIFAR-10 JPEGs as an ImageFolder (train/ and test/; val is carved from train)."""
+    root = work / f"cifar10-{train_per_class}-{test_per_class}"
+    if (root / ".complete").exists():
+        return root
+    if not archive.exists():
+        sys.exit(f"{archive} is missing: pass --archive PATH to the CIFAR-10 JPEG archive (train/CLASS/*.jpg, test/CLASS/*.jpg)")
+    shutil.rmtree(root, ignore_errors=True)
+    wanted = {"train": train_per_class, "test": test_per_class}
+    taken: dict[tuple[str, str], int] = {}
+    with tarfile.open(archive) as images:
+        for member in images:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) == 3 and parts[0] in wanted and taken.get(tuple(parts[:2]), 0) < wanted[parts[0]]:
+                taken[tuple(parts[:2])] = taken.get(tuple(parts[:2]), 0) + 1
+                (root / parts[0] / parts[1]).mkdir(parents=True, exist_ok=True)
+                (root / member.name).write_bytes(images.extractfile(member).read())
+    (root / ".complete").touch()
+    return root
+
+
+def environment() -> dict:
+    """The environment of the child processes: this checkout's `study` first, as in the tests."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}
+
+
+def timed(command: list[str], log: Path) -> tuple[float, str]:
+    """Run `command` in a fresh process; (wall seconds, its output). The output also goes to `log`."""
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=environment())
+    seconds = time.perf_counter() - start
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed (exit {result.returncode}); its output is in {log}:\n{(result.stdout + result.stderr)[-3000:]}")
+    return seconds, result.stdout
+
+
+def study_command(space: Path, data: Path, data_root: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "study.run", "--space", str(space), "--data", f"folder:{data}", "--data-root", str(data_root), "--out", str(out), *extra]
+
+
+def bare_command(data: Path, data_root: Path, out: Path, **settings) -> list[str]:
+    command = [sys.executable, str(BENCHMARKS / "bare_loop.py"), "--data", f"folder:{data}", "--data-root", str(data_root), "--out", str(out)]
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            command.append(flag)
+        elif isinstance(value, (list, tuple)):
+            command += [flag, *map(str, value)]
+        elif value is not False and value is not None:
+            command += [flag, str(value)]
+    return command
+
+
+def forget_features(data_root: Path) -> None:
+    """An empty feature cache: every study starts cold (the decoded images stay: both sides load them the same way)."""
+    from study.features import CACHE_DIR
+
+    shutil.rmtree(data_root / CACHE_DIR, ignore_errors=True)
+
+
+def warm_images(data: Path, data_root: Path, img_size: int) -> None:
+    """Decode the images into the node's cache before any timing, so that neither side pays for it."""
+    subprocess.run([sys.executable, "-c", f"from study.data import load_data; load_data('folder:{data}', 0, {img_size}, '{data_root}')"],
+                   check=True, cwd=REPO, env=environment(), capture_output=True)  # fmt: skip
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def load_average() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def save(name: str, table: pd.DataFrame, meta: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    table.to_csv(RESULTS / f"{name}.csv", index=False)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine(), **meta}, indent=2, default=str) + "\n")
+    return RESULTS / f"{name}.csv"
+
+
+def read_trials(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "trials.parquet")
+
+
+def study_wall_time(out: Path) -> float:
+    """The study's own wall time from study.json (Ray start to the end of its trials)."""
+    return json.loads((out / "study.json").read_text())["wall_time_s"]

@@ -1,0 +1,94 @@
+"""trial_overhead: one trial through `python -m study.run` against the same training as a bare PyTorch loop.
+
+    python benchmarks/trial_overhead.py            # full: a trial of about a minute on 2 CPU cores
+    python benchmarks/trial_overhead.py --quick    # about 15 s
+
+Full fine-tuning of tf_efficientnet_lite0 (every layer trains, so nothing is cached and both sides do the
+same work every epoch) on CIFAR-10 photos at 64 px, AdamW, batch 64, with every core:
+- bare: benchmarks/bare_loop.py with channels_last and test evaluation every epoch, as a trial does on CPU;
+- study: a one-trial space through `python -m study.run --cpus-per-trial CORES`, as a user runs it
+  (its own local Ray instance with the dashboard, results, report), and again through a Ray instance that
+  is already running (started by this script; the study joins it with `--address`, as on a cluster): the
+  cost of Ray's start and stop, paid once per study rather than per trial, is then out of the study's time.
+
+Wall times are whole processes, from their start to their exit. Headline: the study's wall time over the
+bare loop's (own Ray instance). The table also holds the trial's own times (training, evaluation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from common import (
+    CIFAR_ARCHIVE, DEFAULT_WORK, bare_command, cifar_subset, load_average, read_trials, save, study_command,
+    study_wall_time, timed, warm_images,
+)  # fmt: skip
+
+NAME = "trial_overhead"
+
+
+def space_file(path: Path, epochs: int) -> Path:
+    space = {
+        "description": f"{NAME} benchmark: one trial",
+        "fixed": {"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "img_size": 64, "optimizer": "adamw", "lr": 1e-3,
+                  "batch_size": 64, "unfreeze_depth": "all"},
+        "max_epochs": epochs, "asha": False, "metric": "val_acc", "mode": "max",
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(space, indent=2))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a trial of about 15 s instead of about a minute")
+    parser.add_argument("--archive", type=Path, default=CIFAR_ARCHIVE, help="the CIFAR-10 JPEG archive")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory (data, data root, study results)")
+    args = parser.parse_args()
+    cores = os.cpu_count()
+    per_class, epochs = (50, 3) if args.quick else (200, 4)
+    data = cifar_subset(args.archive, args.work, per_class, 20)
+    data_root = args.work / "data-root"
+    warm_images(data, data_root, 64)
+    run = args.work / f"{NAME}-{time.strftime('%Y%m%d-%H%M%S')}"
+    space = space_file(run / "space.yaml", epochs)
+    load_before = load_average()
+
+    bare_s, _ = timed(bare_command(data, data_root, run / "bare.json", depths=["all"], epochs=epochs, img_size=64, batch_size=64, lr=1e-3,
+                                   channels_last=True, eval_test=True, threads=cores), run / "bare.log")  # fmt: skip
+    study_s, _ = timed(study_command(space, data, data_root, run / "study", "--cpus-per-trial", str(cores)), run / "study.log")
+    import ray
+
+    address = ray.init(num_cpus=cores, include_dashboard=False).address_info["gcs_address"]  # this process's own instance
+    try:
+        warm_s, _ = timed(study_command(space, data, data_root, run / "study-warm-ray", "--cpus-per-trial", str(cores), "--address", address),
+                          run / "study-warm-ray.log")  # fmt: skip
+    finally:
+        ray.shutdown()
+
+    bare = json.loads((run / "bare.json").read_text())[0]
+    rows = [{"run": "bare loop", "wall_s": bare_s, "train_time_s": bare["train_time_s"], "ratio": 1.0}]
+    for label, out, wall in (("study, own Ray", run / "study", study_s), ("study, running Ray", run / "study-warm-ray", warm_s)):
+        trial = read_trials(out).iloc[0]
+        rows.append({"run": label, "wall_s": wall, "study_json_wall_s": study_wall_time(out), "train_time_s": trial["train_time_s"],
+                     "eval_time_s": trial["eval_time_s"], "val_acc": trial["val_acc"], "ratio": wall / bare_s})  # fmt: skip
+    rows[0]["val_acc"] = bare["val_acc"]
+    table = pd.DataFrame(rows)
+    summary = {
+        "ratio": study_s / bare_s, "ratio_running_ray": warm_s / bare_s, "epochs": epochs, "train_images_per_class": per_class,
+        "cores": cores, "load_average_before": load_before, "load_average_after": load_average(), "quick": args.quick, "run": str(run),
+    }  # fmt: skip
+    path = save(NAME, table, summary)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"load average {load_before} -> {summary['load_average_after']}; table: {path}")
+    print(f"{NAME}: ratio={study_s / bare_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()
