@@ -237,7 +237,8 @@ def test_a_multi_objective_study_runs_on_a_two_node_cluster_packing_two_trials_p
 
 
 RESUMABLE = """
-    fixed: {backbone: tf_efficientnet_lite0, data: digits, img_size: 32, train_fraction: 0.3, optimizer: adamw, unfreeze_depth: 2}
+    # no feature cache, 64 px: a trial lasts seconds, long enough to be killed mid-way
+    fixed: {backbone: tf_efficientnet_lite0, data: digits, img_size: 64, train_fraction: 0.6, optimizer: adamw, unfreeze_depth: 2, feature_cache: false}
     dimensions:  # Ray's grid order: every batch size with lr 1e30, then every one with 0.003
       lr: {grid: [1.0e+30, 0.003]}    # 1e30: the loss becomes NaN in epoch 1 (an error trial)
       batch_size: {grid: [32, 48, 64]}
