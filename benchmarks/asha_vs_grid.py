@@ -18,14 +18,13 @@ matter). Headline: ASHA's hypervolume over the grid's, on training time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from common import CIFAR_ARCHIVE, DEFAULT_WORK, cifar_subset, forget_features, load_average, read_trials, save, study_command, timed, warm_images
+from common import benchmark_parser, cifar_subset, forget_features, load_average, read_trials, save, study_command, timed, warm_images
 
 NAME = "asha_vs_grid"
 DEPTHS = [8, 4, 2, 1, 0]  # deepest first: each stretch of the frozen network is computed once
@@ -47,10 +46,7 @@ def space_file(path: Path, depths: list, lrs: list, asha: dict | bool) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="400 photos and 12 trials instead of 2,400 and 20")
-    parser.add_argument("--archive", type=Path, default=CIFAR_ARCHIVE, help="the CIFAR-10 JPEG archive")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory (data, data root, study results)")
+    parser = benchmark_parser(__doc__, "400 photos and 12 trials instead of 2,400 and 20")
     args = parser.parse_args()
 
     from study.pareto import REFERENCE_MARGIN, hypervolume_history

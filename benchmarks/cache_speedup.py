@@ -12,22 +12,17 @@ time over the cached one, averaged over the second epoch on.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import pandas as pd
 
-from common import CIFAR_ARCHIVE, DEFAULT_WORK, cifar_subset, forget_features, load_average, save
+from common import benchmark_parser, cifar_subset, forget_features, load_average, save
 
 NAME = "cache_speedup"
 DEPTHS = [0, 2, 8]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="400 training photos and 3 epochs instead of 2,400 and 5")
-    parser.add_argument("--archive", type=Path, default=CIFAR_ARCHIVE, help="the CIFAR-10 JPEG archive")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory (data, data root)")
+    parser = benchmark_parser(__doc__, "400 training photos and 3 epochs instead of 2,400 and 5")
     parser.add_argument("--img-size", type=int, default=64)
     args = parser.parse_args()
 

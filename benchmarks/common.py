@@ -8,6 +8,7 @@ and prints its headline as its last line: `NAME: ratio=X.XX`.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -26,6 +27,15 @@ RESULTS = BENCHMARKS / "results"
 CIFAR_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"  # real CIFAR-10 photos as JPEG (an ImageFolder)
 DEFAULT_WORK = Path(os.environ.get("TMPDIR", "/tmp")) / "study-benchmarks"
 sys.path.insert(0, str(REPO))  # this checkout's `study`, here and (environment()) in the child processes
+
+
+def benchmark_parser(doc: str, quick: str) -> argparse.ArgumentParser:
+    """The options every CIFAR benchmark shares: --quick (described by `quick`), --archive, --work."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--archive", type=Path, default=CIFAR_ARCHIVE, help="the CIFAR-10 JPEG archive")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory (data, data root, study results)")
+    return parser
 
 
 def cifar_subset(archive: Path, work: Path, train_per_class: int, test_per_class: int) -> Path:

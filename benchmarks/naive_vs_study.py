@@ -21,7 +21,6 @@ best validation accuracies (final epoch; the study's among its completed trials)
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from common import (
-    CIFAR_ARCHIVE, DEFAULT_WORK, bare_command, cifar_subset, forget_features, load_average, read_trials, save,
+    benchmark_parser, bare_command, cifar_subset, forget_features, load_average, read_trials, save,
     study_command, timed, warm_images,
 )  # fmt: skip
 
@@ -49,10 +48,7 @@ def space_file(path: Path, epochs: int) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="500 + 200 photos instead of 3,000 + 1,000")
-    parser.add_argument("--archive", type=Path, default=CIFAR_ARCHIVE, help="the CIFAR-10 JPEG archive")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory (data, data root, study results)")
+    parser = benchmark_parser(__doc__, "500 + 200 photos instead of 3,000 + 1,000")
     args = parser.parse_args()
     train_per_class, test_per_class = (50, 20) if args.quick else (300, 100)
     data = cifar_subset(args.archive, args.work, train_per_class, test_per_class)

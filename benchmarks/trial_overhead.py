@@ -17,7 +17,6 @@ bare loop's (own Ray instance). The table also holds the trial's own times (trai
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from common import (
-    CIFAR_ARCHIVE, DEFAULT_WORK, bare_command, cifar_subset, load_average, read_trials, save, study_command,
+    benchmark_parser, bare_command, cifar_subset, load_average, read_trials, save, study_command,
     study_wall_time, timed, warm_images,
 )  # fmt: skip
 
@@ -46,10 +45,7 @@ def space_file(path: Path, epochs: int) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a trial of about 15 s instead of about a minute")
-    parser.add_argument("--archive", type=Path, default=CIFAR_ARCHIVE, help="the CIFAR-10 JPEG archive")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory (data, data root, study results)")
+    parser = benchmark_parser(__doc__, "a trial of about 15 s instead of about a minute")
     args = parser.parse_args()
     cores = os.cpu_count()
     per_class, epochs = (50, 3) if args.quick else (200, 4)
