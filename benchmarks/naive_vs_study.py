@@ -49,8 +49,11 @@ def space_file(path: Path, epochs: int) -> Path:
 
 def main() -> None:
     parser = benchmark_parser(__doc__, "500 + 200 photos instead of 3,000 + 1,000")
+    parser.add_argument("--train-per-class", type=int, help="training photos per class instead (test photos: a third as many)")
     args = parser.parse_args()
     train_per_class, test_per_class = (50, 20) if args.quick else (300, 100)
+    if args.train_per_class:
+        train_per_class, test_per_class = args.train_per_class, max(1, args.train_per_class // 3)
     data = cifar_subset(args.archive, args.work, train_per_class, test_per_class)
     data_root = args.work / "data-root"
     warm_images(data, data_root, SETTINGS["img_size"])
@@ -76,7 +79,7 @@ def main() -> None:
         "images": {"train_per_class": train_per_class, "test_per_class": test_per_class}, "grid": GRID, **SETTINGS,
         "load_average_before": load_before, "load_average_after": load_average(), "quick": args.quick, "run": str(run),
     }  # fmt: skip
-    path = save(NAME, table, summary)
+    path = save(NAME if args.train_per_class is None else f"{NAME}-{train_per_class}-per-class", table, summary)
     print(table.drop(columns=["cache_note"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"naive {naive_s:.1f} s, study {study_s:.1f} s; best val acc naive {best_naive:.4f}, study {best_study:.4f}; "
           f"load average {load_before} -> {summary['load_average_after']}; table: {path}")  # fmt: skip
