@@ -246,6 +246,7 @@ class Resources:
     cpus_per_trial: float
     gpus_per_trial: float
     max_concurrent: int | None = None
+    max_failures: int = 0  # retries of a failing trial (Ray's FailureConfig); Tuner.restore keeps it on --resume
 
     def per_trial(self) -> dict:
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
@@ -305,8 +306,12 @@ def _ray_settings() -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
 
 
-def run_study(space: Space, out: Path, storage: str, name: str, resources: Resources, seed: int, cluster: Cluster) -> list[dict]:
-    """Run every trial of `space`; return one record per trial (study/results.py trials_table)."""
+def run_study(space: Space, out: Path, storage: str, name: str, resources: Resources, seed: int, cluster: Cluster) -> tuple[list[dict], int]:
+    """Run every trial of `space`: (one record per finished trial (study/results.py trials_table), unfinished trials).
+
+    Ctrl-C: Ray Tune catches the first SIGINT, stops the running trials, saves its experiment state and returns;
+    the trials it stopped are unfinished (they run again with --resume), not results. A second Ctrl-C raises
+    KeyboardInterrupt at once."""
     _ray_settings()
     scheme = storage.split("://")[0] if "://" in storage else None
     if space.asha:
@@ -330,11 +335,22 @@ def run_study(space: Space, out: Path, storage: str, name: str, resources: Resou
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=1,
+            failure_config=tune.FailureConfig(max_failures=resources.max_failures),
             # Ray Client runs Tune's loop on the head node, whose disk is not this machine's: tables at the end only.
             callbacks=[] if cluster.client else [ExportCallback(out, space.max_epochs, scheme)],
         ),  # fmt: skip
     )
-    return records_from(tuner.fit(), space.max_epochs, scheme)
+    return finished_records(tuner.fit(), f"{storage.rstrip('/')}/{name}", space.max_epochs, scheme)
+
+
+def finished_records(results: tune.ResultGrid, experiment: str, max_epochs: int, scheme: str | None) -> tuple[list[dict], int]:
+    """(records of the trials that finished or failed, how many did neither: trials stopped by Ctrl-C)."""
+    records = records_from(results, max_epochs, scheme)
+    if results.num_terminated + results.num_errors == len(records):
+        return records, 0
+    with _quiet_about_unfinished_trials():  # the state Ray saved when it stopped, which --resume continues from
+        done = {trial.trial_id for trial in tune.ExperimentAnalysis(experiment).trials if trial.status in ("TERMINATED", "ERROR")}
+    return [record for record in records if record["trial_id"] in done], len(records) - len(done)
 
 
 def _trial_dirname(trial) -> str:
@@ -345,7 +361,7 @@ def restorable(experiment: str) -> bool:
     return tune.Tuner.can_restore(experiment)
 
 
-def resume_study(experiment: str, max_epochs: int, resources: Resources) -> list[dict]:
+def resume_study(experiment: str, max_epochs: int, resources: Resources) -> tuple[list[dict], int]:
     """Continue an interrupted study from Ray's experiment directory: finished and failed trials are kept as
     they are, unfinished ones run again from their first epoch (trials save no checkpoints mid-way)."""
     _ray_settings()
@@ -353,7 +369,7 @@ def resume_study(experiment: str, max_epochs: int, resources: Resources) -> list
     with _quiet_about_unfinished_trials():
         tuner = tune.Tuner.restore(experiment, tune.with_resources(trainable, resources.per_trial()),
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)  # fmt: skip
-    return records_from(tuner.fit(), max_epochs, scheme)
+    return finished_records(tuner.fit(), experiment, max_epochs, scheme)
 
 
 def finished_before(experiment: str) -> tuple[int, int]:
