@@ -32,6 +32,7 @@ Everything is validated when the file is read; mistakes name the file and the ke
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,7 +161,9 @@ def resolve_space_path(name_or_path: str) -> Path:
         return path
     path = SPACES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise StudyError(f"unknown space '{name_or_path}'{closest_hint(name_or_path, available_spaces())}; spaces live in {SPACES_DIR}")
+        close = difflib.get_close_matches(name_or_path, available_spaces(), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise StudyError(f"unknown space '{name_or_path}'{hint}: use one of {', '.join(available_spaces())} (in {SPACES_DIR}), or a path to a .yaml file")
     return path
 
 
