@@ -309,7 +309,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     try:
         records, unfinished = tuning.run_study(space, out, storage, name, resources, seed, cluster)
     except KeyboardInterrupt:
-        return interrupted(out, record, None)
+        return interrupted(out, record)
     return finish(out, space, record, records, started, unfinished)
 
 
@@ -379,9 +379,9 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
                                              "address": args.address, "dashboard": cluster.dashboard_url})  # fmt: skip
     write_json(out / "study.json", record)
     try:
-        records, unfinished = tuning.resume_study(experiment, space.max_epochs, resources)
+        records, unfinished = tuning.resume_study(experiment, space, resources)
     except KeyboardInterrupt:
-        return interrupted(out, record, None)
+        return interrupted(out, record)
     return finish(out, space, record, records, started, unfinished)
 
 
@@ -402,7 +402,7 @@ def finish(out: Path, space: Space, record: dict, records: list[dict], started: 
     """Export the finished trials (tables, Pareto front, report) and complete study.json. `unfinished` > 0: the study
     was interrupted (Ctrl-C): what finished is exported all the same, and study.json stays resumable."""
     if unfinished and not records:
-        return interrupted(out, record, 0)
+        return interrupted(out, record, 0, unfinished)
     trials, epochs = trials_table(records)
     front = export(out, trials, epochs, title=f"{space.name}: validation accuracy vs training time")
     counts = trials["status"].value_counts().to_dict()
@@ -410,7 +410,7 @@ def finish(out: Path, space: Space, record: dict, records: list[dict], started: 
         record.update(trials=counts)
         report = write_report(out)
         print(f"Report: {report.resolve()}")
-        return interrupted(out, record, len(trials))
+        return interrupted(out, record, len(trials), unfinished)
     record.update(wall_time_s=round(time.perf_counter() - started, 1), finished=datetime.now().isoformat(timespec="seconds"), trials=counts)
     write_json(out / "study.json", record)
     report = write_report(out)
@@ -419,11 +419,14 @@ def finish(out: Path, space: Space, record: dict, records: list[dict], started: 
     return 0 if (trials["status"] != "error").any() else 1
 
 
-def interrupted(out: Path, record: dict, finished: int | None) -> int:
+def interrupted(out: Path, record: dict, finished: int | None = None, unfinished: int | None = None) -> int:
     """Record the interruption in study.json (no `finished`: it stays resumable) and say how to continue."""
     record.setdefault("interrupted", []).append(datetime.now().isoformat(timespec="seconds"))
     write_json(out / "study.json", record)
-    kept = "the trials that finished are in its results tables" if finished is None else f"{finished} finished trial(s) exported"
+    if finished is None:  # a second Ctrl-C: Ray stopped at once, the tables hold what finished before
+        kept = "the trials that finished are in its results tables"
+    else:
+        kept = f"{finished} finished trial(s) exported, {unfinished} not finished"
     print(f"\ninterrupted: {kept} ({out.resolve()}); continue the study with: python -m study.run --resume {out}", file=sys.stderr, flush=True)
     return INTERRUPTED_EXIT
 

@@ -217,7 +217,8 @@ def run_trial(config: TrialConfig, data: Splits | None = None, checkpoint_dir: P
 
 def out_of_memory_message(config: TrialConfig, error: BaseException) -> str:
     first = (str(error).strip().splitlines() or [""])[0]
-    return (f"out of memory ({type(error).__name__}: {first}): lower batch_size (now {config.batch_size}) or img_size, "
+    detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return (f"out of memory ({detail}): lower batch_size (now {config.batch_size}) or img_size, "
             f"or run fewer trials at once on a device (--max-concurrent, or a larger --gpus-per-trial share)")  # fmt: skip
 
 

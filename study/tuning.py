@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -340,17 +341,29 @@ def run_study(space: Space, out: Path, storage: str, name: str, resources: Resou
             callbacks=[] if cluster.client else [ExportCallback(out, space.max_epochs, scheme)],
         ),  # fmt: skip
     )
-    return finished_records(tuner.fit(), f"{storage.rstrip('/')}/{name}", space.max_epochs, scheme)
+    return finished_records(tuner.fit(), f"{storage.rstrip('/')}/{name}", space, scheme)
 
 
-def finished_records(results: tune.ResultGrid, experiment: str, max_epochs: int, scheme: str | None) -> tuple[list[dict], int]:
-    """(records of the trials that finished or failed, how many did neither: trials stopped by Ctrl-C)."""
-    records = records_from(results, max_epochs, scheme)
-    if results.num_terminated + results.num_errors == len(records):
+def trial_count(space: Space) -> int:
+    """The trials a study runs: every combination of the grids, num_samples times (Ray's variant generator);
+    num_samples trials for Optuna."""
+    if space.search in ("grid", "random"):
+        return math.prod(len(d.values) for d in space.dimensions.values() if d.kind == "grid") * space.num_samples
+    return space.num_samples
+
+
+def finished_records(results: tune.ResultGrid, experiment: str, space: Space, scheme: str | None) -> tuple[list[dict], int]:
+    """(records of the trials that finished or failed, how many of the study's trials did neither).
+
+    After Ctrl-C, Ray returns the trials it has created: the finished ones, those it stopped while running, and
+    none of those not created yet (one at a time, the variant generator creates the next trial when a slot frees)."""
+    records = records_from(results, space.max_epochs, scheme)
+    total = trial_count(space)
+    if len(records) == total and results.num_terminated + results.num_errors == total:
         return records, 0
     with _quiet_about_unfinished_trials():  # the state Ray saved when it stopped, which --resume continues from
         done = {trial.trial_id for trial in tune.ExperimentAnalysis(experiment).trials if trial.status in ("TERMINATED", "ERROR")}
-    return [record for record in records if record["trial_id"] in done], len(records) - len(done)
+    return [record for record in records if record["trial_id"] in done], total - len(done)
 
 
 def _trial_dirname(trial) -> str:
@@ -361,7 +374,7 @@ def restorable(experiment: str) -> bool:
     return tune.Tuner.can_restore(experiment)
 
 
-def resume_study(experiment: str, max_epochs: int, resources: Resources) -> tuple[list[dict], int]:
+def resume_study(experiment: str, space: Space, resources: Resources) -> tuple[list[dict], int]:
     """Continue an interrupted study from Ray's experiment directory: finished and failed trials are kept as
     they are, unfinished ones run again from their first epoch (trials save no checkpoints mid-way)."""
     _ray_settings()
@@ -369,7 +382,7 @@ def resume_study(experiment: str, max_epochs: int, resources: Resources) -> tupl
     with _quiet_about_unfinished_trials():
         tuner = tune.Tuner.restore(experiment, tune.with_resources(trainable, resources.per_trial()),
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)  # fmt: skip
-    return finished_records(tuner.fit(), experiment, max_epochs, scheme)
+    return finished_records(tuner.fit(), experiment, space, scheme)
 
 
 def finished_before(experiment: str) -> tuple[int, int]:
