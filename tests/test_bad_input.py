@@ -8,6 +8,7 @@ environment (offline weights and data), also run as `python -m study.run` in fre
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -33,6 +34,7 @@ class Case:
     expected: tuple[str, ...]  # parts of the message: the problem and the fix
     env: dict = field(default_factory=dict)  # a case with its own environment runs in a subprocess only
     subprocess: bool = False  # also through `python -m study.run`
+    starts_ray: bool = False  # a case found once Ray runs: only through `python -m study.run`, after Ray's own log lines
     out: Callable[[Path], Path] | None = None  # a --out the case gives itself (default: SCRATCH/study)
 
 
@@ -109,6 +111,8 @@ CASES = [
          ("vit_tiny_patch16_224 has no conv layer after its input layer", "use bn_insert=none")),
     Case("GPUs on a machine without", smoke("--gpus-per-trial", "1"), ("--gpus-per-trial 1 but this machine has no GPU that PyTorch can use", "leave the option out"), subprocess=True),
     Case("more than one GPU per trial", smoke("--gpus-per-trial", "2"), ("--gpus-per-trial 2 is outside 0..1",)),
+    Case("more CPUs per trial than the machine has", smoke("--cpus-per-trial", "64", "--no-dashboard"),
+         ("a trial asks for 64 CPU but the largest node has", "lower --cpus-per-trial/--gpus-per-trial"), starts_ray=True),
     Case("unreachable --address", smoke("--address", "127.0.0.1:1"), ("cannot reach Ray at 127.0.0.1:1 (Connection refused): start the cluster there",), subprocess=True),
     Case("malformed --address", smoke("--address", "headnode"), ("--address headnode is not auto, HOST:PORT or ray://HOST:PORT",)),
     Case("--out holds a study", smoke(), ("already holds files: choose a new directory, continue an interrupted study with --resume", "or replace it with --overwrite"),
@@ -154,7 +158,10 @@ def snapshot(directory: Path) -> dict | None:
 
 def check(case: Case, code: int, stderr: str, out: Path, before: dict | None) -> None:
     assert code == 2, stderr
-    assert "Traceback" not in stderr and stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
+    *before_error, error = stderr.splitlines()
+    ray_log = [line for line in before_error if re.match(r"\d{4}-\d\d-\d\d [\d:,]+\s+(INFO|WARNING) ", line)]
+    assert before_error == (ray_log if case.starts_ray else []) and stderr.endswith("\n"), stderr
+    assert "Traceback" not in stderr and error.startswith("error: "), stderr
     for part in case.expected:
         assert part in stderr, stderr
     assert snapshot(out) == before  # nothing written: no directory where there was none, an existing one unchanged
@@ -165,7 +172,7 @@ def skip_unless_applicable(case: Case) -> None:
         pytest.skip("this machine has a GPU")
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if not c.env], ids=lambda c: c.name)
+@pytest.mark.parametrize("case", [c for c in CASES if not c.starts_ray and not c.env], ids=lambda c: c.name)
 def test_bad_input_in_process(case, tmp_path, capsys):
     skip_unless_applicable(case)
     args, out, before = prepare(case, tmp_path)
@@ -173,7 +180,7 @@ def test_bad_input_in_process(case, tmp_path, capsys):
     check(case, code, capsys.readouterr().err, out, before)
 
 
-SUBPROCESS_CASES = [c for c in CASES if c.env or c.subprocess]
+SUBPROCESS_CASES = [c for c in CASES if c.env or c.subprocess or c.starts_ray]
 
 
 @pytest.fixture(scope="module")
