@@ -216,7 +216,7 @@ def check_resource_options(args: argparse.Namespace) -> None:
         raise StudyError(f"--gpus-per-trial {gpus:g} is outside 0..1: a trial trains on one device (more GPUs would sit idle); fractions pack trials on a GPU (0.25: four per GPU)")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise StudyError(f"--max-concurrent {args.max_concurrent} must be at least 1")
-    if getattr(args, "max_failures", None) is not None and args.max_failures < 0:
+    if args.max_failures is not None and args.max_failures < 0:
         raise StudyError(f"--max-failures {args.max_failures} is negative: use 0 (no retry) or the number of retries")
     if args.address is None and gpus and not torch.cuda.is_available():
         raise StudyError(f"--gpus-per-trial {gpus:g} but this machine has no GPU that PyTorch can use (torch {torch.__version__}, "
@@ -252,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is not None:
             return resume(args, command)
         return run(args, command)
-    except KeyboardInterrupt:  # Ctrl-C before Tune runs (Tune catches the first one itself), or a second Ctrl-C
-        print("\ninterrupted before the study started: nothing was run", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C outside Tune's loop (which catches the first one itself: see run_study)
+        print("\ninterrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
 
 
@@ -402,15 +402,15 @@ def finish(out: Path, space: Space, record: dict, records: list[dict], started: 
     """Export the finished trials (tables, Pareto front, report) and complete study.json. `unfinished` > 0: the study
     was interrupted (Ctrl-C): what finished is exported all the same, and study.json stays resumable."""
     if unfinished and not records:
-        return interrupted(out, record, 0, unfinished)
+        return interrupted(out, record, f"no trial finished, {unfinished} to run")
     trials, epochs = trials_table(records)
     front = export(out, trials, epochs, title=f"{space.name}: validation accuracy vs training time")
     counts = trials["status"].value_counts().to_dict()
     if unfinished:
         record.update(trials=counts)
-        report = write_report(out)
-        print(f"Report: {report.resolve()}")
-        return interrupted(out, record, len(trials), unfinished)
+        code = interrupted(out, record, f"{len(trials)} finished trial(s) exported, {unfinished} not finished")
+        print(f"Report: {write_report(out).resolve()}")
+        return code
     record.update(wall_time_s=round(time.perf_counter() - started, 1), finished=datetime.now().isoformat(timespec="seconds"), trials=counts)
     write_json(out / "study.json", record)
     report = write_report(out)
@@ -419,14 +419,11 @@ def finish(out: Path, space: Space, record: dict, records: list[dict], started: 
     return 0 if (trials["status"] != "error").any() else 1
 
 
-def interrupted(out: Path, record: dict, finished: int | None = None, unfinished: int | None = None) -> int:
-    """Record the interruption in study.json (no `finished`: it stays resumable) and say how to continue."""
+def interrupted(out: Path, record: dict, kept: str = "the trials that finished are in its results tables") -> int:
+    """Record the interruption in study.json (no `finished`: it stays resumable) and say how to continue. Without
+    `kept`: a second Ctrl-C stopped Tune at once; the tables hold what finished before (written after every trial)."""
     record.setdefault("interrupted", []).append(datetime.now().isoformat(timespec="seconds"))
     write_json(out / "study.json", record)
-    if finished is None:  # a second Ctrl-C: Ray stopped at once, the tables hold what finished before
-        kept = "the trials that finished are in its results tables"
-    else:
-        kept = f"{finished} finished trial(s) exported, {unfinished} not finished"
     print(f"\ninterrupted: {kept} ({out.resolve()}); continue the study with: python -m study.run --resume {out}", file=sys.stderr, flush=True)
     return INTERRUPTED_EXIT
 
