@@ -7,7 +7,8 @@ trials.csv/.parquet, epochs.parquet and pareto.csv (rewritten after every
 finished trial), pareto.html, study.json (resolved space, command line,
 versions, hardware, resources, seed) and report.html (study/report.py).
 `--resume DIR` continues an interrupted study; `--dry-run` lists the trials
-without running them.
+without running them. Ctrl-C stops the study gracefully: the finished trials
+are exported (tables, Pareto front, report) and the exit status is 130.
 """
 
 from __future__ import annotations
@@ -17,14 +18,19 @@ import dataclasses
 import ipaddress
 import itertools
 import json
+import os
+import shutil
+import socket
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-from study.config import StudyError, TrialConfig, parse_assignment, weights_source
+from study.config import WEIGHT_SOURCES, StudyError, TrialConfig, parse_assignment, weights_source
 from study.data import DATA_NAMES, absolute_data, class_count, load_data
 from study.environment import hardware, package_versions
 from study.models import create_backbone, default_input_size, plan_for, structure_only, weight_layers
@@ -36,8 +42,11 @@ DEFAULT_SPACE = "unfreeze_depth"
 # What defines a study: --resume takes all of it from the study's study.json.
 STUDY_OPTIONS = (
     "space", "data", "data_root", "backbone", "num_samples", "max_epochs", "out", "set", "search", "seed",
-    "cpus_per_trial", "gpus_per_trial", "max_concurrent", "storage", "dry_run",
+    "cpus_per_trial", "gpus_per_trial", "max_concurrent", "storage", "dry_run", "overwrite", "max_failures",
 )  # fmt: skip
+# An --address of HOST:PORT that nothing answers fails within this time, not after Ray's own connection retries.
+ADDRESS_TIMEOUT_S = 5
+INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT (128 + 2)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backbone", help="any timm model name")
     parser.add_argument("--num-samples", type=int, help="draws of the sampled dimensions (grids repeat this often); Optuna: trials in all")
     parser.add_argument("--max-epochs", type=int, help="every trial's epoch budget (ASHA's max_t)")
-    parser.add_argument("--out", type=Path, help="results directory (default: results/SPACE-TIMESTAMP)")
+    parser.add_argument("--out", type=Path, help="results directory (default: results/SPACE-TIMESTAMP); it must not hold a study yet")
+    parser.add_argument("--overwrite", action="store_true", help="replace the study in --out (deleted only once everything else checked out)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix a trial setting (repeatable)")
     parser.add_argument("--search", choices=SEARCHES, help="search algorithm, replacing the space's")
     parser.add_argument("--seed", type=int, help="seeds the search algorithm and fixes every trial's seed (replacing a seed dimension); default: sampler seed 0, trial seeds from the space")
@@ -57,6 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     resources.add_argument("--cpus-per-trial", type=float, help="CPU cores per trial (default 1)")
     resources.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, 0 to 1; fractions pack trials on a GPU (0.25: four per GPU); default: 1 if the cluster has a GPU, else 0")
     resources.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as many as the resources allow)")
+    resources.add_argument("--max-failures", type=int, help="retry a failing trial this many times before it is recorded as an error (default 0)")
     cluster = parser.add_argument_group("Ray cluster")
     cluster.add_argument("--address", help="an existing Ray cluster: auto (the one `ray start` started on this machine, or RAY_ADDRESS), HOST:6379, or ray://HOST:10001; default: a new local Ray instance")
     cluster.add_argument("--storage", help="Ray Tune's storage for experiment state and checkpoints: a path every node can reach (NFS) or a URI (s3://bucket/dir, gs://...); default: DIR/ray on this machine")
@@ -152,15 +163,49 @@ def dry_run(space: Space, seed: int) -> pd.DataFrame:
     return table
 
 
-def prepare_out(out: Path | None, space_name: str) -> Path:
-    out = out or Path("results") / f"{space_name}-{datetime.now():%Y%m%d-%H%M%S}"
-    if out.exists() and any(out.iterdir()):
-        raise StudyError(f"--out {out} already holds files: choose a new directory (or continue an interrupted study with --resume {out})")
+def check_out(out: Path | None, space: Space, overwrite: bool) -> Path:
+    """The results directory, checked before Ray starts and created only after (create_out): it can be written,
+    and it holds no study that would be lost (unless --overwrite, which replaces only a study's directory)."""
+    out = out or Path("results") / f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if out.exists() and not out.is_dir():
+        raise StudyError(f"--out {out} is a file: choose a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise StudyError(f"--out {out} already holds files: choose a new directory, continue an interrupted study with --resume {out}, or replace it with --overwrite")
+        if not (out / "study.json").is_file():
+            raise StudyError(f"--out {out} holds files but no study.json: --overwrite replaces only a study's results directory; choose another --out")
+        inside = [path for path in input_paths(space) if path.resolve().is_relative_to(out.resolve())]
+        if inside:
+            raise StudyError(f"--overwrite would delete {inside[0]}, which this study reads: move it out of {out}, or choose another --out")
+    existing = next(path for path in (out.absolute(), *out.absolute().parents) if path.exists())
+    if not existing.is_dir():
+        raise StudyError(f"--out {out} cannot be created: {existing} is a file, not a directory; choose a writable directory")
+    try:  # the real test of writability (os.access says yes to root in /proc): a directory made and removed at once
+        os.rmdir(tempfile.mkdtemp(prefix=".study-write-test-", dir=existing))
+    except OSError as error:
+        raise StudyError(f"--out {out} cannot be created in {existing} ({error.strerror}): choose a writable directory") from None
+    return out
+
+
+def input_paths(space: Space) -> list[Path]:
+    """The files and folders a study reads (space file, weights files, folder data) and its data root."""
+    values = [*space.fixed.items(), *((key, value) for key, d in space.dimensions.items() for value in d.values)]
+    paths = [Path(space.source)]
+    for key, value in values:
+        if key == "weights" and isinstance(value, str) and value not in WEIGHT_SOURCES or key == "data_root" and isinstance(value, str):
+            paths.append(Path(value))
+        elif key == "data" and isinstance(value, str) and value.startswith("folder:"):
+            paths.append(Path(value.removeprefix("folder:")))
+    return paths
+
+
+def create_out(out: Path, overwrite: bool) -> None:
+    if overwrite and out.exists():
+        shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise StudyError(f"--out {out} cannot be created ({error.strerror}): choose a writable directory") from None
-    return out
 
 
 def check_resource_options(args: argparse.Namespace) -> None:
@@ -171,8 +216,28 @@ def check_resource_options(args: argparse.Namespace) -> None:
         raise StudyError(f"--gpus-per-trial {gpus:g} is outside 0..1: a trial trains on one device (more GPUs would sit idle); fractions pack trials on a GPU (0.25: four per GPU)")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise StudyError(f"--max-concurrent {args.max_concurrent} must be at least 1")
+    if args.max_failures is not None and args.max_failures < 0:
+        raise StudyError(f"--max-failures {args.max_failures} is negative: use 0 (no retry) or the number of retries")
+    if args.address is None and gpus and not torch.cuda.is_available():
+        raise StudyError(f"--gpus-per-trial {gpus:g} but this machine has no GPU that PyTorch can use (torch {torch.__version__}, "
+                         f"CUDA {torch.version.cuda or 'not built in'}): leave the option out to train on the CPU, or join a cluster with GPUs (--address)")  # fmt: skip
     if args.address and (args.no_dashboard or args.dashboard_host not in ("127.0.0.1",)):
         raise StudyError("--dashboard-host and --no-dashboard set up the local Ray that study starts; a cluster's dashboard is set by `ray start --head --dashboard-host`: leave them out with --address")
+    check_reachable(args.address)
+
+
+def check_reachable(address: str | None) -> None:
+    """An --address of HOST:PORT (or ray://HOST:PORT) must answer now: Ray itself retries for a long time."""
+    if not address or address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise StudyError(f"--address {address} is not auto, HOST:PORT or ray://HOST:PORT: write e.g. --address 10.0.0.5:6379")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise StudyError(f"cannot reach Ray at {address} ({reason}): start the cluster there (`ray start --head`) or fix --address (auto, HOST:6379 or ray://HOST:10001)") from None
 
 
 def fail(error: StudyError) -> int:
@@ -183,8 +248,18 @@ def fail(error: StudyError) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = ["python", "-m", "study.run", *(sys.argv[1:] if argv is None else argv)]
-    if args.resume is not None:
-        return resume(args, command)
+    try:
+        if args.resume is not None:
+            return resume(args, command)
+        return run(args, command)
+    except KeyboardInterrupt:  # Ctrl-C outside Tune's loop (which catches the first one itself: see run_study)
+        print("\ninterrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
+
+
+def run(args: argparse.Namespace, command: list[str]) -> int:
+    """A new study. Everything that can fail is checked before anything is written: the input, the resources, the
+    results directory, then Ray (started or joined); the results directory is created last."""
     try:
         space = resolve_space(args)
         seed = 0 if args.seed is None else args.seed
@@ -193,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_resource_options(args)
         preflight(space)
-        out = prepare_out(args.out, space.name)
+        out = check_out(args.out, space, args.overwrite)
     except StudyError as error:
         return fail(error)
 
@@ -203,8 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         cluster = start(tuning, args)
-        resources = tuning.Resources(args.cpus_per_trial or 1.0, args.gpus_per_trial if args.gpus_per_trial is not None else float(cluster.gpus > 0), args.max_concurrent)
+        resources = tuning.Resources(args.cpus_per_trial or 1.0, args.gpus_per_trial if args.gpus_per_trial is not None else float(cluster.gpus > 0),
+                                     args.max_concurrent, args.max_failures or 0)  # fmt: skip
         warning = tuning.check_fit(cluster, resources.cpus_per_trial, resources.gpus_per_trial, joined=args.address is not None)
+        create_out(out, args.overwrite)
     except StudyError as error:
         return fail(error)
     if warning:
@@ -226,10 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "study.json", record)
     print(f"Study {space.name}: search {space.search} (seed {seed}), up to {space.max_epochs} epochs per trial; "
           f"{resources.cpus_per_trial:g} CPU and {resources.gpus_per_trial:g} GPU per trial"
-          f"{f', at most {resources.max_concurrent} at once' if resources.max_concurrent else ''}; "
+          f"{f', at most {resources.max_concurrent} at once' if resources.max_concurrent else ''}"
+          f"{f', {resources.max_failures} retries of a failing trial' if resources.max_failures else ''}; "
           f"{cluster.nodes} node(s) with {cluster.cpus:g} CPU and {cluster.gpus:g} GPU. Results: {out.resolve()}", flush=True)  # fmt: skip
-    records = tuning.run_study(space, out, storage, name, resources, seed, cluster)
-    return finish(out, space, record, records, started)
+    try:
+        records, unfinished = tuning.run_study(space, out, storage, name, resources, seed, cluster)
+    except KeyboardInterrupt:
+        return interrupted(out, record)
+    return finish(out, space, record, records, started, unfinished)
 
 
 def start(tuning, args: argparse.Namespace):
@@ -285,7 +366,7 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
         if not tuning.restorable(experiment):
             raise StudyError(f"{experiment} holds no Ray Tune experiment state: the study was interrupted before its first trial started; start it again with a new --out")
         cluster = start(tuning, args)
-        resources = tuning.Resources(**record["resources"])
+        resources = tuning.Resources(**record["resources"])  # max_failures included
         warning = tuning.check_fit(cluster, resources.cpus_per_trial, resources.gpus_per_trial, joined=args.address is not None)
     except StudyError as error:
         return fail(error)
@@ -297,8 +378,11 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
     record.setdefault("resumed", []).append({"at": datetime.now().isoformat(timespec="seconds"), "command": command, "kept": kept, "run_again": again,
                                              "address": args.address, "dashboard": cluster.dashboard_url})  # fmt: skip
     write_json(out / "study.json", record)
-    records = tuning.resume_study(experiment, space.max_epochs, resources)
-    return finish(out, space, record, records, started)
+    try:
+        records, unfinished = tuning.resume_study(experiment, space, resources)
+    except KeyboardInterrupt:
+        return interrupted(out, record)
+    return finish(out, space, record, records, started, unfinished)
 
 
 def read_study(out: Path) -> dict:
@@ -314,16 +398,34 @@ def read_study(out: Path) -> dict:
     return record
 
 
-def finish(out: Path, space: Space, record: dict, records: list[dict], started: float) -> int:
+def finish(out: Path, space: Space, record: dict, records: list[dict], started: float, unfinished: int = 0) -> int:
+    """Export the finished trials (tables, Pareto front, report) and complete study.json. `unfinished` > 0: the study
+    was interrupted (Ctrl-C): what finished is exported all the same, and study.json stays resumable."""
+    if unfinished and not records:
+        return interrupted(out, record, f"no trial finished, {unfinished} to run")
     trials, epochs = trials_table(records)
     front = export(out, trials, epochs, title=f"{space.name}: validation accuracy vs training time")
-    record.update(wall_time_s=round(time.perf_counter() - started, 1), finished=datetime.now().isoformat(timespec="seconds"),
-                  trials=trials["status"].value_counts().to_dict())  # fmt: skip
+    counts = trials["status"].value_counts().to_dict()
+    if unfinished:
+        record.update(trials=counts)
+        code = interrupted(out, record, f"{len(trials)} finished trial(s) exported, {unfinished} not finished")
+        print(f"Report: {write_report(out).resolve()}")
+        return code
+    record.update(wall_time_s=round(time.perf_counter() - started, 1), finished=datetime.now().isoformat(timespec="seconds"), trials=counts)
     write_json(out / "study.json", record)
     report = write_report(out)
     print_summary(out, trials, front, record["wall_time_s"])
     print(f"Report: {report.resolve()}")
     return 0 if (trials["status"] != "error").any() else 1
+
+
+def interrupted(out: Path, record: dict, kept: str = "the trials that finished are in its results tables") -> int:
+    """Record the interruption in study.json (no `finished`: it stays resumable) and say how to continue. Without
+    `kept`: a second Ctrl-C stopped Tune at once; the tables hold what finished before (written after every trial)."""
+    record.setdefault("interrupted", []).append(datetime.now().isoformat(timespec="seconds"))
+    write_json(out / "study.json", record)
+    print(f"\ninterrupted: {kept} ({out.resolve()}); continue the study with: python -m study.run --resume {out}", file=sys.stderr, flush=True)
+    return INTERRUPTED_EXIT
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -32,6 +32,7 @@ Everything is validated when the file is read; mistakes name the file and the ke
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,9 @@ import yaml
 from study.config import FIELD_TYPES, StudyError, TrialConfig, closest_hint, load_yaml
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# Trial settings that are paths study WRITES to: only the command line may set them, never a space file (which
+# may come from someone else); every other path in a space (weights, folder data) is only read.
+COMMAND_LINE_ONLY = ("data_root",)
 SPACE_KEYS = ("description", "fixed", "dimensions", "search", "num_samples", "max_epochs", "asha", "metric", "mode")
 SEARCHES = ("grid", "random", "optuna", "optuna_mo")
 # optuna_mo's two objectives: the Pareto front of the results (study/pareto.py) is over the same pair.
@@ -157,7 +161,9 @@ def resolve_space_path(name_or_path: str) -> Path:
         return path
     path = SPACES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise StudyError(f"unknown space '{name_or_path}'{closest_hint(name_or_path, available_spaces())}; spaces live in {SPACES_DIR}")
+        close = difflib.get_close_matches(name_or_path, available_spaces(), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise StudyError(f"unknown space '{name_or_path}'{hint}: use one of {', '.join(available_spaces())} (in {SPACES_DIR}), or a path to a .yaml file")
     return path
 
 
@@ -178,6 +184,10 @@ def load_space(name_or_path: str) -> Space:
         if key not in FIELD_TYPES or key == "epochs":
             raise StudyError(f"{where}: unknown setting 'fixed.{key}'{closest_hint(key, set(FIELD_TYPES) - {'epochs'})}" + (" (use max_epochs)" if key == "epochs" else ""))
     dimensions = {key: _dimension(key, spec, where) for key, spec in _mapping(raw, "dimensions", where).items()}
+    for key in COMMAND_LINE_ONLY:
+        if key in fixed or key in dimensions:
+            raise StudyError(f"{where}: '{key}' cannot be set in a space file: study writes downloads and caches there, and a shared "
+                             f"space must not choose where study writes; pass --data-root DIR (or --set {key}=DIR) on the command line")
     default_search = "grid" if all(d.kind == "grid" for d in dimensions.values()) else "random"
     space = Space(
         name=path.stem,

@@ -207,7 +207,22 @@ def run_trial(config: TrialConfig, data: Splits | None = None, checkpoint_dir: P
     """Train `config` for config.epochs epochs, yielding the metrics of each.
 
     With `checkpoint_dir`, the final model is saved there (`save_model`) before the last epoch's metrics are yielded.
+    Running out of memory (GPU or host) raises MemoryError with one line saying what to change.
     """
+    try:
+        yield from train_epochs(config, data, checkpoint_dir)
+    except (torch.OutOfMemoryError, MemoryError) as error:
+        raise MemoryError(out_of_memory_message(config, error)) from error
+
+
+def out_of_memory_message(config: TrialConfig, error: BaseException) -> str:
+    first = (str(error).strip().splitlines() or [""])[0]
+    detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return (f"out of memory ({detail}): lower batch_size (now {config.batch_size}) or img_size, "
+            f"or run fewer trials at once on a device (--max-concurrent, or a larger --gpus-per-trial share)")  # fmt: skip
+
+
+def train_epochs(config: TrialConfig, data: Splits | None, checkpoint_dir: Path | None) -> Iterator[dict]:
     trial = build_trial(config, data)
     train_time = 0.0
     peak_memory = math.nan

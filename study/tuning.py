@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -246,6 +247,7 @@ class Resources:
     cpus_per_trial: float
     gpus_per_trial: float
     max_concurrent: int | None = None
+    max_failures: int = 0  # retries of a failing trial (Ray's FailureConfig); Tuner.restore keeps it on --resume
 
     def per_trial(self) -> dict:
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
@@ -305,8 +307,12 @@ def _ray_settings() -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
 
 
-def run_study(space: Space, out: Path, storage: str, name: str, resources: Resources, seed: int, cluster: Cluster) -> list[dict]:
-    """Run every trial of `space`; return one record per trial (study/results.py trials_table)."""
+def run_study(space: Space, out: Path, storage: str, name: str, resources: Resources, seed: int, cluster: Cluster) -> tuple[list[dict], int]:
+    """Run every trial of `space`: (one record per finished trial (study/results.py trials_table), unfinished trials).
+
+    Ctrl-C: Ray Tune catches the first SIGINT, stops the running trials, saves its experiment state and returns;
+    the trials it stopped are unfinished (they run again with --resume), not results. A second Ctrl-C raises
+    KeyboardInterrupt at once."""
     _ray_settings()
     scheme = storage.split("://")[0] if "://" in storage else None
     if space.asha:
@@ -330,11 +336,34 @@ def run_study(space: Space, out: Path, storage: str, name: str, resources: Resou
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=1,
+            failure_config=tune.FailureConfig(max_failures=resources.max_failures),
             # Ray Client runs Tune's loop on the head node, whose disk is not this machine's: tables at the end only.
             callbacks=[] if cluster.client else [ExportCallback(out, space.max_epochs, scheme)],
         ),  # fmt: skip
     )
-    return records_from(tuner.fit(), space.max_epochs, scheme)
+    return finished_records(tuner.fit(), f"{storage.rstrip('/')}/{name}", space, scheme)
+
+
+def trial_count(space: Space) -> int:
+    """The trials a study runs: every combination of the grids, num_samples times (Ray's variant generator);
+    num_samples trials for Optuna."""
+    if space.search in ("grid", "random"):
+        return math.prod(len(d.values) for d in space.dimensions.values() if d.kind == "grid") * space.num_samples
+    return space.num_samples
+
+
+def finished_records(results: tune.ResultGrid, experiment: str, space: Space, scheme: str | None) -> tuple[list[dict], int]:
+    """(records of the trials that finished or failed, how many of the study's trials did neither).
+
+    After Ctrl-C, Ray returns the trials it has created: the finished ones, those it stopped while running, and
+    none of those not created yet (one at a time, the variant generator creates the next trial when a slot frees)."""
+    records = records_from(results, space.max_epochs, scheme)
+    total = trial_count(space)
+    if len(records) == total and results.num_terminated + results.num_errors == total:
+        return records, 0
+    with _quiet_about_unfinished_trials():  # the state Ray saved when it stopped, which --resume continues from
+        done = {trial.trial_id for trial in tune.ExperimentAnalysis(experiment).trials if trial.status in ("TERMINATED", "ERROR")}
+    return [record for record in records if record["trial_id"] in done], total - len(done)
 
 
 def _trial_dirname(trial) -> str:
@@ -345,7 +374,7 @@ def restorable(experiment: str) -> bool:
     return tune.Tuner.can_restore(experiment)
 
 
-def resume_study(experiment: str, max_epochs: int, resources: Resources) -> list[dict]:
+def resume_study(experiment: str, space: Space, resources: Resources) -> tuple[list[dict], int]:
     """Continue an interrupted study from Ray's experiment directory: finished and failed trials are kept as
     they are, unfinished ones run again from their first epoch (trials save no checkpoints mid-way)."""
     _ray_settings()
@@ -353,7 +382,7 @@ def resume_study(experiment: str, max_epochs: int, resources: Resources) -> list
     with _quiet_about_unfinished_trials():
         tuner = tune.Tuner.restore(experiment, tune.with_resources(trainable, resources.per_trial()),
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)  # fmt: skip
-    return records_from(tuner.fit(), max_epochs, scheme)
+    return finished_records(tuner.fit(), experiment, space, scheme)
 
 
 def finished_before(experiment: str) -> tuple[int, int]:

@@ -231,7 +231,7 @@ def test_a_multi_objective_study_runs_on_a_two_node_cluster_packing_two_trials_p
         assert overlapping == 2
 
     study = json.loads((out / "study.json").read_text())
-    assert study["cluster"]["nodes"] == 2 and study["resources"] == {"cpus_per_trial": 1.0, "gpus_per_trial": 0.5, "max_concurrent": None}
+    assert study["cluster"]["nodes"] == 2 and study["resources"] == {"cpus_per_trial": 1.0, "gpus_per_trial": 0.5, "max_concurrent": None, "max_failures": 0}
     assert study["search"] == {"algorithm": "optuna_mo", "seed": 1} and study["ray_experiment"].startswith(str(storage.resolve()))
     assert (Path(study["ray_experiment"]) / "tuner.pkl").exists() and not (out / "ray").exists()
 
