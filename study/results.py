@@ -32,9 +32,10 @@ TRIAL_INFO = (
     "img_size", "device", "memory_measure", "amp", "channels_last",
     "cache", "cache_cut", "cache_note", "cache_build_s", "cache_cost_s",
     "loader_workers", "train_images", "val_images", "test_images", "skipped_images", "data_splits",
-    # where and when it ran (study/tuning.py): Ray's node, its address and host name, the GPUs Ray gave it
-    "node_id", "node_ip", "hostname", "gpu_ids", "gpu_name", "started_at",
 )  # fmt: skip
+# Where and when a trial ran, added to its reports by study/tuning.py: Ray's node, its address and host name,
+# the GPUs Ray gave it.
+PLACEMENT_INFO = ("node_id", "node_ip", "hostname", "gpu_ids", "gpu_name", "started_at")
 FINAL_METRICS = (
     "val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss", "train_time_s", "standalone_train_time_s", "peak_memory_mib",
 )  # fmt: skip
@@ -69,7 +70,7 @@ def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         row["eval_time_s"] = sum(h["eval_time_s"] for h in history) if history else math.nan
         row["images_per_s"] = sum(h["images_per_s"] for h in history) / len(history) if history else math.nan
         row["finished_at"] = last.get("reported_at", math.nan)
-        row.update({key: last.get(key) for key in TRIAL_INFO})
+        row.update({key: last.get(key) for key in (*TRIAL_INFO, *PLACEMENT_INFO)})
         row["checkpoint"] = record.get("checkpoint") or ""  # the saved final model (save_checkpoint), for study.merge
         rows.append(row)
         epochs += [{"trial_id": record["trial_id"], **{k: h.get(k) for k in EPOCH_METRICS}} for h in history]

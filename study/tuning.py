@@ -44,7 +44,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.variant_generator import generate_variants
 
 from study.config import StudyError, TrialConfig
-from study.results import EPOCH_METRICS, TRIAL_INFO, trials_table, write_tables
+from study.results import EPOCH_METRICS, PLACEMENT_INFO, TRIAL_INFO, trials_table, write_tables
 from study.space import MULTI_OBJECTIVE, Space
 from study.train import run_trial
 
@@ -57,7 +57,7 @@ STUDY_PACKAGE = Path(__file__).resolve().parent
 CHECKPOINT_PERIOD_S = "1"
 # TPE draws this many trials at random before it models results (Optuna's default n_startup_trials).
 OPTUNA_STARTUP_TRIALS = 10
-REPORT_KEYS = (*EPOCH_METRICS, *TRIAL_INFO)
+REPORT_KEYS = (*EPOCH_METRICS, *TRIAL_INFO, *PLACEMENT_INFO)
 
 
 # --- inside a trial ----------------------------------------------------------------------------------------------
