@@ -23,8 +23,17 @@ import time
 from pathlib import Path
 
 import pandas as pd
-
-from common import benchmark_parser, cifar_subset, forget_features, load_average, read_trials, save, study_command, timed, warm_images
+from common import (
+    benchmark_parser,
+    cifar_subset,
+    forget_features,
+    load_average,
+    read_trials,
+    save,
+    study_command,
+    timed,
+    warm_images,
+)
 
 NAME = "asha_vs_grid"
 DEPTHS = [8, 4, 2, 1, 0]  # deepest first: each stretch of the frozen network is computed once
@@ -36,10 +45,19 @@ ASHA = {"grace_period": 1, "reduction_factor": 3}
 def space_file(path: Path, depths: list, lrs: list, asha: dict | bool) -> Path:
     space = {
         "description": f"{NAME} benchmark",
-        "fixed": {"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "img_size": 64, "optimizer": "adamw", "batch_size": 64},
+        "fixed": {
+            "backbone": "tf_efficientnet_lite0",
+            "weights": "imagenet",
+            "img_size": 64,
+            "optimizer": "adamw",
+            "batch_size": 64,
+        },
         "dimensions": {"unfreeze_depth": {"grid": depths}, "lr": {"grid": lrs}},
-        "max_epochs": MAX_EPOCHS, "asha": asha, "metric": "val_acc", "mode": "max",
-    }  # fmt: skip
+        "max_epochs": MAX_EPOCHS,
+        "asha": asha,
+        "metric": "val_acc",
+        "mode": "max",
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(space, indent=2))
     return path
@@ -69,33 +87,60 @@ def main() -> None:
     summary = {"wall_s": {k: round(v, 1) for k, v in walls.items()}}
     for cost in ("train_time_s", "standalone_train_time_s"):
         reference = REFERENCE_MARGIN * completed[cost].max()
-        volumes = {label: float(hypervolume_history(t, cost=cost, reference_cost=reference).history["hypervolume"].iloc[-1]) for label, t in trials.items()}
+        volumes = {
+            label: float(hypervolume_history(t, cost=cost, reference_cost=reference).history["hypervolume"].iloc[-1])
+            for label, t in trials.items()
+        }
         summary[f"hypervolume_{cost}"] = volumes
         summary[f"hypervolume_ratio_{cost}"] = volumes["asha"] / volumes["grid"]
     # A trial ASHA stopped is a real model at a shorter budget: with stopped trials on the front (the report's
     # --include-stopped), ASHA's cheap early points count. Not the headline: the default front is completed trials.
     reference = REFERENCE_MARGIN * completed["train_time_s"].max()
-    with_stopped = hypervolume_history(trials["asha"], include_stopped=True, reference_cost=reference).history["hypervolume"].iloc[-1]
+    with_stopped = (
+        hypervolume_history(trials["asha"], include_stopped=True, reference_cost=reference)
+        .history["hypervolume"]
+        .iloc[-1]
+    )
     summary["hypervolume_ratio_including_stopped"] = float(with_stopped) / summary["hypervolume_train_time_s"]["grid"]
     epochs = {label: int(t["epochs_run"].sum()) for label, t in trials.items()}
     summary.update(
-        trial_epochs=epochs, trial_epoch_share=epochs["asha"] / epochs["grid"],
+        trial_epochs=epochs,
+        trial_epoch_share=epochs["asha"] / epochs["grid"],
         best_val_acc={label: float(t.loc[t["status"] == "completed", "val_acc"].max()) for label, t in trials.items()},
         trials={label: t["status"].value_counts().to_dict() for label, t in trials.items()},
-        depths=depths, lrs=lrs, max_epochs=MAX_EPOCHS, asha=ASHA, train_images_per_class=per_class,
-        load_average_before=load_before, load_average_after=load_average(), quick=args.quick, run=str(run),
-    )  # fmt: skip
-    columns = ["unfreeze_depth", "lr", "status", "epochs_run", "val_acc", "train_time_s", "standalone_train_time_s", "cache"]
+        depths=depths,
+        lrs=lrs,
+        max_epochs=MAX_EPOCHS,
+        asha=ASHA,
+        train_images_per_class=per_class,
+        load_average_before=load_before,
+        load_average_after=load_average(),
+        quick=args.quick,
+        run=str(run),
+    )
+    columns = [
+        "unfreeze_depth",
+        "lr",
+        "status",
+        "epochs_run",
+        "val_acc",
+        "train_time_s",
+        "standalone_train_time_s",
+        "cache",
+    ]
     table = pd.concat([t[columns].assign(run=label) for label, t in trials.items()])
     path = save(NAME, table, summary)
     ratio = summary["hypervolume_ratio_train_time_s"]
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"ASHA ran {epochs['asha']} of the grid's {epochs['grid']} trial-epochs ({summary['trial_epoch_share']:.0%}); "
-          f"best val acc {summary['best_val_acc']['asha']:.4f} vs {summary['best_val_acc']['grid']:.4f}; hypervolume "
-          f"{summary['hypervolume_train_time_s']['asha']:.4f} vs {summary['hypervolume_train_time_s']['grid']:.4f} "
-          f"(standalone time: {summary['hypervolume_ratio_standalone_train_time_s']:.2f}; ASHA's stopped trials included: "
-          f"{summary['hypervolume_ratio_including_stopped']:.2f}); wall {walls['asha']:.0f} s vs {walls['grid']:.0f} s; "
-          f"load average {load_before} -> {summary['load_average_after']}; table: {path}")  # fmt: skip
+    print(
+        f"ASHA ran {epochs['asha']} of the grid's {epochs['grid']} trial-epochs ({summary['trial_epoch_share']:.0%}); "
+        f"best val acc {summary['best_val_acc']['asha']:.4f} vs {summary['best_val_acc']['grid']:.4f}; hypervolume "
+        f"{summary['hypervolume_train_time_s']['asha']:.4f} vs {summary['hypervolume_train_time_s']['grid']:.4f} "
+        f"(standalone time: {summary['hypervolume_ratio_standalone_train_time_s']:.2f}; ASHA's stopped trials "
+        "included: "
+        f"{summary['hypervolume_ratio_including_stopped']:.2f}); wall {walls['asha']:.0f} s vs {walls['grid']:.0f} s; "
+        f"load average {load_before} -> {summary['load_average_after']}; table: {path}"
+    )
     print(f"{NAME}: ratio={ratio:.2f}")
 
 

@@ -53,7 +53,9 @@ def train_depth(splits, depth, args) -> dict:
     prepare = lambda images: preprocess(images).contiguous(memory_format=format)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     # a plain shuffled DataLoader, seeded as a study trial seeds its own: the same batches in the same order
-    loader = train_loader(splits.train, args.batch_size, None, torch.Generator().manual_seed(args.seed), workers=0, pin_memory=False)
+    loader = train_loader(
+        splits.train, args.batch_size, None, torch.Generator().manual_seed(args.seed), workers=0, pin_memory=False
+    )
     epochs = []
     for epoch in range(1, args.epochs + 1):
         model.train()
@@ -68,7 +70,12 @@ def train_depth(splits, depth, args) -> dict:
         test_acc = evaluate(model, splits.test, prepare, args.batch_size) if args.eval_test else None
         epochs.append({"epoch": epoch, "train_s": train_s, "val_acc": val_acc, "test_acc": test_acc})
         print(f"depth {depth} epoch {epoch}: {train_s:.1f} s, val acc {val_acc:.4f}", flush=True)
-    return {"unfreeze_depth": depth, "epochs": epochs, "val_acc": epochs[-1]["val_acc"], "train_time_s": sum(e["train_s"] for e in epochs)}
+    return {
+        "unfreeze_depth": depth,
+        "epochs": epochs,
+        "val_acc": epochs[-1]["val_acc"],
+        "train_time_s": sum(e["train_s"] for e in epochs),
+    }
 
 
 def main() -> None:
@@ -76,7 +83,9 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--data-root")
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
-    parser.add_argument("--depths", nargs="+", required=True, help="unfreeze depths (integers or 'all'), trained one after another")
+    parser.add_argument(
+        "--depths", nargs="+", required=True, help="unfreeze depths (integers or 'all'), trained one after another"
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)

@@ -4,17 +4,15 @@
     python benchmarks/cache_speedup.py --quick    # 400 photos, 3 epochs
 
 One process, no Ray: `study.train.run_trial` on the CIFAR-10 photos at 64 px (tf_efficientnet_lite0, real
-ImageNet weights, AdamW, batch 64; --img-size changes the size), on the CPU or the GPU, each depth of DEPTHS once with `feature_cache: true` (from an empty
-cache) and once with `false`, with every core. Epoch time is training only (the cached trial's first epoch
-includes computing the features); evaluation time is listed beside. Headline: at depth 0, the uncached epoch
-time over the cached one, averaged over the second epoch on.
+ImageNet weights, AdamW, batch 64; --img-size changes the size), on the CPU or the GPU, each depth of DEPTHS
+once with `feature_cache: true` (from an empty cache) and once with `false`, with every core. Epoch time is
+training only (the cached trial's first epoch includes computing the features); evaluation time is listed
+beside. Headline: at depth 0, the uncached epoch time over the cached one, averaged over the second epoch on.
 """
 
 from __future__ import annotations
 
-
 import pandas as pd
-
 from common import benchmark_parser, cifar_subset, forget_features, load_average, save
 
 NAME = "cache_speedup"
@@ -39,27 +37,59 @@ def main() -> None:
     for depth in DEPTHS:
         for cached in (True, False):
             forget_features(data_root)
-            config = TrialConfig(data=f"folder:{data}", data_root=str(data_root), img_size=args.img_size, unfreeze_depth=depth, lr=1e-3,
-                                 batch_size=64, epochs=epochs, feature_cache=cached)  # fmt: skip
+            config = TrialConfig(
+                data=f"folder:{data}",
+                data_root=str(data_root),
+                img_size=args.img_size,
+                unfreeze_depth=depth,
+                lr=1e-3,
+                batch_size=64,
+                epochs=epochs,
+                feature_cache=cached,
+            )
             for report in run_trial(config, splits):
-                rows.append({
-                    "unfreeze_depth": depth, "cached": cached, "epoch": report["epoch"], "epoch_time_s": report["epoch_time_s"],
-                    "eval_time_s": report["eval_time_s"], "cache_build_s": report["cache_build_s"] if report["epoch"] == 1 else 0.0,
-                    "val_acc": report["val_acc"], "cache": report["cache"], "cache_note": report["cache_note"],
-                })  # fmt: skip
-                print(f"depth {depth} {'cached' if cached else 'uncached'} epoch {report['epoch']}: {report['epoch_time_s']:.3f} s", flush=True)
+                rows.append(
+                    {
+                        "unfreeze_depth": depth,
+                        "cached": cached,
+                        "epoch": report["epoch"],
+                        "epoch_time_s": report["epoch_time_s"],
+                        "eval_time_s": report["eval_time_s"],
+                        "cache_build_s": report["cache_build_s"] if report["epoch"] == 1 else 0.0,
+                        "val_acc": report["val_acc"],
+                        "cache": report["cache"],
+                        "cache_note": report["cache_note"],
+                    }
+                )
+                print(
+                    f"depth {depth} {'cached' if cached else 'uncached'} epoch {report['epoch']}: "
+                    f"{report['epoch_time_s']:.3f} s",
+                    flush=True,
+                )
     table = pd.DataFrame(rows)
     later = table[table["epoch"] >= 2].groupby(["unfreeze_depth", "cached"])["epoch_time_s"].mean().unstack()
     first = table[table["epoch"] == 1].groupby(["unfreeze_depth", "cached"])["epoch_time_s"].mean().unstack()
-    speedups = pd.DataFrame({
-        "uncached_epoch_s": later[False], "cached_epoch_s": later[True], "speedup_from_epoch_2": later[False] / later[True],
-        "first_epoch_uncached_s": first[False], "first_epoch_cached_s": first[True],
-    })  # fmt: skip
+    speedups = pd.DataFrame(
+        {
+            "uncached_epoch_s": later[False],
+            "cached_epoch_s": later[True],
+            "speedup_from_epoch_2": later[False] / later[True],
+            "first_epoch_uncached_s": first[False],
+            "first_epoch_cached_s": first[True],
+        }
+    )
     ratio = float(speedups.loc[0, "speedup_from_epoch_2"])
     summary = {
-        "speedups": speedups.reset_index().to_dict("records"), "epochs": epochs, "train_images": len(splits.train),
-        "img_size": args.img_size, "device": report["device"], "amp": report["amp"], "load_average_before": load_before, "load_average_after": load_average(), "quick": args.quick,
-    }  # fmt: skip
+        "speedups": speedups.reset_index().to_dict("records"),
+        "epochs": epochs,
+        "train_images": len(splits.train),
+        "img_size": args.img_size,
+        "device": report["device"],
+        "amp": report["amp"],
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "quick": args.quick,
+    }
     path = save(NAME, table.drop(columns=["cache_note"]), summary)
     print(speedups.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"load average {load_before} -> {summary['load_average_after']}; table: {path}")

@@ -34,7 +34,9 @@ def benchmark_parser(doc: str, quick: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--archive", type=Path, default=CIFAR_ARCHIVE, help="the CIFAR-10 JPEG archive")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory (data, data root, study results)")
+    parser.add_argument(
+        "--work", type=Path, default=DEFAULT_WORK, help="scratch directory (data, data root, study results)"
+    )
     return parser
 
 
@@ -44,14 +46,22 @@ def cifar_subset(archive: Path, work: Path, train_per_class: int, test_per_class
     if (root / ".complete").exists():
         return root
     if not archive.exists():
-        sys.exit(f"{archive} is missing: pass --archive PATH to the CIFAR-10 JPEG archive (train/CLASS/*.jpg, test/CLASS/*.jpg)")
+        sys.exit(
+            f"{archive} is missing: pass --archive PATH to the CIFAR-10 JPEG archive (train/CLASS/*.jpg, "
+            "test/CLASS/*.jpg)"
+        )
     shutil.rmtree(root, ignore_errors=True)
     wanted = {"train": train_per_class, "test": test_per_class}
     taken: dict[tuple[str, str], int] = {}
     with tarfile.open(archive) as images:
         for member in images:
             parts = member.name.split("/")
-            if member.isfile() and len(parts) == 3 and parts[0] in wanted and taken.get(tuple(parts[:2]), 0) < wanted[parts[0]]:
+            if (
+                member.isfile()
+                and len(parts) == 3
+                and parts[0] in wanted
+                and taken.get(tuple(parts[:2]), 0) < wanted[parts[0]]
+            ):
                 taken[tuple(parts[:2])] = taken.get(tuple(parts[:2]), 0) + 1
                 (root / parts[0] / parts[1]).mkdir(parents=True, exist_ok=True)
                 (root / member.name).write_bytes(images.extractfile(member).read())
@@ -73,16 +83,41 @@ def timed(command: list[str], log: Path) -> tuple[float, str]:
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(result.stdout + result.stderr)
     if result.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed (exit {result.returncode}); its output is in {log}:\n{(result.stdout + result.stderr)[-3000:]}")
+        sys.exit(
+            f"{' '.join(command)} failed (exit {result.returncode}); its output is in "
+            f"{log}:\n{(result.stdout + result.stderr)[-3000:]}"
+        )
     return seconds, result.stdout
 
 
 def study_command(space: Path, data: Path, data_root: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "study.run", "--space", str(space), "--data", f"folder:{data}", "--data-root", str(data_root), "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "study.run",
+        "--space",
+        str(space),
+        "--data",
+        f"folder:{data}",
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def bare_command(data: Path, data_root: Path, out: Path, **settings) -> list[str]:
-    command = [sys.executable, str(BENCHMARKS / "bare_loop.py"), "--data", f"folder:{data}", "--data-root", str(data_root), "--out", str(out)]
+    command = [
+        sys.executable,
+        str(BENCHMARKS / "bare_loop.py"),
+        "--data",
+        f"folder:{data}",
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(out),
+    ]
     for key, value in settings.items():
         flag = "--" + key.replace("_", "-")
         if value is True:
@@ -103,14 +138,30 @@ def forget_features(data_root: Path) -> None:
 
 def warm_images(data: Path, data_root: Path, img_size: int) -> None:
     """Decode the images into the node's cache before any timing, so that neither side pays for it."""
-    subprocess.run([sys.executable, "-c", f"from study.data import load_data; load_data('folder:{data}', 0, {img_size}, '{data_root}')"],
-                   check=True, cwd=REPO, env=environment(), capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from study.data import load_data; load_data('folder:{data}', 0, {img_size}, '{data_root}')",
+        ],
+        check=True,
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+    )
 
 
 def machine() -> dict:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -33,11 +33,15 @@ def timed(action):
     return result, time.perf_counter() - start
 
 
-def batch_rate(data, policy: str, img_size: int, batch_size: int, limit: int, workers: int, device: torch.device) -> float:
+def batch_rate(
+    data, policy: str, img_size: int, batch_size: int, limit: int, workers: int, device: torch.device
+) -> float:
     preprocess = preprocessor(img_size, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
     per_sample = sample_transform(policy, img_size, "bicubic")
     mix = batch_mix(policy, 10)
-    loader = train_loader(data, batch_size, per_sample, torch.Generator().manual_seed(0), workers, pin_memory=device.type == "cuda")
+    loader = train_loader(
+        data, batch_size, per_sample, torch.Generator().manual_seed(0), workers, pin_memory=device.type == "cuda"
+    )
     seen, start = 0, time.perf_counter()
     for images, labels in loader:
         images, labels = preprocess(images.to(device, non_blocking=True)), labels.to(device, non_blocking=True)
@@ -62,12 +66,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"{args.data} at {args.img_size} px, {torch.get_num_threads()} threads, {args.workers} loader workers, batches on {device}")
+    print(
+        f"{args.data} at {args.img_size} px, {torch.get_num_threads()} threads, {args.workers} loader workers, "
+        f"batches on {device}"
+    )
     with tempfile.TemporaryDirectory() as root:
         splits, cold = timed(lambda: load_data(args.data, 0, args.img_size, root))
         total = len(splits.train) + len(splits.val) + len(splits.test) + splits.skipped
         _, warm = timed(lambda: load_data(args.data, 0, args.img_size, root))
-        print(f"load cold:   {cold:7.2f} s  {total / cold:9.0f} images/s  ({total} images, stored {tuple(splits.train.store.shape[1:])})")
+        print(
+            f"load cold:   {cold:7.2f} s  {total / cold:9.0f} images/s  ({total} images, stored "
+            f"{tuple(splits.train.store.shape[1:])})"
+        )
         print(f"load cached: {warm:7.2f} s  {total / warm:9.0f} images/s")
         for policy in args.policies:
             rate = batch_rate(splits.train, policy, args.img_size, args.batch_size, args.images, args.workers, device)

@@ -26,11 +26,18 @@ import time
 from pathlib import Path
 
 import pandas as pd
-
 from common import (
-    benchmark_parser, bare_command, cifar_subset, forget_features, load_average, read_trials, save,
-    study_command, timed, warm_images,
-)  # fmt: skip
+    bare_command,
+    benchmark_parser,
+    cifar_subset,
+    forget_features,
+    load_average,
+    read_trials,
+    save,
+    study_command,
+    timed,
+    warm_images,
+)
 
 NAME = "naive_vs_study"
 GRID = ["all", 32, 16, 8, 4, 2, 1, 0]  # deepest first
@@ -38,10 +45,23 @@ SETTINGS = dict(img_size=64, batch_size=64, lr=1e-3, epochs=3)
 
 
 def space_file(path: Path, epochs: int) -> Path:
-    fixed = {"backbone": "tf_efficientnet_lite0", "weights": "imagenet", "img_size": SETTINGS["img_size"], "optimizer": "adamw",
-             "lr": SETTINGS["lr"], "batch_size": SETTINGS["batch_size"]}  # fmt: skip
-    space = {"description": f"{NAME} benchmark", "fixed": fixed, "dimensions": {"unfreeze_depth": {"grid": GRID}},
-             "max_epochs": epochs, "asha": {"grace_period": 1, "reduction_factor": 2}, "metric": "val_acc", "mode": "max"}  # fmt: skip
+    fixed = {
+        "backbone": "tf_efficientnet_lite0",
+        "weights": "imagenet",
+        "img_size": SETTINGS["img_size"],
+        "optimizer": "adamw",
+        "lr": SETTINGS["lr"],
+        "batch_size": SETTINGS["batch_size"],
+    }
+    space = {
+        "description": f"{NAME} benchmark",
+        "fixed": fixed,
+        "dimensions": {"unfreeze_depth": {"grid": GRID}},
+        "max_epochs": epochs,
+        "asha": {"grace_period": 1, "reduction_factor": 2},
+        "metric": "val_acc",
+        "mode": "max",
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(space, indent=2))  # JSON is YAML
     return path
@@ -49,7 +69,9 @@ def space_file(path: Path, epochs: int) -> Path:
 
 def main() -> None:
     parser = benchmark_parser(__doc__, "500 + 200 photos instead of 3,000 + 1,000")
-    parser.add_argument("--train-per-class", type=int, help="training photos per class instead (test photos: a third as many)")
+    parser.add_argument(
+        "--train-per-class", type=int, help="training photos per class instead (test photos: a third as many)"
+    )
     args = parser.parse_args()
     train_per_class, test_per_class = (50, 20) if args.quick else (300, 100)
     if args.train_per_class:
@@ -62,27 +84,52 @@ def main() -> None:
 
     naive_s, _ = timed(bare_command(data, data_root, run / "naive.json", depths=GRID, **SETTINGS), run / "naive.log")
     forget_features(data_root)
-    study_s, _ = timed(study_command(space_file(run / "space.yaml", SETTINGS["epochs"]), data, data_root, run / "study"), run / "study.log")
+    study_s, _ = timed(
+        study_command(space_file(run / "space.yaml", SETTINGS["epochs"]), data, data_root, run / "study"),
+        run / "study.log",
+    )
 
     naive = pd.DataFrame(json.loads((run / "naive.json").read_text()))[["unfreeze_depth", "val_acc", "train_time_s"]]
     naive["unfreeze_depth"] = naive["unfreeze_depth"].astype(str)
     trials = read_trials(run / "study")
     trials["unfreeze_depth"] = trials["unfreeze_depth"].astype(str)
-    study = trials[["unfreeze_depth", "status", "epochs_run", "val_acc", "train_time_s", "standalone_train_time_s", "cache", "cache_build_s", "cache_note"]]
+    study = trials[
+        [
+            "unfreeze_depth",
+            "status",
+            "epochs_run",
+            "val_acc",
+            "train_time_s",
+            "standalone_train_time_s",
+            "cache",
+            "cache_build_s",
+            "cache_note",
+        ]
+    ]
     table = naive.merge(study, on="unfreeze_depth", suffixes=("_naive", "_study"))
     best_naive = naive["val_acc"].max()
     best_study = trials.loc[trials["status"] == "completed", "val_acc"].max()
     summary = {
-        "naive_wall_s": round(naive_s, 1), "study_wall_s": round(study_s, 1), "ratio": round(naive_s / study_s, 2),
-        "best_val_acc_naive": best_naive, "best_val_acc_study": best_study,
+        "naive_wall_s": round(naive_s, 1),
+        "study_wall_s": round(study_s, 1),
+        "ratio": round(naive_s / study_s, 2),
+        "best_val_acc_naive": best_naive,
+        "best_val_acc_study": best_study,
         "accuracies_agree_within_1_point": bool(abs(best_naive - best_study) <= 0.01),
-        "images": {"train_per_class": train_per_class, "test_per_class": test_per_class}, "grid": GRID, **SETTINGS,
-        "load_average_before": load_before, "load_average_after": load_average(), "quick": args.quick, "run": str(run),
-    }  # fmt: skip
+        "images": {"train_per_class": train_per_class, "test_per_class": test_per_class},
+        "grid": GRID,
+        **SETTINGS,
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "quick": args.quick,
+        "run": str(run),
+    }
     path = save(NAME if args.train_per_class is None else f"{NAME}-{train_per_class}-per-class", table, summary)
     print(table.drop(columns=["cache_note"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"naive {naive_s:.1f} s, study {study_s:.1f} s; best val acc naive {best_naive:.4f}, study {best_study:.4f}; "
-          f"load average {load_before} -> {summary['load_average_after']}; table: {path}")  # fmt: skip
+    print(
+        f"naive {naive_s:.1f} s, study {study_s:.1f} s; best val acc naive {best_naive:.4f}, study {best_study:.4f}; "
+        f"load average {load_before} -> {summary['load_average_after']}; table: {path}"
+    )
     print(f"{NAME}: ratio={naive_s / study_s:.2f}")
 
 

@@ -48,32 +48,125 @@ from study.config import StudyError
 # Modules and functions that act on every channel alike: their output has the input's channel space
 # (checked by shape: the leading (N, C) dims must be kept).
 CHANNELWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-    nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d,
-    nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d,
-    nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Flatten, nn.Upsample,
-    timm.layers.DropPath, timm.layers.activations.Swish, timm.layers.activations.Mish,
-    timm.layers.activations.Sigmoid, timm.layers.activations.Tanh, timm.layers.activations.HardSwish,
-    timm.layers.activations.HardSigmoid, timm.layers.activations.HardMish, timm.layers.activations.GELU,
-    timm.layers.activations.GELUTanh, timm.layers.activations.QuickGELU,
-)  # fmt: skip
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.Flatten,
+    nn.Upsample,
+    timm.layers.DropPath,
+    timm.layers.activations.Swish,
+    timm.layers.activations.Mish,
+    timm.layers.activations.Sigmoid,
+    timm.layers.activations.Tanh,
+    timm.layers.activations.HardSwish,
+    timm.layers.activations.HardSigmoid,
+    timm.layers.activations.HardMish,
+    timm.layers.activations.GELU,
+    timm.layers.activations.GELUTanh,
+    timm.layers.activations.QuickGELU,
+)
 CHANNELWISE_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh,
-    F.sigmoid, F.tanh, F.softplus, F.dropout, F.dropout2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-    F.avg_pool2d, F.max_pool2d, F.interpolate, F.pad, torch.relu, torch.sigmoid, torch.tanh, torch.clamp,
-    torch.flatten, operator.neg, operator.pos,
-}  # fmt: skip
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.sigmoid,
+    F.tanh,
+    F.softplus,
+    F.dropout,
+    F.dropout2d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+    F.avg_pool2d,
+    F.max_pool2d,
+    F.interpolate,
+    F.pad,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.clamp,
+    torch.flatten,
+    operator.neg,
+    operator.pos,
+}
 CHANNELWISE_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clamp_min", "clamp_max", "flatten", "view",
-    "reshape", "contiguous", "squeeze", "float", "neg",
-}  # fmt: skip
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "clamp",
+    "clamp_",
+    "clamp_min",
+    "clamp_max",
+    "flatten",
+    "view",
+    "reshape",
+    "contiguous",
+    "squeeze",
+    "float",
+    "neg",
+}
 REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin"}
 ELEMENTWISE_BINARY = {
-    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul, operator.truediv,
-    operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, "add", "add_", "sub", "sub_", "mul", "mul_",
-    "div", "div_",
-}  # fmt: skip
+    operator.add,
+    operator.iadd,
+    operator.sub,
+    operator.isub,
+    operator.mul,
+    operator.imul,
+    operator.truediv,
+    operator.itruediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    "add",
+    "add_",
+    "sub",
+    "sub_",
+    "mul",
+    "mul_",
+    "div",
+    "div_",
+}
 HARMLESS = {getattr, "size", "dim"}  # read a tensor's shape, never its values
 
 
@@ -109,14 +202,19 @@ class PermutationSpec:
 
 
 class _Tracer(torch.fx.Tracer):
-    """Stops at the modules whose channel behaviour is known; timm's own no-trace modules and functions are kept whole."""
+    """Stops at the modules whose channel behaviour is known; timm's own
+    no-trace modules and functions are kept whole."""
 
     def __init__(self):
         super().__init__(autowrap_functions=tuple(timm.layers.get_notrace_functions()))
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         known = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, *CHANNELWISE_MODULES)
-        return isinstance(module, known) or timm.layers.is_notrace_module(type(module)) or super().is_leaf_module(module, qualified_name)
+        return (
+            isinstance(module, known)
+            or timm.layers.is_notrace_module(type(module))
+            or super().is_leaf_module(module, qualified_name)
+        )
 
 
 class _Spaces:
@@ -166,10 +264,13 @@ def permutation_spec(model: nn.Module, example: torch.Tensor) -> PermutationSpec
         with torch.no_grad():
             ShapeProp(module).propagate(example)
         model.train(was_training)
-    except Exception as error:  # torch.fx raises many kinds (TraceError, TypeError, RuntimeError...) for untraceable code
+    except (
+        Exception
+    ) as error:  # torch.fx raises many kinds (TraceError, TypeError, RuntimeError...) for untraceable code
         message = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
         raise StudyError(
-            f"cannot align {type(model).__name__}: torch.fx cannot trace it ({type(error).__name__}: {message}): merge without --align"
+            f"cannot align {type(model).__name__}: torch.fx cannot trace it ({type(error).__name__}: {message}): "
+            "merge without --align"
         ) from None
     return _SpecBuilder(module).build()
 
@@ -190,7 +291,9 @@ class _SpecBuilder:
             root = self.spaces.find(space)
             if root != 0 and self.spaces.size[root] > 1:
                 groups.setdefault(root, []).append((key, dim))
-        return PermutationSpec([PermutationGroup(self.spaces.size[root], axes) for root, axes in groups.items()], self.fixed)
+        return PermutationSpec(
+            [PermutationGroup(self.spaces.size[root], axes) for root, axes in groups.items()], self.fixed
+        )
 
     # --- helpers
 
@@ -325,7 +428,9 @@ class _SpecBuilder:
         self.keep_in_place(node, name)
 
 
-def permute(state: dict[str, torch.Tensor], spec: PermutationSpec, perms: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+def permute(
+    state: dict[str, torch.Tensor], spec: PermutationSpec, perms: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """`state` with every group's dimensions reordered: channel i of the result is channel perms[g][i] of `state`."""
     result = dict(state)
     for group, perm in zip(spec.groups, perms):
@@ -335,7 +440,12 @@ def permute(state: dict[str, torch.Tensor], spec: PermutationSpec, perms: list[t
 
 
 def weight_matching(
-    state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor], spec: PermutationSpec, keys, seed: int = 0, max_rounds: int = 100
+    state_a: dict[str, torch.Tensor],
+    state_b: dict[str, torch.Tensor],
+    spec: PermutationSpec,
+    keys,
+    seed: int = 0,
+    max_rounds: int = 100,
 ) -> list[torch.Tensor]:
     """Permutations of B's channel groups that maximise sum <W_a, P W_b> over the tensors named in `keys`.
 

@@ -63,7 +63,9 @@ def sample_transform(policy: str, img_size: int, interpolation: str) -> v2.Trans
     """The per-sample random transforms of `policy` (uint8 C x H x W -> uint8 C x img_size x img_size), or None."""
     mode = v2.InterpolationMode(interpolation)
     if policy == "basic":
-        return v2.Compose([v2.RandomResizedCrop(img_size, interpolation=mode, antialias=True), v2.RandomHorizontalFlip()])
+        return v2.Compose(
+            [v2.RandomResizedCrop(img_size, interpolation=mode, antialias=True), v2.RandomHorizontalFlip()]
+        )
     to_input_size = [v2.Resize(img_size, mode, antialias=True), v2.CenterCrop(img_size)]
     if policy == "pspnet":
         low, high = (round(img_size * scale) for scale in PSPNET_SCALE)

@@ -84,11 +84,17 @@ class TrialConfig:
         if self.weight_decay < 0:
             raise StudyError(f"weight_decay={self.weight_decay} is negative: use 0 or a positive value")
         if self.img_size is not None and self.img_size < 8:
-            raise StudyError(f"img_size={self.img_size} is too small: use at least 8, or null for the backbone's default")
+            raise StudyError(
+                f"img_size={self.img_size} is too small: use at least 8, or null for the backbone's default"
+            )
         if not 0 < self.train_fraction <= 1:
-            raise StudyError(f"train_fraction={self.train_fraction} is outside (0, 1]: use e.g. 0.1 for a 10% subset, 1 for all")
+            raise StudyError(
+                f"train_fraction={self.train_fraction} is outside (0, 1]: use e.g. 0.1 for a 10% subset, 1 for all"
+            )
         if self.loader_workers is not None and self.loader_workers < 0:
-            raise StudyError(f"loader_workers={self.loader_workers} is negative: use 0 (load in the trial process), a count, or null")
+            raise StudyError(
+                f"loader_workers={self.loader_workers} is negative: use 0 (load in the trial process), a count, or null"
+            )
         depth = self.unfreeze_depth
         if isinstance(depth, str) and depth != ALL_LAYERS or isinstance(depth, int) and depth < 0:
             raise StudyError(f"unfreeze_depth={depth!r} is invalid: use an integer >= 0 or '{ALL_LAYERS}'")
@@ -102,7 +108,7 @@ class TrialConfig:
         _check_choice("device", self.device, DEVICES)
 
     @classmethod
-    def from_dict(cls, values: dict, where: str = "trial config") -> "TrialConfig":
+    def from_dict(cls, values: dict, where: str = "trial config") -> TrialConfig:
         unknown = [key for key in values if key not in FIELD_TYPES]
         if unknown:
             raise StudyError(f"{where}: unknown setting '{unknown[0]}'{closest_hint(unknown[0], FIELD_TYPES)}")
@@ -114,7 +120,7 @@ class TrialConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes) -> "TrialConfig":
+    def replace(self, **changes) -> TrialConfig:
         return dataclasses.replace(self, **changes)
 
 

@@ -39,6 +39,7 @@ Bad data in folders (and in torchvision's file-based sets):
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import hashlib
 import os
@@ -46,10 +47,10 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -67,7 +68,12 @@ BUILTIN = ("digits",)
 CACHE_DIR = "decoded-v1"  # under the data root; bump the version when what a cache file holds changes
 MEMORY_SHARE = 0.5  # of the node's memory that one decoded split may take
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 DECODE_BATCH = 64
 SHOWN_SKIPS = 3
 _UMASK = os.umask(0)
@@ -90,12 +96,20 @@ PETS_SPLITS = {"train": {"split": "trainval"}, "test": {"split": "test"}}
 TORCHVISION_SETS = {
     "cifar10": TorchvisionSet("CIFAR10", TRAIN_TEST, "NHWC"),
     "cifar100": TorchvisionSet("CIFAR100", TRAIN_TEST, "NHWC", num_classes=100),
-    "stl10": TorchvisionSet("STL10", {"train": {"split": "train"}, "test": {"split": "test"}}, "NCHW", labels_attribute="labels"),
+    "stl10": TorchvisionSet(
+        "STL10", {"train": {"split": "train"}, "test": {"split": "test"}}, "NCHW", labels_attribute="labels"
+    ),
     "fashion_mnist": TorchvisionSet("FashionMNIST", TRAIN_TEST, "NHW"),
     "flowers102": TorchvisionSet("Flowers102", {s: {"split": s} for s in ("train", "val", "test")}, num_classes=102),
     "oxford_pets": TorchvisionSet("OxfordIIITPet", PETS_SPLITS, num_classes=37),
     # Document 004's cats vs dogs: the Oxford-IIIT Pet images labelled cat or dog.
-    "oxford_pets_binary": TorchvisionSet("OxfordIIITPet", PETS_SPLITS, options={"target_types": "binary-category"}, classes_attribute="bin_classes", num_classes=2),
+    "oxford_pets_binary": TorchvisionSet(
+        "OxfordIIITPet",
+        PETS_SPLITS,
+        options={"target_types": "binary-category"},
+        classes_attribute="bin_classes",
+        num_classes=2,
+    ),
 }
 DATA_NAMES = (*BUILTIN, *TORCHVISION_SETS)
 
@@ -120,7 +134,7 @@ class ImageSet:
         """This set's images (a copy)."""
         return self.store[self.rows]
 
-    def subset(self, positions) -> "ImageSet":
+    def subset(self, positions) -> ImageSet:
         positions = torch.as_tensor(positions, dtype=torch.int64)
         return ImageSet(self.store, self.labels[positions], self.rows[positions])
 
@@ -172,7 +186,9 @@ def absolute_data(name: str) -> str:
     return f"{FOLDER_PREFIX}{folder_path(name)}" if name.startswith(FOLDER_PREFIX) else name
 
 
-def load_data(name: str, split_seed: int, img_size: int, data_root: str | None = None, train_fraction: float = 1.0) -> Splits:
+def load_data(
+    name: str, split_seed: int, img_size: int, data_root: str | None = None, train_fraction: float = 1.0
+) -> Splits:
     """The train/val/test splits of dataset `name`; `img_size` is the storage size of images that need resizing."""
     if name == "digits":
         parts, classes, skipped = {"all": load_digits_set()}, [str(c) for c in range(10)], 0
@@ -212,12 +228,17 @@ def load_digits_set() -> ImageSet:
 # --- splits -----------------------------------------------------------------------------
 
 
-def make_splits(name: str, classes: list[str], parts: dict[str, ImageSet], seed: int, train_fraction: float, skipped: int) -> Splits:
+def make_splits(
+    name: str, classes: list[str], parts: dict[str, ImageSet], seed: int, train_fraction: float, skipped: int
+) -> Splits:
     """Train/val/test from the dataset's own splits (`all` when it has none), carving what is missing."""
     if "all" in parts:
         rest, test = stratified(parts["all"], TEST_FRACTION, seed, f"{name}: the test split")
         train, val = stratified(rest, VAL_FRACTION / (1 - TEST_FRACTION), seed, f"{name}: the validation split")
-        notes = [f"train/val/test {1 - VAL_FRACTION - TEST_FRACTION:.0%}/{VAL_FRACTION:.0%}/{TEST_FRACTION:.0%} of {len(parts['all'])} images, stratified (split_seed {seed})"]
+        notes = [
+            f"train/val/test {1 - VAL_FRACTION - TEST_FRACTION:.0%}/{VAL_FRACTION:.0%}/{TEST_FRACTION:.0%} of "
+            f"{len(parts['all'])} images, stratified (split_seed {seed})"
+        ]
     else:
         train = parts["train"]
         if "val" in parts:
@@ -242,7 +263,9 @@ def stratified(data: ImageSet, fraction: float, seed: int, what: str) -> tuple[I
     from sklearn.model_selection import train_test_split  # imported when needed: it takes seconds
 
     try:
-        rest, part = train_test_split(np.arange(len(data)), test_size=fraction, stratify=data.labels.numpy(), random_state=seed)
+        rest, part = train_test_split(
+            np.arange(len(data)), test_size=fraction, stratify=data.labels.numpy(), random_state=seed
+        )
     except ValueError as error:
         raise StudyError(
             f"{what}: cannot take {fraction * 100:.3g}% of {len(data)} images stratified by class ({error}): "
@@ -258,7 +281,9 @@ def torchvision_dataset(name: str, split: str, root: Path, download: bool = Fals
     import torchvision.datasets
 
     spec = TORCHVISION_SETS[name]
-    return getattr(torchvision.datasets, spec.class_name)(root=str(root), download=download, **spec.splits[split], **spec.options)
+    return getattr(torchvision.datasets, spec.class_name)(
+        root=str(root), download=download, **spec.splits[split], **spec.options
+    )
 
 
 def fetch_command(name: str, root: Path) -> str:
@@ -314,7 +339,7 @@ def load_torchvision(name: str, root: Path, img_size: int) -> tuple[dict[str, Im
         ensure_downloaded(name, root)
     parts, classes, skipped = {}, [], 0
     for split, key in keys.items():
-        decoded = cached(root, key, lambda: decode_torchvision(name, split, root, img_size))
+        decoded = cached(root, key, functools.partial(decode_torchvision, name, split, root, img_size))
         parts[split], classes, count = from_cache(decoded, f"{name} {split}")
         skipped += count
     return parts, classes, skipped
@@ -325,9 +350,13 @@ def decode_torchvision(name: str, split: str, root: Path, img_size: int) -> dict
     dataset = torchvision_dataset(name, split, root)
     classes = list(getattr(dataset, spec.classes_attribute))
     if spec.layout is None:
-        return decode_files(dataset, classes, img_size, f"{name} {split}", lambda index: f"{name} {split} image {index}")
+        return decode_files(
+            dataset, classes, img_size, f"{name} {split}", lambda index: f"{name} {split} image {index}"
+        )
     array = torch.as_tensor(np.asarray(dataset.data))
-    images = {"NHWC": lambda: array.permute(0, 3, 1, 2), "NCHW": lambda: array, "NHW": lambda: array.unsqueeze(1)}[spec.layout]()
+    images = {"NHWC": lambda: array.permute(0, 3, 1, 2), "NCHW": lambda: array, "NHW": lambda: array.unsqueeze(1)}[
+        spec.layout
+    ]()
     labels = torch.as_tensor(np.asarray(getattr(dataset, spec.labels_attribute)), dtype=torch.int64)
     return {"images": images.contiguous(), "labels": labels, "classes": classes, "skipped": []}
 
@@ -340,26 +369,40 @@ def scan_folder(root: Path) -> dict:
     from torchvision.datasets import ImageFolder
 
     if not root.is_dir():
-        raise StudyError(f"data folder {root} does not exist: give folder:PATH with train/ and val/ class subfolders, or class subfolders")
-    splits = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()} if (root / "train").is_dir() else {"all": root}
+        raise StudyError(
+            f"data folder {root} does not exist: give folder:PATH with train/ and val/ class subfolders, or class "
+            "subfolders"
+        )
+    splits = (
+        {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
+        if (root / "train").is_dir()
+        else {"all": root}
+    )
     folders = {}
     for split, path in splits.items():
         try:
             folder = ImageFolder(str(path), allow_empty=True)
         except FileNotFoundError:
-            raise StudyError(f"{path} has no class folders: put each class's images in a subfolder named after the class") from None
+            raise StudyError(
+                f"{path} has no class folders: put each class's images in a subfolder named after the class"
+            ) from None
         counts = np.bincount(folder.targets, minlength=len(folder.classes))
         empty = [c for c, n in zip(folder.classes, counts) if n == 0]
         if empty:
-            raise StudyError(f"{path}: class folder(s) {', '.join(empty)} hold no image files: add images or remove the folder(s)")
+            raise StudyError(
+                f"{path}: class folder(s) {', '.join(empty)} hold no image files: add images or remove the folder(s)"
+            )
         folders[split] = folder
     reference = next(iter(folders))
     for split, folder in folders.items():
         if folder.classes != folders[reference].classes:
             have, want = set(folder.classes), set(folders[reference].classes)
-            differences = [f"{label} {sorted(names)}" for label, names in (("lacks", want - have), ("adds", have - want)) if names]
+            differences = [
+                f"{label} {sorted(names)}" for label, names in (("lacks", want - have), ("adds", have - want)) if names
+            ]
             raise StudyError(
-                f"{splits[split]} has other class folders than {splits[reference]} ({split}/ {'; '.join(differences)}): "
+                f"{splits[split]} has other class folders than {splits[reference]} ({split}/ "
+                f"{'; '.join(differences)}): "
                 f"use the same class folders in every split"
             )
     return folders
@@ -371,7 +414,13 @@ def load_folder(root: Path, data_root: Path, img_size: int) -> tuple[dict[str, I
     for split, folder in folders.items():
         key = f"folder-{re.sub(r'[^A-Za-z0-9_.-]', '_', root.name)}-{folder_fingerprint(folder)}-{split}-{img_size}px"
         where = str(root if split == "all" else root / split)
-        decoded = cached(data_root, key, lambda: decode_files(folder, folder.classes, img_size, where, lambda index: folder.samples[index][0]))
+        decoded = cached(
+            data_root,
+            key,
+            functools.partial(
+                decode_files, folder, folder.classes, img_size, where, lambda index, s=folder.samples: s[index][0]
+            ),
+        )
         parts[split], _, count = from_cache(decoded, where)
         skipped += count
     return parts, next(iter(folders.values())).classes, skipped
@@ -390,7 +439,8 @@ def folder_fingerprint(folder) -> str:
 
 
 class _Decoding(Dataset):
-    """Item i of `dataset` through its own loader, as uint8 C x H x W no larger than needed; failures are reported, not raised."""
+    """Item i of `dataset` through its own loader, as uint8 C x H x W no larger than needed; failures are reported, not
+    raised."""
 
     def __init__(self, dataset, img_size: int, describe: Callable[[int], str]):
         self.dataset, self.img_size, self.describe = dataset, img_size, describe
@@ -401,7 +451,9 @@ class _Decoding(Dataset):
     def __getitem__(self, index: int):
         try:
             image, label = self.dataset[index]
-        except Exception as error:  # image decoders raise many kinds (OSError, SyntaxError, ValueError, DecompressionBombError)
+        except (
+            Exception
+        ) as error:  # image decoders raise many kinds (OSError, SyntaxError, ValueError, DecompressionBombError)
             return None, None, f"{self.describe(index)} ({type(error).__name__}: {str(error)[:120]})"
         image = F.pil_to_tensor(image) if isinstance(image, Image.Image) else image
         if min(image.shape[-2:]) > self.img_size:  # shrink now: a big image never sits in memory whole
@@ -418,7 +470,12 @@ def fit(image: torch.Tensor, img_size: int) -> torch.Tensor:
 def decode_files(dataset, classes: list[str], img_size: int, where: str, describe: Callable[[int], str]) -> dict:
     """Every image of a file-based dataset decoded into one tensor (in parallel with the trial's CPU share)."""
     threads = torch.get_num_threads()
-    loader = DataLoader(_Decoding(dataset, img_size, describe), batch_size=DECODE_BATCH, num_workers=threads if threads > 1 else 0, collate_fn=list)
+    loader = DataLoader(
+        _Decoding(dataset, img_size, describe),
+        batch_size=DECODE_BATCH,
+        num_workers=threads if threads > 1 else 0,
+        collate_fn=list,
+    )
     budget = MEMORY_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     images, labels, skipped, stored = [], [], [], 0
     for batch in loader:
@@ -431,16 +488,25 @@ def decode_files(dataset, classes: list[str], img_size: int, where: str, describ
             stored += image.size
         if stored > budget:
             raise StudyError(
-                f"{where}: {len(dataset)} images at {img_size} px do not fit in half of this node's memory once decoded: "
+                f"{where}: {len(dataset)} images at {img_size} px do not fit in half of this node's memory once "
+                "decoded: "
                 f"lower img_size (or use a smaller dataset)"
             )
     readable = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
     unreadable = [c for c, n in zip(classes, readable) if n == 0]
     if unreadable:
-        raise StudyError(f"{where}: class(es) {', '.join(unreadable)} have no readable image (e.g. {skipped[0]}): replace the broken files")
+        raise StudyError(
+            f"{where}: class(es) {', '.join(unreadable)} have no readable image (e.g. {skipped[0]}): replace the "
+            "broken files"
+        )
     if len({image.shape for image in images}) > 1:  # else: one common size, no larger than needed, kept as it is
         images = [fit(image, img_size) for image in images]
-    return {"images": torch.stack(images), "labels": torch.tensor(labels, dtype=torch.int64), "classes": classes, "skipped": skipped}
+    return {
+        "images": torch.stack(images),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "classes": classes,
+        "skipped": skipped,
+    }
 
 
 # --- the node's cache -------------------------------------------------------------------
@@ -456,7 +522,9 @@ def data_lock(root: Path, name: str) -> Iterator[None]:
         lock = FileLock(str(root / f".{name}.lock"))
         lock.acquire()
     except OSError as error:
-        raise StudyError(f"data root {root} is not writable ({error.strerror}): pass --data-root DIR on a writable disk") from None
+        raise StudyError(
+            f"data root {root} is not writable ({error.strerror}): pass --data-root DIR on a writable disk"
+        ) from None
     try:
         yield
     finally:
@@ -507,7 +575,9 @@ def publish(temporary: str, path: Path) -> None:
 def from_cache(decoded: dict, where: str) -> tuple[ImageSet, list[str], int]:
     skipped = decoded["skipped"]
     if skipped:
-        print(f"{where}: skipped {len(skipped)} unreadable image file(s): {'; '.join(skipped[:SHOWN_SKIPS])}", flush=True)
+        print(
+            f"{where}: skipped {len(skipped)} unreadable image file(s): {'; '.join(skipped[:SHOWN_SKIPS])}", flush=True
+        )
     return ImageSet(decoded["images"], decoded["labels"]), decoded["classes"], len(skipped)
 
 
@@ -531,7 +601,9 @@ class _TrainImages(Dataset):
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                images = torch.stack([self.per_sample(image) for image in images])  # each image draws its own parameters
+                images = torch.stack(
+                    [self.per_sample(image) for image in images]
+                )  # each image draws its own parameters
             finally:
                 torch.set_num_threads(threads)
         return images, labels
@@ -542,13 +614,24 @@ def _batch_as_is(batch):
 
 
 def train_loader(
-    data: ImageSet, batch_size: int, per_sample: v2.Transform | None, generator: torch.Generator, workers: int, pin_memory: bool
+    data: ImageSet,
+    batch_size: int,
+    per_sample: v2.Transform | None,
+    generator: torch.Generator,
+    workers: int,
+    pin_memory: bool,
 ) -> DataLoader:
     """Shuffled uint8 training batches (seeded by `generator`, workers included), per-sample augmentation applied."""
     return DataLoader(
-        _TrainImages(data, per_sample), batch_size=batch_size, shuffle=True, generator=generator, num_workers=workers,
-        collate_fn=_batch_as_is, pin_memory=pin_memory, persistent_workers=workers > 0,
-    )  # fmt: skip
+        _TrainImages(data, per_sample),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=workers,
+        collate_fn=_batch_as_is,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+    )
 
 
 def batches(data: ImageSet, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -561,7 +644,10 @@ def batches(data: ImageSet, batch_size: int) -> Iterator[tuple[torch.Tensor, tor
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.data", description="Fetch a dataset into the data root, for machines without internet access.")
+    parser = argparse.ArgumentParser(
+        prog="python -m study.data",
+        description="Fetch a dataset into the data root, for machines without internet access.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     download = commands.add_parser("download", help="download (or copy Debian's files of) a torchvision dataset")
     download.add_argument("name", choices=sorted(TORCHVISION_SETS))

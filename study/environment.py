@@ -7,7 +7,19 @@ import platform
 import sys
 from importlib import metadata
 
-PACKAGES = ("study", "torch", "torchvision", "timm", "ray", "optuna", "numpy", "pandas", "pyarrow", "plotly", "scikit-learn")
+PACKAGES = (
+    "study",
+    "torch",
+    "torchvision",
+    "timm",
+    "ray",
+    "optuna",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "plotly",
+    "scikit-learn",
+)
 
 
 def package_versions() -> dict[str, str | None]:

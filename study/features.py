@@ -58,10 +58,10 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import timm
 import torch
@@ -156,7 +156,9 @@ def cut_points(graph: torch.fx.Graph) -> list[torch.fx.Node]:
     return points
 
 
-def segment(graph_module: torch.fx.GraphModule, start: torch.fx.Node | None, end: torch.fx.Node | None) -> torch.fx.GraphModule:
+def segment(
+    graph_module: torch.fx.GraphModule, start: torch.fx.Node | None, end: torch.fx.Node | None
+) -> torch.fx.GraphModule:
     """The part of the graph after `start` up to `end` as a module: it takes start's tensor (None: the model's
     input) and returns end's (None: the model's output). It shares every module and parameter with the model."""
     graph, env = torch.fx.Graph(), {}
@@ -206,7 +208,8 @@ class Cut:
     def describe(self) -> str:
         return (
             f"cut after {self.name}: {self.prefix_layers}/{self.num_layers} layers frozen before it, "
-            f"{self.prefix_share:.0%} of the forward multiply-accumulates; features {list(self.feature_shape)} {str(self.dtype).removeprefix('torch.')}"
+            f"{self.prefix_share:.0%} of the forward multiply-accumulates; features {list(self.feature_shape)} "
+            f"{str(self.dtype).removeprefix('torch.')}"
         )
 
 
@@ -219,7 +222,9 @@ def find_cut(
         return "the first layer trains or updates BatchNorm statistics: nothing frozen to cache"
     try:
         graph_module = trace(backbone)
-    except Exception as error:  # torch.fx raises many kinds (TraceError, TypeError, RuntimeError...) for untraceable code
+    except (
+        Exception
+    ) as error:  # torch.fx raises many kinds (TraceError, TypeError, RuntimeError...) for untraceable code
         message = (str(error).strip().splitlines() or [""])[0][:120]
         return f"torch.fx cannot trace {type(backbone).__name__} ({type(error).__name__}: {message})"
     probe = _Probe(graph_module, {layer.name for layer in plan.layers})
@@ -228,31 +233,51 @@ def find_cut(
         expected = backbone(example)
     nodes = list(graph_module.graph.nodes)
     moving = next((index for index, node in enumerate(nodes) if not _fixed(node, plan, graph_module)), len(nodes))
-    points = [node for node in cut_points(graph_module.graph) if nodes.index(node) < moving and node.name in probe.tensors]
+    points = [
+        node for node in cut_points(graph_module.graph) if nodes.index(node) < moving and node.name in probe.tensors
+    ]
     prefix = nodes[: nodes.index(points[-1]) + 1] if points else []
     prefix_layers = len({layer for node in prefix for layer in probe.layers.get(node.name, [])})
     if not prefix_layers:
-        return "no point after a frozen layer where one tensor carries all the state (e.g. a residual block's end) before the first trained layer"
+        return (
+            "no point after a frozen layer where one tensor carries all the state (e.g. a residual block's end) "
+            "before the first trained layer"
+        )
     node = points[-1]
     share = sum(probe.macs.get(n.name, 0) for n in prefix) / (sum(probe.macs.values()) or 1)
     if share < MIN_PREFIX_SHARE:
         return (
-            f"the frozen prefix up to the last cut point ({node.name}, {prefix_layers} layers) holds {share:.1%} of the "
+            f"the frozen prefix up to the last cut point ({node.name}, {prefix_layers} layers) holds {share:.1%} of "
+            "the "
             f"forward multiply-accumulates, under {MIN_PREFIX_SHARE:.0%}: too little to be worth caching"
         )
     shape, dtype = probe.tensors[node.name]
-    cut = Cut(graph_module, node, points[-2::-1], prefix_layers, len(plan.layers), share, shape, dtype, segment(graph_module, node, None))
+    cut = Cut(
+        graph_module,
+        node,
+        points[-2::-1],
+        prefix_layers,
+        len(plan.layers),
+        share,
+        shape,
+        dtype,
+        segment(graph_module, node, None),
+    )
     with torch.inference_mode(), autocast():
         split = cut.suffix(cut.prefix_from(None)(example))
     tolerance = 1e-4 if dtype == torch.float32 else 3e-2
     difference = (split.float() - expected.float()).abs().max().item()
     if not difference <= tolerance * max(expected.float().abs().max().item(), 1.0):
-        return f"the model cut after {node.name} does not compute what the model computes (max difference {difference:.3g})"
+        return (
+            f"the model cut after {node.name} does not compute what the model computes (max difference "
+            f"{difference:.3g})"
+        )
     return cut
 
 
 def _fixed(node: torch.fx.Node, plan: FreezePlan, graph_module: torch.fx.GraphModule) -> bool:
-    """Whether the node computes the same function all through training (FreezePlan decides for modules and parameters)."""
+    """Whether the node computes the same function all through training (FreezePlan decides for modules and
+    parameters)."""
     if node.op == "call_module":
         return plan.fixed(node.target, graph_module.get_submodule(node.target))
     if node.op == "get_attr":
@@ -348,7 +373,9 @@ class CachedSplit:
         if self.features.device.type == device.type:
             return self.features[on_device], self.labels[on_device]
         rows = self.features[positions]
-        return (rows.pin_memory() if device.type == "cuda" else rows).to(device, non_blocking=True), self.labels[on_device]
+        return (rows.pin_memory() if device.type == "cuda" else rows).to(device, non_blocking=True), self.labels[
+            on_device
+        ]
 
 
 class _Rows(Dataset):
@@ -371,7 +398,9 @@ def _as_is(batch):
 def rows_loader(count: int, batch_size: int, generator: torch.Generator, pin_memory: bool) -> DataLoader:
     """Shuffled batches of positions in the same order as data.train_loader's image batches with an equally
     seeded generator (the same sampler draws them), so cached and uncached trials see the same batches."""
-    return DataLoader(_Rows(count), batch_size=batch_size, shuffle=True, generator=generator, collate_fn=_as_is, pin_memory=pin_memory)
+    return DataLoader(
+        _Rows(count), batch_size=batch_size, shuffle=True, generator=generator, collate_fn=_as_is, pin_memory=pin_memory
+    )
 
 
 def content_digest(images: ImageSet) -> str:
@@ -451,11 +480,16 @@ class FeatureCache:
                 position += len(output)
         build_s = _clock(self.device) - start
         earlier_cost = source_record["cost_s"] if source_record is not None else 0.0
-        origin = f"images through {self.cut.name}" if source is None else f"{source.name} features through {self.cut.name}"
+        origin = (
+            f"images through {self.cut.name}" if source is None else f"{source.name} features through {self.cut.name}"
+        )
         return {"features": features, "build_s": build_s, "cost_s": build_s + earlier_cost, "origin": origin}
 
     def _placed(self, features: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda" and features.numel() * features.element_size() <= GPU_SHARE * torch.cuda.mem_get_info(self.device)[0]:
+        if (
+            self.device.type == "cuda"
+            and features.numel() * features.element_size() <= GPU_SHARE * torch.cuda.mem_get_info(self.device)[0]
+        ):
             return features.to(self.device)
         return features
 
@@ -469,7 +503,9 @@ class FeatureCache:
     def report(self) -> dict:
         """What the cache did for this trial so far: the training split's status, and every split's origin."""
         train = self.splits.get("train")
-        origins = "; ".join(f"{name}: {'built' if s.status == 'built' else 'reused'} from {s.origin}" for name, s in self.splits.items())
+        origins = "; ".join(
+            f"{name}: {'built' if s.status == 'built' else 'reused'} from {s.origin}" for name, s in self.splits.items()
+        )
         return {
             "cache": train.status if train else "pending",
             "cache_cut": self.cut.name,

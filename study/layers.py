@@ -27,18 +27,27 @@ def describe(backbone: str, num_classes: int, settings: dict | None = None) -> s
     width = max(len(layer.name) for layer in plan.layers)
     lines = [
         f"{backbone}: {len(plan.layers)} layers (conv and linear modules in forward order), {len(blocks)} blocks, "
-        f"{len(stages)} stages (timm's groups); depth K trains the last K layers (or blocks, stages) and the new {num_classes}-class head",
+        f"{len(stages)} stages (timm's groups); depth K trains the last K layers (or blocks, stages) and the new "
+        f"{num_classes}-class head",
         f"{'#':>4}  {'layer':<{width}}  {'kind':<6}  {'params':>11}  {'block':>5}  {'stage':>5}  riding with it",
     ]
     for layer in plan.layers:
         own = f"{layer.name}." if layer.name else ""
         riders = sorted({p.rpartition(".")[0] or p for p in layer.params if not p.startswith(own)} | set(layer.norms))
         block, stage = (str(number) if number else "-" for number in (layer.block, layer.stage))
-        lines.append(f"{layer.index:>4}  {layer.name:<{width}}  {layer.kind:<6}  {layer.num_params:>11,}  {block:>5}  {stage:>5}  {', '.join(riders)}")
+        lines.append(
+            f"{layer.index:>4}  {layer.name:<{width}}  {layer.kind:<6}  {layer.num_params:>11,}  {block:>5}  "
+            f"{stage:>5}  {', '.join(riders)}"
+        )
     lines.append(f"head: {', '.join(head_modules(model))} ({plan.head_params:,} params, always trained)")
     lines.append(f"total params: {plan.total_params}")
-    lines += [f"trainable params at depth {depth}: {plan.trainable_params_at(depth)}" for depth in range(len(plan.layers) + 1)]
-    surgery = ", ".join(f"{key}={getattr(config, key)}" for key in ("head", "unfreeze_depth", "unfreeze_unit", "bn_insert", "train_bn_affine", "frozen_bn"))
+    lines += [
+        f"trainable params at depth {depth}: {plan.trainable_params_at(depth)}" for depth in range(len(plan.layers) + 1)
+    ]
+    surgery = ", ".join(
+        f"{key}={getattr(config, key)}"
+        for key in ("head", "unfreeze_depth", "unfreeze_unit", "bn_insert", "train_bn_affine", "frozen_bn")
+    )
     lines += [
         f"configuration: {surgery}",
         f"trainable params: {plan.trainable_params}",
@@ -52,7 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.layers", description=__doc__.splitlines()[0])
     parser.add_argument("backbone", help="any timm model name")
     parser.add_argument("--num-classes", type=int, default=10, help="classes of the new head (default 10)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a trial setting, e.g. bn_insert=before_retrained_conv (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a trial setting, e.g. bn_insert=before_retrained_conv (repeatable)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.num_classes < 1:

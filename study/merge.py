@@ -45,8 +45,8 @@ import torch
 from torch import nn
 
 from study.align import permutation_spec, permute, weight_matching
-from study.config import DEVICES, StudyError, TrialConfig
 from study.augment import preprocessor
+from study.config import DEVICES, StudyError, TrialConfig
 from study.data import ImageSet, Splits, batches, load_data
 from study.environment import hardware, package_versions
 from study.models import INSERTED_BN, apply_freeze, create_backbone, head_modules, in_head, plan_for, weight_layers
@@ -70,19 +70,32 @@ class Checkpoint:
     img_size: int
 
     def build(self) -> nn.Module:
-        """The model in eval mode with this checkpoint's weights, rebuilt with the trial's surgery (head, inserted BN)."""
-        model, _ = create_backbone(self.config.backbone, "random", len(self.classes), self.config.seed, self.img_size, self.config.head)
+        """The model in eval mode with this checkpoint's weights, rebuilt
+        with the trial's surgery (head, inserted BN)."""
+        model, _ = create_backbone(
+            self.config.backbone, "random", len(self.classes), self.config.seed, self.img_size, self.config.head
+        )
         model = apply_freeze(model, plan_for(model, self.config)).backbone
         try:
             model.load_state_dict(self.state, strict=True)
         except RuntimeError as error:
             first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
-            raise StudyError(f"{self.path} does not fit timm's {self.config.backbone} ({first}): was it written by another version of the model?") from None
+            raise StudyError(
+                f"{self.path} does not fit timm's {self.config.backbone} ({first}): was it written by another "
+                "version of the model?"
+            ) from None
         return model.eval()
 
     def describe(self) -> dict:
-        return {"path": str(self.path), "backbone": self.config.backbone, "data": self.data, "classes": self.classes,
-                "weights_used": self.weights_used, "img_size": self.img_size, "config": self.config.to_dict()}  # fmt: skip
+        return {
+            "path": str(self.path),
+            "backbone": self.config.backbone,
+            "data": self.data,
+            "classes": self.classes,
+            "weights_used": self.weights_used,
+            "img_size": self.img_size,
+            "config": self.config.to_dict(),
+        }
 
 
 def find_checkpoint_file(path: Path) -> Path:
@@ -95,7 +108,10 @@ def find_checkpoint_file(path: Path) -> Path:
     if saved:
         return saved[-1]
     where = "does not exist" if not path.exists() else f"holds no {CHECKPOINT_FILE}"
-    raise StudyError(f"checkpoint {path} {where}: pass a model.pt saved by a trial with save_checkpoint: true (trials.csv lists them)")
+    raise StudyError(
+        f"checkpoint {path} {where}: pass a model.pt saved by a trial with save_checkpoint: true (trials.csv lists "
+        "them)"
+    )
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -104,11 +120,25 @@ def load_checkpoint(path: Path) -> Checkpoint:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
-        raise StudyError(f"{file} cannot be read as a checkpoint ({reason}): pass a model.pt saved by a trial with save_checkpoint: true") from None
+        raise StudyError(
+            f"{file} cannot be read as a checkpoint ({reason}): pass a model.pt saved by a trial with "
+            "save_checkpoint: true"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise StudyError(f"{file} is not a study checkpoint (format {CHECKPOINT_FORMAT}): pass a model.pt saved by a trial with save_checkpoint: true")
+        raise StudyError(
+            f"{file} is not a study checkpoint (format {CHECKPOINT_FORMAT}): pass a model.pt saved by a trial with "
+            "save_checkpoint: true"
+        )
     config = TrialConfig.from_dict(payload["config"], where=str(file))
-    return Checkpoint(file, payload["state_dict"], config, payload["data"], list(payload["classes"]), payload["weights_used"], payload["img_size"])
+    return Checkpoint(
+        file,
+        payload["state_dict"],
+        config,
+        payload["data"],
+        list(payload["classes"]),
+        payload["weights_used"],
+        payload["img_size"],
+    )
 
 
 def head_keys(model: nn.Module) -> set[str]:
@@ -119,13 +149,20 @@ def head_keys(model: nn.Module) -> set[str]:
 def check_compatible(a: Checkpoint, b: Checkpoint, heads: set[str]) -> None:
     """Same backbone, same tensors of the same shapes; heads may differ in their number of classes."""
     if a.config.backbone != b.config.backbone:
-        raise StudyError(f"A is a {a.config.backbone} checkpoint but B is {b.config.backbone}: merge two checkpoints of one backbone")
+        raise StudyError(
+            f"A is a {a.config.backbone} checkpoint but B is {b.config.backbone}: merge two checkpoints of one backbone"
+        )
     missing = sorted(set(a.state) ^ set(b.state))
     if missing:
-        raise StudyError(f"A and B hold different tensors (first: '{missing[0]}'): merge two checkpoints of one architecture")
+        raise StudyError(
+            f"A and B hold different tensors (first: '{missing[0]}'): merge two checkpoints of one architecture"
+        )
     for key in a.state:
         if key not in heads and a.state[key].shape != b.state[key].shape:
-            raise StudyError(f"tensor '{key}' is {tuple(a.state[key].shape)} in A but {tuple(b.state[key].shape)} in B: merge two checkpoints of one architecture")
+            raise StudyError(
+                f"tensor '{key}' is {tuple(a.state[key].shape)} in A but {tuple(b.state[key].shape)} in B: merge two "
+                "checkpoints of one architecture"
+            )
 
 
 def interpolate(state_a: dict, state_b: dict, alpha: float, keys) -> dict:
@@ -150,7 +187,10 @@ def recompute_bn_stats(model: nn.Module, data: ImageSet, preprocess, device: tor
         return 0
     used = len(data) if len(data) <= batch_size else len(data) // batch_size * batch_size
     if used < 2:
-        raise StudyError(f"BatchNorm statistics need at least 2 training images, the target has {len(data)}: use more data or --bn-stats interpolate")
+        raise StudyError(
+            f"BatchNorm statistics need at least 2 training images, the target has {len(data)}: use more data or "
+            "--bn-stats interpolate"
+        )
     momenta = [norm.momentum for norm in norms]
     model.eval()
     for norm in norms:
@@ -173,12 +213,15 @@ def features(model: nn.Module, data: ImageSet, preprocess, device: torch.device,
     """The pre-logits features (what the classifier reads) of every image, in order."""
     model.eval()
     parts = [
-        model.forward_head(model.forward_features(preprocess(images.to(device))), pre_logits=True) for images, _ in batches(data, batch_size)
+        model.forward_head(model.forward_features(preprocess(images.to(device))), pre_logits=True)
+        for images, _ in batches(data, batch_size)
     ]
     return torch.cat(parts) if parts else torch.empty(0, model.num_features, device=device)
 
 
-def fit_probe(train: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int, lr: float, seed: int) -> nn.Linear:
+def fit_probe(
+    train: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int, lr: float, seed: int
+) -> nn.Linear:
     """A new linear head trained on frozen features: AdamW, batches of 64, seeded init and order."""
     torch.manual_seed(seed)
     head = nn.Linear(train.shape[1], num_classes).to(train.device)
@@ -211,9 +254,15 @@ class Target:
     device: torch.device
     batch_size: int
 
-    def evaluate(self, model: nn.Module, heads: dict[str, object], probe: tuple[int, float, int] | None) -> dict[str, dict]:
-        """Accuracy and loss on train/val/test for each head; `heads` maps a name to a module, or to None for the probe."""
-        feats = {split: features(model, getattr(self.data, split), self.preprocess, self.device, self.batch_size) for split in ("train", "val", "test")}
+    def evaluate(
+        self, model: nn.Module, heads: dict[str, object], probe: tuple[int, float, int] | None
+    ) -> dict[str, dict]:
+        """Accuracy and loss on train/val/test for each head; `heads` maps a name to a module, or to None for the
+        probe."""
+        feats = {
+            split: features(model, getattr(self.data, split), self.preprocess, self.device, self.batch_size)
+            for split in ("train", "val", "test")
+        }
         results = {}
         for name, head in heads.items():
             if head is None:
@@ -228,19 +277,44 @@ class Target:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m study.merge", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint_a", type=Path, metavar="CKPT_A", help="model.pt, its directory, or a trial directory")
+    parser.add_argument(
+        "checkpoint_a", type=Path, metavar="CKPT_A", help="model.pt, its directory, or a trial directory"
+    )
     parser.add_argument("checkpoint_b", type=Path, metavar="CKPT_B", help="a checkpoint of the same backbone")
     parser.add_argument("--data", help="target dataset (digits or folder:PATH); default: A's training data")
     parser.add_argument("--out", type=Path, help="output directory (default: results/merge-TIMESTAMP)")
-    parser.add_argument("--alphas", default=",".join(map(str, DEFAULT_ALPHAS)), help="comma-separated weights of B (default 0,0.1,...,1)")
-    parser.add_argument("--align", choices=("none", "weights"), default="none", help="weights: also merge after weight matching B to A")
-    parser.add_argument("--head", choices=HEADS, nargs="+", help="keep: the head trained on the target's classes; probe: a new linear head (default: both if possible, else probe)")
+    parser.add_argument(
+        "--alphas",
+        default=",".join(map(str, DEFAULT_ALPHAS)),
+        help="comma-separated weights of B (default 0,0.1,...,1)",
+    )
+    parser.add_argument(
+        "--align", choices=("none", "weights"), default="none", help="weights: also merge after weight matching B to A"
+    )
+    parser.add_argument(
+        "--head",
+        choices=HEADS,
+        nargs="+",
+        help="keep: the head trained on the target's classes; probe: a new linear head (default: both if possible, "
+        "else probe)",
+    )
     parser.add_argument("--probe-epochs", type=int, default=10, help="epochs of the linear probe (default 10)")
-    parser.add_argument("--probe-lr", type=float, default=1e-3, help="AdamW learning rate of the linear probe (default 1e-3)")
-    parser.add_argument("--bn-stats", choices=("recompute", "interpolate"), default="recompute", help="BatchNorm statistics of merged models (default recompute)")
+    parser.add_argument(
+        "--probe-lr", type=float, default=1e-3, help="AdamW learning rate of the linear probe (default 1e-3)"
+    )
+    parser.add_argument(
+        "--bn-stats",
+        choices=("recompute", "interpolate"),
+        default="recompute",
+        help="BatchNorm statistics of merged models (default recompute)",
+    )
     parser.add_argument("--layer", help="conv layer for the filter similarity (default: the first conv)")
-    parser.add_argument("--order", choices=ORDERS, default="greedy", help="reordering shown in similarity.html (both are summarised)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="binarisation threshold of the similarity (default 0.5)")
+    parser.add_argument(
+        "--order", choices=ORDERS, default="greedy", help="reordering shown in similarity.html (both are summarised)"
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.5, help="binarisation threshold of the similarity (default 0.5)"
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--seed", type=int, default=0, help="probe and weight-matching seed (default 0)")
@@ -251,7 +325,9 @@ def parse_alphas(text: str) -> list[float]:
     try:
         alphas = sorted({float(part) for part in text.split(",") if part.strip()})
     except ValueError:
-        raise StudyError(f"--alphas {text!r} is not a comma-separated list of numbers: write e.g. --alphas 0,0.5,1") from None
+        raise StudyError(
+            f"--alphas {text!r} is not a comma-separated list of numbers: write e.g. --alphas 0,0.5,1"
+        ) from None
     if not alphas or not all(math.isfinite(a) for a in alphas):
         raise StudyError(f"--alphas {text!r} holds no finite number: write e.g. --alphas 0,0.5,1")
     return alphas
@@ -279,14 +355,17 @@ def prepare_out(out: Path | None) -> Path:
     return out
 
 
-def choose_heads(requested: list[str] | None, a: Checkpoint, b: Checkpoint, data: Splits) -> tuple[list[str], str | None]:
+def choose_heads(
+    requested: list[str] | None, a: Checkpoint, b: Checkpoint, data: Splits
+) -> tuple[list[str], str | None]:
     """The heads to evaluate and, for `keep`, a description of the kept head."""
     trained = [name for name, ckpt in (("A", a), ("B", b)) if ckpt.classes == data.classes]
     kept = None if not trained else "interpolated from A and B" if len(trained) == 2 else f"{trained[0]}'s"
     heads = requested or (["keep", "probe"] if kept else ["probe"])
     if "keep" in heads and not kept:
         raise StudyError(
-            f"--head keep needs a checkpoint trained on the target's classes ({len(data.classes)}: {', '.join(data.classes[:4])}...), "
+            f"--head keep needs a checkpoint trained on the target's classes ({len(data.classes)}: "
+            f"{', '.join(data.classes[:4])}...), "
             f"but A has {len(a.classes)} and B {len(b.classes)} others: use --head probe"
         )
     return list(dict.fromkeys(heads)), kept
@@ -303,11 +382,16 @@ def main(argv: list[str] | None = None) -> int:
         check_compatible(a, b, heads_in_model)
         if args.align == "weights" and any(INSERTED_BN in key for key in a.state):
             # torch.fx does not trace forward pre-hooks, through which inserted BatchNorm acts: the spec would miss it.
-            raise StudyError(f"{a.path}: --align weights does not support models with bn_insert=before_retrained_conv: use --align none")
+            raise StudyError(
+                f"{a.path}: --align weights does not support models with bn_insert=before_retrained_conv: use "
+                "--align none"
+            )
         layer = args.layer or first_conv(model_a)
         conv_weight(model_a, layer)
         data_name = args.data or a.data
-        source = next((c for c in (a, b) if c.data == data_name), a)  # its split and input size: no test image it trained on
+        source = next(
+            (c for c in (a, b) if c.data == data_name), a
+        )  # its split and input size: no test image it trained on
         data = load_data(data_name, source.config.split_seed, source.img_size, source.config.data_root)
         heads, kept = choose_heads(args.head, a, b, data)
         device = pick_device(args.device)
@@ -323,19 +407,34 @@ def main(argv: list[str] | None = None) -> int:
     same_task = a.classes == b.classes
     head_owner = b if kept == "B's" else a  # whose head (and class count) the merged model carries
     print(f"A: {a.path} ({a.data}, {len(a.classes)} classes); B: {b.path} ({b.data}, {len(b.classes)} classes)")
-    print(f"target: {data.name}, {len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test images at {source.img_size} px; "
-          f"heads: {', '.join(describe_head(h, kept, args) for h in heads)}; BatchNorm statistics: {args.bn_stats}", flush=True)  # fmt: skip
+    print(
+        f"target: {data.name}, {len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test images at "
+        f"{source.img_size} px; "
+        f"heads: {', '.join(describe_head(h, kept, args) for h in heads)}; BatchNorm statistics: {args.bn_stats}",
+        flush=True,
+    )
 
     record = {
         "command": sys.argv if argv is None else ["python", "-m", "study.merge", *argv],
-        "checkpoint_a": a.describe(), "checkpoint_b": b.describe(),
-        "target": {"data": data.name, "classes": data.classes, "split_seed": source.config.split_seed, "img_size": source.img_size,
-                   "images": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}},
-        "heads": {h: describe_head(h, kept, args) for h in heads}, "bn_stats": args.bn_stats, "alphas": alphas,
+        "checkpoint_a": a.describe(),
+        "checkpoint_b": b.describe(),
+        "target": {
+            "data": data.name,
+            "classes": data.classes,
+            "split_seed": source.config.split_seed,
+            "img_size": source.img_size,
+            "images": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        },
+        "heads": {h: describe_head(h, kept, args) for h in heads},
+        "bn_stats": args.bn_stats,
+        "alphas": alphas,
         "reference": reference_scores(target, {"A": model_a, "B": model_b}, (a, b)),
-    }  # fmt: skip
+    }
     for name, result in record["reference"].items():
-        print(f"{name} as trained, its own head and statistics: val acc {result['val_acc']:.4f}, test acc {result['test_acc']:.4f}")
+        print(
+            f"{name} as trained, its own head and statistics: val acc {result['val_acc']:.4f}, test acc "
+            f"{result['test_acc']:.4f}"
+        )
 
     # Heads take part in matching and interpolation only if both were trained on the same classes.
     merged_keys = [k for k in a.state if same_task or k not in heads_in_model]
@@ -347,16 +446,27 @@ def main(argv: list[str] | None = None) -> int:
     similarity = filter_similarity(a.state[f"{layer}.weight"], b.state[f"{layer}.weight"], layer, args.threshold)
     record["similarity"] = similarity.summary()
     if "weights" in states:
-        aligned = filter_similarity(a.state[f"{layer}.weight"], states["weights"][f"{layer}.weight"], layer, args.threshold).summary()
-        record["similarity"].update(aligned_raw_mean_diagonal=aligned["raw_mean_diagonal"], aligned_raw_share_above_threshold=aligned["raw_share_above_threshold"])
-    record.update(seconds=round(time.perf_counter() - started, 1), versions=package_versions(), hardware=hardware(),
-                  finished=datetime.now().isoformat(timespec="seconds"))  # fmt: skip
+        aligned = filter_similarity(
+            a.state[f"{layer}.weight"], states["weights"][f"{layer}.weight"], layer, args.threshold
+        ).summary()
+        record["similarity"].update(
+            aligned_raw_mean_diagonal=aligned["raw_mean_diagonal"],
+            aligned_raw_share_above_threshold=aligned["raw_share_above_threshold"],
+        )
+    record.update(
+        seconds=round(time.perf_counter() - started, 1),
+        versions=package_versions(),
+        hardware=hardware(),
+        finished=datetime.now().isoformat(timespec="seconds"),
+    )
     write_outputs(out, table, similarity, record, args.order)
     print_summary(out, table, record)
     return 0
 
 
-def align(a: Checkpoint, b: Checkpoint, model_a: nn.Module, merged_keys: list[str], img_size: int, seed: int) -> tuple[dict, dict]:
+def align(
+    a: Checkpoint, b: Checkpoint, model_a: nn.Module, merged_keys: list[str], img_size: int, seed: int
+) -> tuple[dict, dict]:
     """B's state permuted to match A (weight matching on the merged parameters), and what the alignment did."""
     started = time.perf_counter()
     spec = permutation_spec(model_a, torch.zeros(2, 3, img_size, img_size))
@@ -365,14 +475,34 @@ def align(a: Checkpoint, b: Checkpoint, model_a: nn.Module, merged_keys: list[st
     moved = sum(int((perm != torch.arange(len(perm))).sum()) for perm in perms)
     channels = sum(group.size for group in spec.groups)
     share = spec.permuted_share(a.state, parameters)
-    print(f"alignment: {spec.describe()}; {share:.1%} of the merged parameters in permutable tensors, {moved} of {channels} channels moved", flush=True)
-    record = {"groups": len(spec.groups), "channels": channels, "channels_moved": moved, "permuted_parameter_share": share,
-              "kept_in_place_by": dict(spec.fixed), "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
-    return (b.state if moved == 0 else permute(b.state, spec, perms)), record  # the same object: sweep reuses its numbers
+    print(
+        f"alignment: {spec.describe()}; {share:.1%} of the merged parameters in permutable tensors, {moved} of "
+        f"{channels} channels moved",
+        flush=True,
+    )
+    record = {
+        "groups": len(spec.groups),
+        "channels": channels,
+        "channels_moved": moved,
+        "permuted_parameter_share": share,
+        "kept_in_place_by": dict(spec.fixed),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return (
+        b.state if moved == 0 else permute(b.state, spec, perms)
+    ), record  # the same object: sweep reuses its numbers
 
 
-def sweep(a: Checkpoint, states: dict, alphas: list[float], merged_keys: list[str], head_owner: Checkpoint, heads: list[str],
-          target: Target, args: argparse.Namespace) -> pd.DataFrame:  # fmt: skip
+def sweep(
+    a: Checkpoint,
+    states: dict,
+    alphas: list[float],
+    merged_keys: list[str],
+    head_owner: Checkpoint,
+    heads: list[str],
+    target: Target,
+    args: argparse.Namespace,
+) -> pd.DataFrame:
     """Evaluate (1 - alpha) * A + alpha * B for every B state (unaligned, aligned) and alpha: one row per head.
 
     A merge identical to one already evaluated (alpha 0 with A's head, or an alignment that moved nothing) is
@@ -383,7 +513,9 @@ def sweep(a: Checkpoint, states: dict, alphas: list[float], merged_keys: list[st
     head_keys_b = head_keys(model) if head_owner is not a else set()
     for align_mode, state_b in states.items():
         for alpha in alphas:
-            key = "A" if alpha == 0 and not head_keys_b else (id(state_b), alpha)  # alpha 0 with A's head is A, whatever B
+            key = (
+                "A" if alpha == 0 and not head_keys_b else (id(state_b), alpha)
+            )  # alpha 0 with A's head is A, whatever B
             note = " (the same model as above: not evaluated again)" if key in done else ""
             if key not in done:
                 merged = interpolate(a.state, state_b, alpha, merged_keys)
@@ -396,7 +528,9 @@ def sweep(a: Checkpoint, states: dict, alphas: list[float], merged_keys: list[st
             evaluated = done[key]
             for head, result in evaluated.items():
                 rows.append({"align": align_mode, "alpha": alpha, "head": head, "bn_stats": args.bn_stats, **result})
-            scores_now = "  ".join(f"{h}: val {r['val_acc']:.4f} test {r['test_acc']:.4f}" for h, r in evaluated.items())
+            scores_now = "  ".join(
+                f"{h}: val {r['val_acc']:.4f} test {r['test_acc']:.4f}" for h, r in evaluated.items()
+            )
             print(f"  align={align_mode:<7} alpha={alpha:<4} {scores_now}{note}", flush=True)
     return pd.DataFrame(rows)
 
@@ -411,11 +545,15 @@ def first_conv(model: nn.Module) -> str:
 def describe_head(head: str, kept: str | None, args: argparse.Namespace) -> str:
     if head == "keep":
         return f"kept: {kept} head (trained on the target's classes)"
-    return f"linear probe: a new head fitted on frozen features of the training split, {args.probe_epochs} epochs, AdamW lr {args.probe_lr}"
+    return (
+        f"linear probe: a new head fitted on frozen features of the training split, {args.probe_epochs} epochs, "
+        f"AdamW lr {args.probe_lr}"
+    )
 
 
 def reference_scores(target: Target, models: dict[str, nn.Module], checkpoints) -> dict[str, dict]:
-    """A and B themselves on the target data, where their own head fits its classes: the ends of the sweep as trained."""
+    """A and B themselves on the target data, where their own head fits
+    its classes: the ends of the sweep as trained."""
     results = {}
     for (name, model), ckpt in zip(models.items(), checkpoints):
         if ckpt.classes == target.data.classes:
@@ -431,8 +569,15 @@ def write_outputs(out: Path, table: pd.DataFrame, similarity, record: dict, orde
     atomic_write(out / "merge.html", lambda p: figure.write_html(p, include_plotlyjs=True, full_html=True))
     atomic_write(out / "similarity.csv", lambda p: similarity.table().to_csv(p, index=False))
     labels = (f"A ({record['checkpoint_a']['data']})", f"B ({record['checkpoint_b']['data']})")
-    parts = [f.to_html(full_html=False, include_plotlyjs=i == 0) for i, f in enumerate(similarity_figures(similarity, order, labels))]
-    page = "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>filter similarity</title></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    parts = [
+        f.to_html(full_html=False, include_plotlyjs=i == 0)
+        for i, f in enumerate(similarity_figures(similarity, order, labels))
+    ]
+    page = (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>filter similarity</title></head><body>\n"
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
     atomic_write(out / "similarity.html", lambda p: Path(p).write_text(page))
     atomic_write(out / "merge.json", lambda p: Path(p).write_text(json.dumps(record, indent=2, default=str) + "\n"))
 
@@ -441,27 +586,43 @@ def merge_figure(table: pd.DataFrame, record: dict) -> go.Figure:
     figure = go.Figure()
     for (align, head), part in table.groupby(["align", "head"], sort=False):
         for split, dash in (("val", "solid"), ("test", "dot")):
-            figure.add_trace(go.Scatter(
-                x=part["alpha"], y=part[f"{split}_acc"], mode="lines+markers", name=f"{split}: align {align}, head {head}",
-                line=dict(dash=dash), hovertemplate=f"align {align}, head {head}<br>alpha %{{x}}<br>{split} acc %{{y:.4f}}<extra></extra>",
-            ))  # fmt: skip
+            figure.add_trace(
+                go.Scatter(
+                    x=part["alpha"],
+                    y=part[f"{split}_acc"],
+                    mode="lines+markers",
+                    name=f"{split}: align {align}, head {head}",
+                    line=dict(dash=dash),
+                    hovertemplate=f"align {align}, head {head}<br>alpha %{{x}}<br>{split} acc "
+                    f"%{{y:.4f}}<extra></extra>",
+                )
+            )
     a, b = record["checkpoint_a"], record["checkpoint_b"]
     figure.update_layout(
         title=f"(1 - alpha) * A + alpha * B on {record['target']['data']}: A trained on {a['data']}, B on {b['data']} "
-              f"({a['backbone']}; BatchNorm statistics {record['bn_stats']})",
-        xaxis_title="alpha (weight of B)", yaxis_title="accuracy", template="plotly_white", hovermode="closest",
-    )  # fmt: skip
+        f"({a['backbone']}; BatchNorm statistics {record['bn_stats']})",
+        xaxis_title="alpha (weight of B)",
+        yaxis_title="accuracy",
+        template="plotly_white",
+        hovermode="closest",
+    )
     return figure
 
 
 def print_summary(out: Path, table: pd.DataFrame, record: dict) -> None:
     for split in ("val", "test"):
         pivot = table.pivot_table(index="alpha", columns=["align", "head"], values=f"{split}_acc", sort=False)
-        print(f"\n{split} accuracy by alpha (columns: alignment, head):\n{pivot.to_string(float_format=lambda v: f'{v:.4f}')}")
+        print(
+            f"\n{split} accuracy by alpha (columns: alignment, "
+            f"head):\n{pivot.to_string(float_format=lambda v: f'{v:.4f}')}"
+        )
     s = record["similarity"]
-    line = (f"\nfilter similarity of {s['layer']} ({s['filters']} filters): mean diagonal raw {s['raw_mean_diagonal']:.3f}, "
-            f"greedy {s['greedy_mean_diagonal']:.3f}, optimal {s['optimal_mean_diagonal']:.3f}; above {s['threshold']}: "
-            f"greedy {s['greedy_share_above_threshold']:.1%}, optimal {s['optimal_share_above_threshold']:.1%}")  # fmt: skip
+    line = (
+        f"\nfilter similarity of {s['layer']} ({s['filters']} filters): mean diagonal raw "
+        f"{s['raw_mean_diagonal']:.3f}, "
+        f"greedy {s['greedy_mean_diagonal']:.3f}, optimal {s['optimal_mean_diagonal']:.3f}; above {s['threshold']}: "
+        f"greedy {s['greedy_share_above_threshold']:.1%}, optimal {s['optimal_share_above_threshold']:.1%}"
+    )
     if "aligned_raw_mean_diagonal" in s:
         line += f"; raw order after weight matching {s['aligned_raw_mean_diagonal']:.3f}"
     print(line)

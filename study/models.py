@@ -82,11 +82,24 @@ from study.config import ALL_LAYERS, WEIGHT_FILE_SUFFIXES, StudyError, TrialConf
 
 WEIGHT_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 NORM_TYPES = (
-    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
-    *(getattr(timm.layers.norm, name) for name in (
-        "RmsNorm", "RmsNormFp32", "RmsNorm2d", "RmsNorm2dFp32", "SimpleNorm", "SimpleNormFp32", "SimpleNorm2d", "SimpleNorm2dFp32",
-    )),
-)  # fmt: skip
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    *(
+        getattr(timm.layers.norm, name)
+        for name in (
+            "RmsNorm",
+            "RmsNormFp32",
+            "RmsNorm2d",
+            "RmsNorm2dFp32",
+            "SimpleNorm",
+            "SimpleNormFp32",
+            "SimpleNorm2d",
+            "SimpleNorm2dFp32",
+        )
+    ),
+)
 INSERTED_BN = "inserted_bn"
 BATCHNORM_FOR_CONV = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}  # by the conv's spatial dimensions
 
@@ -105,14 +118,20 @@ class Layer:
     params: list[str] = field(default_factory=list)  # its own and the riding parameter names
     num_params: int = 0
     norms: list[str] = field(default_factory=list)  # normalisation modules riding with it
-    block: int | None = None  # timm's fine parameter group, 1-based; None where timm's groups do not follow the forward pass
+    block: int | None = (
+        None  # timm's fine parameter group, 1-based; None where timm's groups do not follow the forward pass
+    )
     stage: int | None = None  # timm's coarse parameter group, likewise
 
 
 def check_backbone_name(name: str) -> None:
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        hint = f"close timm names: {', '.join(close)}" if close else "list them with: python -c \"import timm; print(timm.list_models('*NAME*'))\""
+        hint = (
+            f"close timm names: {', '.join(close)}"
+            if close
+            else "list them with: python -c \"import timm; print(timm.list_models('*NAME*'))\""
+        )
         raise StudyError(f"unknown backbone '{name}': {hint}")
 
 
@@ -135,7 +154,10 @@ def create_backbone(
     model_kwargs = {}
     if cfg and cfg.fixed_input_size and img_size != cfg.input_size[-1]:
         # Built for the trial's size (timm resamples a ViT's position embedding); the config says so for weight_layers.
-        model_kwargs = {"img_size": img_size, "pretrained_cfg_overlay": {"input_size": (cfg.input_size[0], img_size, img_size)}}
+        model_kwargs = {
+            "img_size": img_size,
+            "pretrained_cfg_overlay": {"input_size": (cfg.input_size[0], img_size, img_size)},
+        }
     with _device_context(on_meta):
         torch.manual_seed(seed)  # random weights depend on the trial seed only
         model, source = _with_weights(name, weights, cfg, model_kwargs)
@@ -155,7 +177,9 @@ def _device_context(on_meta: bool):
         yield
         return
     with torch.device("meta"), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")  # checking shapes is the point
+        warnings.filterwarnings(
+            "ignore", message=".*copying from a non-meta parameter.*"
+        )  # checking shapes is the point
         yield
 
 
@@ -169,12 +193,17 @@ def _with_weights(name: str, weights: str, cfg, model_kwargs: dict) -> tuple[nn.
         return _timm_pretrained(name, cfg, model_kwargs)
     if weights.endswith(WEIGHT_FILE_SUFFIXES):
         return _from_file(name, Path(weights), cfg, model_kwargs)
-    raise StudyError(f"weights='{weights}' is not supported: use 'imagenet', 'random' or a path to a {'/'.join(WEIGHT_FILE_SUFFIXES)} file")
+    raise StudyError(
+        f"weights='{weights}' is not supported: use 'imagenet', 'random' or a path to a "
+        f"{'/'.join(WEIGHT_FILE_SUFFIXES)} file"
+    )
 
 
 def _timm_pretrained(name: str, cfg, model_kwargs: dict) -> tuple[nn.Module, str]:
     if not (cfg and (cfg.hf_hub_id or cfg.url)):
-        raise StudyError(f"timm has no pretrained weights for '{name}': use weights=random or a weights file (--set weights=PATH)")
+        raise StudyError(
+            f"timm has no pretrained weights for '{name}': use weights=random or a weights file (--set weights=PATH)"
+        )
     try:
         model = timm.create_model(name, pretrained=True, **model_kwargs)
     except OSError as error:  # what huggingface_hub and urllib raise for "not cached and cannot download"
@@ -190,7 +219,11 @@ def _missing_weights_message(name: str, cfg, error: OSError) -> str:
     else:
         where, what = f"the torch hub cache {Path(torch.hub.get_dir()) / 'checkpoints'}", cfg.url
     detail = (str(error).strip().splitlines() or [""])[0][:160]
-    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"downloading failed ({type(error).__name__}: {detail})"
+    why = (
+        "HF_HUB_OFFLINE is set"
+        if constants.HF_HUB_OFFLINE
+        else f"downloading failed ({type(error).__name__}: {detail})"
+    )
     return (
         f"no ImageNet weights for '{name}': {where} has no {what} and {why}; "
         f"fetch them once with internet (python -c \"import timm; timm.create_model('{name}', pretrained=True)\"), "
@@ -201,14 +234,25 @@ def _missing_weights_message(name: str, cfg, error: OSError) -> str:
 def _from_file(name: str, path: Path, cfg, model_kwargs: dict) -> tuple[nn.Module, str]:
     """A state dict of timm's `name` from a file; its classifier (any number of classes, or none) is replaced later."""
     if not path.is_file():
-        raise StudyError(f"weights file {path} does not exist: give the path of a {'/'.join(WEIGHT_FILE_SUFFIXES)} state dict of {name}")
+        raise StudyError(
+            f"weights file {path} does not exist: give the path of a {'/'.join(WEIGHT_FILE_SUFFIXES)} state dict of "
+            f"{name}"
+        )
     try:
         state = timm.models.load_state_dict(str(path))  # torch.load(weights_only=True), or safetensors for .safetensors
-    except Exception as error:  # any failure to parse a user's file (pickle, zip, safetensors header) is the same answer
+    except (
+        Exception
+    ) as error:  # any failure to parse a user's file (pickle, zip, safetensors header) is the same answer
         detail = (str(error).strip().splitlines() or [""])[0][:160]
-        raise StudyError(f"cannot read weights file {path} ({type(error).__name__}: {detail}): save it with torch.save(model.state_dict(), PATH) or safetensors") from None
+        raise StudyError(
+            f"cannot read weights file {path} ({type(error).__name__}: {detail}): save it with "
+            "torch.save(model.state_dict(), PATH) or safetensors"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise StudyError(f"weights file {path} holds no state dict (name -> tensor): save it with torch.save(model.state_dict(), PATH)")
+        raise StudyError(
+            f"weights file {path} holds no state dict (name -> tensor): save it with torch.save(model.state_dict(), "
+            "PATH)"
+        )
     classifier = cfg.classifier if cfg else None
     if isinstance(classifier, (tuple, list)):  # e.g. a distilled ViT's head and head_dist
         classifier = classifier[0]
@@ -217,10 +261,14 @@ def _from_file(name: str, path: Path, cfg, model_kwargs: dict) -> tuple[nn.Modul
     overlay = {**model_kwargs.get("pretrained_cfg_overlay", {}), "state_dict": state, "num_classes": file_classes}
     kwargs = {**model_kwargs, "pretrained_cfg_overlay": overlay, "num_classes": file_classes}
     try:
-        # timm's own loading (strict, since the class counts agree), with its checkpoint filters (e.g. a ViT's position embedding resampled)
+        # timm's own loading (strict, since the class counts agree), with its checkpoint filters (e.g. a ViT's position
+        # embedding resampled)
         model = timm.create_model(name, pretrained=True, **kwargs)
     except Exception as error:  # load_state_dict's RuntimeError, or a checkpoint filter tripping over foreign keys
-        raise StudyError(f"weights file {path} does not fit timm's {name}: {_mismatch(state, name, file_classes, model_kwargs, error)}: give a state dict of {name}") from None
+        raise StudyError(
+            f"weights file {path} does not fit timm's {name}: "
+            f"{_mismatch(state, name, file_classes, model_kwargs, error)}: give a state dict of {name}"
+        ) from None
     model.pretrained_cfg.pop("state_dict", None)  # the config must not hold a second copy of the weights
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -232,11 +280,16 @@ def _from_file(name: str, path: Path, cfg, model_kwargs: dict) -> tuple[nn.Modul
 def _mismatch(state: dict, name: str, num_classes: int, model_kwargs: dict, error: Exception) -> str:
     """The first mismatched keys, on one line (else what went wrong)."""
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in timm.create_model(name, num_classes=num_classes, **model_kwargs).state_dict().items()}
+        expected = {
+            k: tuple(v.shape)
+            for k, v in timm.create_model(name, num_classes=num_classes, **model_kwargs).state_dict().items()
+        }
     found = {k: tuple(v.shape) for k, v in state.items()}
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    shapes = [f"{k} {list(found[k])} vs {list(expected[k])}" for k in expected if k in found and found[k] != expected[k]]
+    shapes = [
+        f"{k} {list(found[k])} vs {list(expected[k])}" for k in expected if k in found and found[k] != expected[k]
+    ]
     parts = [
         f"{label} {len(keys)} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs for", shapes))
@@ -252,7 +305,10 @@ def load_packaged_weights(model: nn.Module, name: str) -> str:
     target = model.state_dict()
     shapes = [(a, b) for (a, ta), (b, tb) in zip(state.items(), target.items()) if ta.shape != tb.shape]
     if len(state) != len(target) or shapes:
-        raise StudyError(f"{path} does not match timm's {name} ({len(state)} vs {len(target)} tensors, first shape mismatch: {shapes[:1]})")
+        raise StudyError(
+            f"{path} does not match timm's {name} ({len(state)} vs {len(target)} tensors, first shape mismatch: "
+            f"{shapes[:1]})"
+        )
     model.load_state_dict(dict(zip(target.keys(), state.values())), strict=True)
     return f"pypi:{module_name}/{Path(path).name}"
 
@@ -265,7 +321,8 @@ def attach_head(model: nn.Module, head: str, num_classes: int, backbone: str) ->
     if not isinstance(model, VGG):
         raise StudyError(
             f"head=single_linear replaces VGG's three fully connected layers by one linear layer (document 000), "
-            f"but {backbone} is not a timm VGG model and its classifier ({', '.join(head_modules(model))}) is one layer already: use head=linear"
+            f"but {backbone} is not a timm VGG model and its classifier ({', '.join(head_modules(model))}) is one "
+            "layer already: use head=linear"
         )
     model.prune_intermediate_layers(prune_head=True)  # timm: drops the pre-logits ConvMlp (VGG's fc6, fc7)
     model.reset_classifier(num_classes, global_pool="avg")
@@ -287,9 +344,10 @@ def weight_layers(model: nn.Module) -> list[Layer]:
     heads = head_modules(model)
     modules = {name: module for name, module in model.named_modules() if not in_head(name, heads)}
     holders = [
-        name for name, module in modules.items()
+        name
+        for name, module in modules.items()
         if next(module.parameters(recurse=False), None) is not None or isinstance(module, NORM_TYPES)
-    ]  # fmt: skip
+    ]
 
     first_call: dict[str, int] = {}
 
@@ -343,9 +401,11 @@ def _rider_owner(name: str, holders: list[str], first_call: dict, layer_names: l
     # A container holds parameters in sub-modules too (BatchNormAct2d's act/drop children hold none: a leaf here).
     is_container = any(other != name and other.startswith(f"{name}." if name else "") for other in holders)
     if is_container:
-        inside = [l for l in layer_names if first_call[l] > order and (not name or l.startswith(name + "."))]
+        inside = [
+            layer for layer in layer_names if first_call[layer] > order and (not name or layer.startswith(name + "."))
+        ]
         return inside[0] if inside else layer_names[0]
-    before = [l for l in layer_names if first_call[l] < order]
+    before = [layer for layer in layer_names if first_call[layer] < order]
     return before[-1] if before else layer_names[0]
 
 
@@ -389,7 +449,7 @@ class TransferModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
 
-    def train(self, mode: bool = True) -> "TransferModel":
+    def train(self, mode: bool = True) -> TransferModel:
         super().train(mode)
         for name in self.frozen_norms:
             self.backbone.get_submodule(name).eval()
@@ -402,14 +462,18 @@ class FreezePlan:
 
     layers: list[Layer]
     depth: int  # resolved: the number of trained layers
-    trainable: set[str]  # names of the parameters that train: head, trained layers, inserted BN, frozen-part norm affine
+    trainable: set[
+        str
+    ]  # names of the parameters that train: head, trained layers, inserted BN, frozen-part norm affine
     head_params: int
     total_params: int  # after the surgery, inserted BatchNorm included
     param_sizes: dict[str, int] = field(default_factory=dict)  # every parameter, inserted BatchNorm included
     unit: str = "layer"
     unit_depth: int = 0  # resolved: the number of trained units
     num_units: int = 0
-    inserted_bn: dict[str, int] = field(default_factory=dict)  # conv layer name -> channels of the BatchNorm in front of it
+    inserted_bn: dict[str, int] = field(
+        default_factory=dict
+    )  # conv layer name -> channels of the BatchNorm in front of it
     affine_norms: dict[str, str] = field(default_factory=dict)  # frozen-part norm module -> its type, affine trained
     frozen_stat_norms: list[str] = field(default_factory=list)  # frozen-part BatchNorm with running statistics
     frozen_bn: str = "eval"
@@ -449,7 +513,11 @@ class FreezePlan:
         for inner, part in module.named_modules(prefix=name):
             if any(f"{inner}.{p}" in self.trainable for p, _ in part.named_parameters(recurse=False)):
                 return False
-            if isinstance(part, nn.modules.batchnorm._NormBase) and part.track_running_stats and inner not in self.eval_norms:
+            if (
+                isinstance(part, nn.modules.batchnorm._NormBase)
+                and part.track_running_stats
+                and inner not in self.eval_norms
+            ):
                 return False
         return True
 
@@ -493,7 +561,9 @@ def freeze_plan(
     else:
         units = param_units(model, layers, unit)
         if units is None:
-            raise StudyError(f"timm defines no {unit}s for {backbone} that follow its forward pass: use unfreeze_unit=layer")
+            raise StudyError(
+                f"timm defines no {unit}s for {backbone} that follow its forward pass: use unfreeze_unit=layer"
+            )
     layer_units = [units[f"{layer.name}.weight"] for layer in layers]
     num_units = layer_units[-1]
     unit_depth = resolve_depth(depth, num_units, backbone, unit)
@@ -537,21 +607,40 @@ def freeze_plan(
                 affine[norm] = type(modules[norm]).__name__
                 trainable.update(names)
     stat_norms = [
-        norm for norm in frozen_norms
+        norm
+        for norm in frozen_norms
         if isinstance(modules[norm], nn.modules.batchnorm._NormBase) and modules[norm].track_running_stats
-    ]  # fmt: skip
+    ]
     return FreezePlan(
-        layers, len(trained), trainable, sum(sizes[n] for n in head_names), sum(sizes.values()), sizes,
-        unit, unit_depth, num_units, inserted, affine, stat_norms, frozen_bn, train_bn_affine,
-    )  # fmt: skip
+        layers,
+        len(trained),
+        trainable,
+        sum(sizes[n] for n in head_names),
+        sum(sizes.values()),
+        sizes,
+        unit,
+        unit_depth,
+        num_units,
+        inserted,
+        affine,
+        stat_norms,
+        frozen_bn,
+        train_bn_affine,
+    )
 
 
 def plan_for(model: nn.Module, config: TrialConfig, layers: list[Layer] | None = None) -> FreezePlan:
     """The freeze plan of a trial's settings."""
     return freeze_plan(
-        model, config.unfreeze_depth, config.backbone, unit=config.unfreeze_unit, bn_insert=config.bn_insert,
-        train_bn_affine=config.train_bn_affine, frozen_bn=config.frozen_bn, layers=layers,
-    )  # fmt: skip
+        model,
+        config.unfreeze_depth,
+        config.backbone,
+        unit=config.unfreeze_unit,
+        bn_insert=config.bn_insert,
+        train_bn_affine=config.train_bn_affine,
+        frozen_bn=config.frozen_bn,
+        layers=layers,
+    )
 
 
 def apply_freeze(model: nn.Module, plan: FreezePlan) -> TransferModel:
@@ -571,7 +660,9 @@ def insert_batchnorm(conv: nn.modules.conv._ConvNd) -> nn.Module:
     """A new BatchNorm over `conv`'s input, applied in front of it; the conv's own names stay as they were."""
     if hasattr(conv, INSERTED_BN):
         raise ValueError(f"{conv} already has an inserted BatchNorm")
-    norm = BATCHNORM_FOR_CONV[len(conv.kernel_size)](conv.in_channels, device=conv.weight.device, dtype=conv.weight.dtype)
+    norm = BATCHNORM_FOR_CONV[len(conv.kernel_size)](
+        conv.in_channels, device=conv.weight.device, dtype=conv.weight.dtype
+    )
     conv.add_module(INSERTED_BN, norm)
     conv.register_forward_pre_hook(_normalise_input)
     return norm

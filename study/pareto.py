@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import types
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -85,7 +85,10 @@ class Hypervolume:
 
 
 def hypervolume_history(
-    trials: pd.DataFrame, accuracy: str = ACCURACY, cost: str = MAIN_COST, include_stopped: bool = INCLUDE_STOPPED,
+    trials: pd.DataFrame,
+    accuracy: str = ACCURACY,
+    cost: str = MAIN_COST,
+    include_stopped: bool = INCLUDE_STOPPED,
     reference_cost: float | None = None,
 ) -> Hypervolume:
     """The hypervolume of the accuracy-cost front after each finished trial (an anytime curve).

@@ -31,7 +31,16 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from study.config import StudyError
-from study.pareto import ACCURACY, COSTS, INCLUDE_STOPPED, MAIN_COST, eligible, hypervolume_history, pareto_front, quiet_optuna
+from study.pareto import (
+    ACCURACY,
+    COSTS,
+    INCLUDE_STOPPED,
+    MAIN_COST,
+    eligible,
+    hypervolume_history,
+    pareto_front,
+    quiet_optuna,
+)
 from study.results import Results, atomic_write, load_results, pareto_figure, trial_hover, varying_settings
 
 REPORT_FILE = "report.html"
@@ -39,7 +48,16 @@ REPORT_FILE = "report.html"
 MIN_TRIALS_FOR_IMPORTANCE = 5
 # A numeric dimension spanning this ratio or more is shown on a log scale when the space does not say.
 LOG_SPAN = 100
-MEASURES = ("val_acc", "test_acc", "train_time_s", "efficiency", "trainable_params", "peak_memory_mib", "epochs_run", "best_val_acc")
+MEASURES = (
+    "val_acc",
+    "test_acc",
+    "train_time_s",
+    "efficiency",
+    "trainable_params",
+    "peak_memory_mib",
+    "epochs_run",
+    "best_val_acc",
+)
 FRONT_NAMES = {"train_time_s": "time", "trainable_params": "params", "peak_memory_mib": "memory"}
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -71,7 +89,13 @@ def searched_dimensions(trials: pd.DataFrame, study: dict) -> dict[str, str]:
     """
     dimensions = (study.get("space") or {}).get("dimensions") or {}
     if dimensions:
-        kinds = {"grid": "categorical", "choice": "categorical", "uniform": "linear", "randint": "linear", "loguniform": "log"}
+        kinds = {
+            "grid": "categorical",
+            "choice": "categorical",
+            "uniform": "linear",
+            "randint": "linear",
+            "loguniform": "log",
+        }
         return {name: kinds.get(spec.get("kind"), "categorical") for name, spec in dimensions.items() if name in trials}
     scales = {}
     for name in varying_settings(trials):
@@ -84,7 +108,8 @@ def searched_dimensions(trials: pd.DataFrame, study: dict) -> dict[str, str]:
 
 
 def select(trials: pd.DataFrame, **allowed: list | None) -> pd.DataFrame:
-    """Trials whose settings are among the allowed values, e.g. select(trials, backbone=["resnet18"]); empty lists keep all."""
+    """Trials whose settings are among the allowed values, e.g. select(trials, backbone=["resnet18"]); empty lists keep
+    all."""
     for name, values in allowed.items():
         if not values:
             continue
@@ -111,25 +136,36 @@ def pareto_view(
 ) -> View:
     title = f"Pareto front: {accuracy} vs {COSTS.get(cost, cost)}"
     if cost not in trials or trials[cost].isna().all():
-        return View(title, note=f"No trial has a value for '{cost}': results from before it was measured, a platform that cannot "
-                                "measure it (peak memory off Linux), or no trial finished an epoch.")  # fmt: skip
+        return View(
+            title,
+            note=f"No trial has a value for '{cost}': results from before it was measured, a platform that cannot "
+            "measure it (peak memory off Linux), or no trial finished an epoch.",
+        )
     front = pareto_front(trials, accuracy, cost, include_stopped)
     figure = pareto_figure(trials, front, title, cost=cost, include_stopped=include_stopped, accuracy=accuracy)
     notes = []
     stopped = (trials["status"] == "stopped_early").sum()
     if front.empty and stopped and not include_stopped:
-        notes.append(f"No trial is eligible for the front: none completed, {stopped} stopped early "
-                     "(python -m study.report --include-stopped lets them take part).")  # fmt: skip
+        notes.append(
+            f"No trial is eligible for the front: none completed, {stopped} stopped early "
+            "(python -m study.report --include-stopped lets them take part)."
+        )
     elif front.empty:
         notes.append("No trial is eligible for the front: none has both values.")
     if cost == "peak_memory_mib" and "memory_measure" in trials and trials["memory_measure"].nunique() > 1:
-        notes.append(f"Peak memory mixes measures ({', '.join(sorted(trials['memory_measure'].dropna().unique()))}): compare trials of one device only.")
+        notes.append(
+            f"Peak memory mixes measures ({', '.join(sorted(trials['memory_measure'].dropna().unique()))}): compare "
+            "trials of one device only."
+        )
     return View(title, figure=figure, note=" ".join(notes))
 
 
 def front_table_view(
-    trials: pd.DataFrame, dimensions: dict[str, str], include_stopped: bool = INCLUDE_STOPPED,
-    cost: str = MAIN_COST, accuracy: str = ACCURACY,
+    trials: pd.DataFrame,
+    dimensions: dict[str, str],
+    include_stopped: bool = INCLUDE_STOPPED,
+    cost: str = MAIN_COST,
+    accuracy: str = ACCURACY,
 ) -> View:
     title = f"The front ({accuracy} vs {COSTS.get(cost, cost)}), cheapest first"
     if cost not in trials or trials[cost].isna().all():
@@ -142,17 +178,32 @@ def front_table_view(
     return View(title, table=front[columns].reset_index(drop=True), note=note)
 
 
-def trials_table_view(trials: pd.DataFrame, dimensions: dict[str, str], include_stopped: bool = INCLUDE_STOPPED) -> View:
+def trials_table_view(
+    trials: pd.DataFrame, dimensions: dict[str, str], include_stopped: bool = INCLUDE_STOPPED
+) -> View:
     table = trials.copy()
     memberships = []
     for cost in COSTS:
         if cost in trials and trials[cost].notna().any():
             on_front = set(pareto_front(trials, cost=cost, include_stopped=include_stopped)["trial_id"])
             memberships.append((cost, on_front))
-    table["on fronts"] = [", ".join(FRONT_NAMES[cost] for cost, ids in memberships if t in ids) for t in table["trial_id"]]
-    columns = ["trial_id", *dimensions, "status", *[m for m in MEASURES if m in table], "on fronts", *(["error"] if "error" in table else [])]
-    note = ("Trials stopped early by ASHA take part in the fronts (--include-stopped)." if include_stopped
-            else "Trials stopped early by ASHA are shown but take no part in the fronts: their numbers are those of fewer epochs.")  # fmt: skip
+    table["on fronts"] = [
+        ", ".join(FRONT_NAMES[cost] for cost, ids in memberships if t in ids) for t in table["trial_id"]
+    ]
+    columns = [
+        "trial_id",
+        *dimensions,
+        "status",
+        *[m for m in MEASURES if m in table],
+        "on fronts",
+        *(["error"] if "error" in table else []),
+    ]
+    note = (
+        "Trials stopped early by ASHA take part in the fronts (--include-stopped)."
+        if include_stopped
+        else "Trials stopped early by ASHA are shown but take no part in the fronts: their numbers are those of "
+        "fewer epochs."
+    )
     return View("Every trial", table=table[columns].reset_index(drop=True), note=note)
 
 
@@ -162,19 +213,41 @@ def hypervolume_view(trials: pd.DataFrame, include_stopped: bool = INCLUDE_STOPP
         return View(title, note="No trial has a training time: no front, no hypervolume.")
     result = hypervolume_history(trials, include_stopped=include_stopped)
     history = result.history
-    order = "in finishing order" if "finished_at" in trials else "in table order (these results do not record when trials finished)"
-    note = (f"Trials {order}. Reference point: validation accuracy 0 and training time {result.reference[MAIN_COST]:.1f} s "
-            f"(1.1 x the slowest eligible trial); time is divided by it, so 1.0 would be accuracy 1 in no time. "
-            "Computed by Optuna; trials that cannot sit on the front leave the curve flat.")  # fmt: skip
-    figure = go.Figure(go.Scatter(
-        x=history["finished"], y=history["hypervolume"], mode="lines+markers", line=dict(shape="hv", color="#2e86ab"),
-        marker=dict(size=9, symbol=["circle" if i else "circle-open" for i in history["improved"]]),
-        text=[f"{r.trial_id} ({r.status.replace('_', ' ')}){' improved the front' if r.improved else ''}<br>hypervolume = {r.hypervolume:.4f}"
-              for r in history.itertuples()],
-        hoverinfo="text", name="hypervolume",
-    ))  # fmt: skip
-    figure.update_layout(title=title, xaxis_title="trials finished", yaxis_title="hypervolume (fraction of the reference box)",
-                         template="plotly_white", xaxis=dict(dtick=1), yaxis=dict(rangemode="tozero"))  # fmt: skip
+    order = (
+        "in finishing order"
+        if "finished_at" in trials
+        else "in table order (these results do not record when trials finished)"
+    )
+    note = (
+        f"Trials {order}. Reference point: validation accuracy 0 and training time {result.reference[MAIN_COST]:.1f} s "
+        f"(1.1 x the slowest eligible trial); time is divided by it, so 1.0 would be accuracy 1 in no time. "
+        "Computed by Optuna; trials that cannot sit on the front leave the curve flat."
+    )
+    figure = go.Figure(
+        go.Scatter(
+            x=history["finished"],
+            y=history["hypervolume"],
+            mode="lines+markers",
+            line=dict(shape="hv", color="#2e86ab"),
+            marker=dict(size=9, symbol=["circle" if i else "circle-open" for i in history["improved"]]),
+            text=[
+                f"{r.trial_id} "
+                f"({r.status.replace('_', ' ')}){' improved the front' if r.improved else ''}<br>hypervolume = "
+                f"{r.hypervolume:.4f}"
+                for r in history.itertuples()
+            ],
+            hoverinfo="text",
+            name="hypervolume",
+        )
+    )
+    figure.update_layout(
+        title=title,
+        xaxis_title="trials finished",
+        yaxis_title="hypervolume (fraction of the reference box)",
+        template="plotly_white",
+        xaxis=dict(dtick=1),
+        yaxis=dict(rangemode="tozero"),
+    )
     return View(title, figure=figure, note=note)
 
 
@@ -189,11 +262,18 @@ def parallel_view(trials: pd.DataFrame, dimensions: dict[str, str]) -> View:
     if "epochs_run" in shown:
         axes.append(dict(label="epochs run", values=shown["epochs_run"]))
     axes.append(dict(label="val acc", values=shown[ACCURACY]))
-    figure = go.Figure(go.Parcoords(
-        line=dict(color=shown[ACCURACY], colorscale="Viridis", showscale=True, colorbar=dict(title="val acc")), dimensions=axes,
-    ))  # fmt: skip
+    figure = go.Figure(
+        go.Parcoords(
+            line=dict(color=shown[ACCURACY], colorscale="Viridis", showscale=True, colorbar=dict(title="val acc")),
+            dimensions=axes,
+        )
+    )
     figure.update_layout(title=title, template="plotly_white", margin=dict(l=80, r=80))
-    return View(title, figure=figure, note="Trials stopped early appear with the accuracy of their last epoch (see 'epochs run').")
+    return View(
+        title,
+        figure=figure,
+        note="Trials stopped early appear with the accuracy of their last epoch (see 'epochs run').",
+    )
 
 
 def _axis(values: pd.Series, name: str, scale: str) -> dict:
@@ -219,21 +299,44 @@ def curves_view(epochs: pd.DataFrame, trials: pd.DataFrame, dimensions: dict[str
         name = f"{trial_id} ({setting})" if setting else str(trial_id)
         color = _palette(index)
         for column, col in ((ACCURACY, 1), ("train_loss", 2)):
-            figure.add_trace(go.Scatter(
-                x=curve["epoch"], y=curve[column], mode="lines+markers", name=name, legendgroup=str(trial_id),
-                showlegend=col == 1, line=dict(color=color), hovertemplate=f"{html.escape(name)}<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>",
-            ), row=1, col=col)  # fmt: skip
+            figure.add_trace(
+                go.Scatter(
+                    x=curve["epoch"],
+                    y=curve[column],
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=str(trial_id),
+                    showlegend=col == 1,
+                    line=dict(color=color),
+                    hovertemplate=f"{html.escape(name)}<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
     figure.update_xaxes(title_text="epoch", dtick=1)
     figure.update_layout(title=title, template="plotly_white", legend=dict(title="trial (click to hide)"))
     return View(title, figure=figure)
 
 
 def _palette(index: int) -> str:
-    colors = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+    colors = (
+        "#1f77b4",
+        "#ff7f0e",
+        "#2ca02c",
+        "#d62728",
+        "#9467bd",
+        "#8c564b",
+        "#e377c2",
+        "#7f7f7f",
+        "#bcbd22",
+        "#17becf",
+    )
     return colors[index % len(colors)]
 
 
-def dimension_views(trials: pd.DataFrame, dimensions: dict[str, str], include_stopped: bool = INCLUDE_STOPPED) -> list[View]:
+def dimension_views(
+    trials: pd.DataFrame, dimensions: dict[str, str], include_stopped: bool = INCLUDE_STOPPED
+) -> list[View]:
     """Validation accuracy per value of each searched dimension: boxes with every trial as a point."""
     shown = trials[(trials["status"] != "error") & trials[ACCURACY].notna()]
     if not dimensions:
@@ -249,20 +352,49 @@ def dimension_views(trials: pd.DataFrame, dimensions: dict[str, str], include_st
         figure = go.Figure()
         if scale == "categorical":
             order = category_order(shown[name])
-            figure.add_trace(go.Box(x=candidates[name].astype(str), y=candidates[ACCURACY], boxpoints="all", jitter=0.3, pointpos=0,
-                                    name="completed" if not include_stopped else "completed or stopped early",
-                                    marker=dict(color="#2e86ab"), text=trial_hover(candidates, list(dimensions)), hoverinfo="text"))  # fmt: skip
+            figure.add_trace(
+                go.Box(
+                    x=candidates[name].astype(str),
+                    y=candidates[ACCURACY],
+                    boxpoints="all",
+                    jitter=0.3,
+                    pointpos=0,
+                    name="completed" if not include_stopped else "completed or stopped early",
+                    marker=dict(color="#2e86ab"),
+                    text=trial_hover(candidates, list(dimensions)),
+                    hoverinfo="text",
+                )
+            )
             figure.update_xaxes(type="category", categoryorder="array", categoryarray=order)
         else:
-            figure.add_trace(go.Scatter(x=pd.to_numeric(candidates[name]), y=candidates[ACCURACY], mode="markers", name="completed",
-                                        marker=dict(size=10, color="#2e86ab"), text=trial_hover(candidates, list(dimensions)), hoverinfo="text"))  # fmt: skip
+            figure.add_trace(
+                go.Scatter(
+                    x=pd.to_numeric(candidates[name]),
+                    y=candidates[ACCURACY],
+                    mode="markers",
+                    name="completed",
+                    marker=dict(size=10, color="#2e86ab"),
+                    text=trial_hover(candidates, list(dimensions)),
+                    hoverinfo="text",
+                )
+            )
             figure.update_xaxes(type="log" if scale == "log" else "linear")
         if not others.empty:
             x = others[name].astype(str) if scale == "categorical" else pd.to_numeric(others[name])
-            figure.add_trace(go.Scatter(x=x, y=others[ACCURACY], mode="markers", name="stopped early (fewer epochs)",
-                                        marker=dict(symbol="x", size=10, color="#9aa5b1"), text=trial_hover(others, list(dimensions)),
-                                        hoverinfo="text"))  # fmt: skip
-        figure.update_layout(title=title, xaxis_title=name, yaxis_title="validation accuracy (final epoch)", template="plotly_white")
+            figure.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=others[ACCURACY],
+                    mode="markers",
+                    name="stopped early (fewer epochs)",
+                    marker=dict(symbol="x", size=10, color="#9aa5b1"),
+                    text=trial_hover(others, list(dimensions)),
+                    hoverinfo="text",
+                )
+            )
+        figure.update_layout(
+            title=title, xaxis_title=name, yaxis_title="validation accuracy (final epoch)", template="plotly_white"
+        )
         views.append(View(title, figure=figure))
     return views
 
@@ -277,32 +409,50 @@ def dimension_importance(
     """
     if len(dimensions) < 2:
         searched = f"one ({next(iter(dimensions))})" if dimensions else "none"
-        return None, f"Importance compares searched dimensions; this study searched {searched}: see the accuracy per dimension instead."
+        return (
+            None,
+            f"Importance compares searched dimensions; this study searched {searched}: see the accuracy per "
+            "dimension instead.",
+        )
     usable = trials[eligible(trials, include_stopped) & trials[ACCURACY].notna()]
     if len(usable) < MIN_TRIALS_FOR_IMPORTANCE:
-        return None, (f"Importance needs at least {MIN_TRIALS_FOR_IMPORTANCE} trials that may sit on the front; "
-                      f"these results have {len(usable)}.")  # fmt: skip
+        return None, (
+            f"Importance needs at least {MIN_TRIALS_FOR_IMPORTANCE} trials that may sit on the front; "
+            f"these results have {len(usable)}."
+        )
     if usable[ACCURACY].nunique() == 1:
         return None, "Every trial reached the same validation accuracy: no dimension explains any variation."
     categorical = [name for name, scale in dimensions.items() if scale == "categorical"]
     numeric = {name: pd.to_numeric(usable[name], errors="coerce") for name in dimensions if name not in categorical}
     with quiet_optuna() as optuna:
-        distributions = {name: optuna.distributions.CategoricalDistribution(category_order(usable[name])) for name in categorical}
-        distributions |= {name: optuna.distributions.FloatDistribution(values.min(), values.max(), log=dimensions[name] == "log")
-                          for name, values in numeric.items()}  # fmt: skip
+        distributions = {
+            name: optuna.distributions.CategoricalDistribution(category_order(usable[name])) for name in categorical
+        }
+        distributions |= {
+            name: optuna.distributions.FloatDistribution(values.min(), values.max(), log=dimensions[name] == "log")
+            for name, values in numeric.items()
+        }
         study = optuna.create_study(direction="maximize")
         try:
             for position, row in enumerate(usable.to_dict("records")):
-                params = {name: str(row[name]) for name in categorical} | {name: float(v.iloc[position]) for name, v in numeric.items()}
-                study.add_trial(optuna.trial.create_trial(value=float(row[ACCURACY]), params=params, distributions=distributions))
-            importances = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+                params = {name: str(row[name]) for name in categorical} | {
+                    name: float(v.iloc[position]) for name, v in numeric.items()
+                }
+                study.add_trial(
+                    optuna.trial.create_trial(value=float(row[ACCURACY]), params=params, distributions=distributions)
+                )
+            importances = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+            )
         except (ValueError, RuntimeError, ZeroDivisionError) as error:
             return None, f"Optuna could not compute importances: {error}"
     series = pd.Series(importances, dtype=float).sort_values()
     if not np.isfinite(series).all():
         return None, "fANOVA returned undefined importances for these trials (too little variation)."
-    return series, (f"fANOVA (Optuna, seed 0) over {len(usable)} trials: the share of the variance in validation accuracy "
-                    "each dimension explains on its own. With few trials, read it as a hint.")  # fmt: skip
+    return series, (
+        f"fANOVA (Optuna, seed 0) over {len(usable)} trials: the share of the variance in validation accuracy "
+        "each dimension explains on its own. With few trials, read it as a hint."
+    )
 
 
 def importance_view(trials: pd.DataFrame, dimensions: dict[str, str], include_stopped: bool = INCLUDE_STOPPED) -> View:
@@ -310,9 +460,19 @@ def importance_view(trials: pd.DataFrame, dimensions: dict[str, str], include_st
     importances, note = dimension_importance(trials, dimensions, include_stopped)
     if importances is None:
         return View(title, note=note)
-    figure = go.Figure(go.Bar(x=importances.to_numpy(), y=importances.index, orientation="h", marker=dict(color="#2e86ab"),
-                              text=[f"{v:.2f}" for v in importances], textposition="auto"))  # fmt: skip
-    figure.update_layout(title=title, xaxis_title="importance (fANOVA)", template="plotly_white", xaxis=dict(range=[0, 1]))
+    figure = go.Figure(
+        go.Bar(
+            x=importances.to_numpy(),
+            y=importances.index,
+            orientation="h",
+            marker=dict(color="#2e86ab"),
+            text=[f"{v:.2f}" for v in importances],
+            textposition="auto",
+        )
+    )
+    figure.update_layout(
+        title=title, xaxis_title="importance (fANOVA)", template="plotly_white", xaxis=dict(range=[0, 1])
+    )
     return View(title, figure=figure, note=note)
 
 
@@ -326,7 +486,9 @@ def settings_view(study: dict) -> View:
         "space": f"{space.get('name', '?')} ({space.get('source', '?')})",
         "description": space.get("description", ""),
         "fixed settings": space.get("fixed", {}),
-        "dimensions": {name: f"{d.get('kind')}: {d.get('values')}" for name, d in (space.get("dimensions") or {}).items()},
+        "dimensions": {
+            name: f"{d.get('kind')}: {d.get('values')}" for name, d in (space.get("dimensions") or {}).items()
+        },
         "num_samples / max_epochs": f"{space.get('num_samples', '?')} / {space.get('max_epochs', '?')}",
         "ASHA": space.get("asha") or "off",
         "metric": f"{space.get('metric', '?')} ({space.get('mode', '?')})",
@@ -399,11 +561,17 @@ def render(results: Results, include_stopped: bool = INCLUDE_STOPPED) -> str:
             parts.append(f'<p class="note">{html.escape(view.note)}</p>')
         if view.figure is not None:
             figure = go.Figure(view.figure).update_layout(title_text="")  # the section heading names it
-            parts.append(figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{number}", config=PLOT_CONFIG))
+            parts.append(
+                figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{number}", config=PLOT_CONFIG)
+            )
         if view.table is not None:
-            table = view.table.map(lambda v: _number(v) if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) else v)
-            parts.append(f'<div class="scroll">{table.to_html(index=False, na_rep="–", classes="table", border=0)}</div>')
-        sections.append(f'<section>{"".join(parts)}</section>')
+            table = view.table.map(
+                lambda v: _number(v) if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) else v
+            )
+            parts.append(
+                f'<div class="scroll">{table.to_html(index=False, na_rep="–", classes="table", border=0)}</div>'
+            )
+        sections.append(f"<section>{''.join(parts)}</section>")
     notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in results.notes)
     policy = "take part in" if include_stopped else "are shown but take no part in"
     return f"""<!DOCTYPE html>
@@ -417,7 +585,9 @@ body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px;
 section {{ margin: 2.5em 0; }}
 .note {{ background: #fff4e5; border-left: 4px solid #f0a202; padding: 0.5em 1em; }}
 table.table {{ border-collapse: collapse; font-size: 0.9em; }}
-table.table th, table.table td {{ border-bottom: 1px solid #ddd; padding: 0.3em 0.7em; text-align: left; vertical-align: top; }}
+table.table th, table.table td {{
+  border-bottom: 1px solid #ddd; padding: 0.3em 0.7em; text-align: left; vertical-align: top;
+}}
 .scroll {{ overflow-x: auto; }}
 </style>
 </head>
@@ -439,7 +609,9 @@ def _number(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"  # counts and seconds in full, measures to 4 digits
 
 
-def write_report(results_dir: str | Path, include_stopped: bool = INCLUDE_STOPPED, out: str | Path | None = None) -> Path:
+def write_report(
+    results_dir: str | Path, include_stopped: bool = INCLUDE_STOPPED, out: str | Path | None = None
+) -> Path:
     """Read a results directory and write its report (default RESULTS_DIR/report.html); returns the path."""
     results = load_results(results_dir)
     path = Path(out) if out else results.path / REPORT_FILE
@@ -459,8 +631,11 @@ def latest_results_dir(root: str | Path = "results") -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", type=Path, help="a study's results directory (the --out of python -m study.run)")
-    parser.add_argument("--include-stopped", action="store_true",
-                        help="let trials stopped early by ASHA take part in the fronts (default: shown, not eligible)")  # fmt: skip
+    parser.add_argument(
+        "--include-stopped",
+        action="store_true",
+        help="let trials stopped early by ASHA take part in the fronts (default: shown, not eligible)",
+    )
     parser.add_argument("--out", type=Path, help="where to write the page (default: RESULTS_DIR/report.html)")
     args = parser.parse_args(argv)
     try:

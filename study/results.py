@@ -12,9 +12,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -24,21 +24,60 @@ from study.pareto import ACCURACY, COSTS, INCLUDE_STOPPED, MAIN_COST, pareto_fro
 
 # What a trial reports every epoch (study/train.py); the rest of a report is static trial information.
 EPOCH_METRICS = (
-    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-    "epoch_time_s", "train_time_s", "standalone_train_time_s", "eval_time_s", "images_per_s", "peak_memory_mib", "reported_at",
-)  # fmt: skip
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "epoch_time_s",
+    "train_time_s",
+    "standalone_train_time_s",
+    "eval_time_s",
+    "images_per_s",
+    "peak_memory_mib",
+    "reported_at",
+)
 TRIAL_INFO = (
-    "weights_used", "num_layers", "unfrozen_layers", "trainable_params", "total_params", "inserted_bn", "effective",
-    "img_size", "device", "memory_measure", "amp", "channels_last",
-    "cache", "cache_cut", "cache_note", "cache_build_s", "cache_cost_s",
-    "loader_workers", "train_images", "val_images", "test_images", "skipped_images", "data_splits",
-)  # fmt: skip
+    "weights_used",
+    "num_layers",
+    "unfrozen_layers",
+    "trainable_params",
+    "total_params",
+    "inserted_bn",
+    "effective",
+    "img_size",
+    "device",
+    "memory_measure",
+    "amp",
+    "channels_last",
+    "cache",
+    "cache_cut",
+    "cache_note",
+    "cache_build_s",
+    "cache_cost_s",
+    "loader_workers",
+    "train_images",
+    "val_images",
+    "test_images",
+    "skipped_images",
+    "data_splits",
+)
 # Where and when a trial ran, added to its reports by study/tuning.py: Ray's node, its address and host name,
 # the GPUs Ray gave it.
 PLACEMENT_INFO = ("node_id", "node_ip", "hostname", "gpu_ids", "gpu_name", "started_at")
 FINAL_METRICS = (
-    "val_acc", "val_loss", "train_acc", "train_loss", "test_acc", "test_loss", "train_time_s", "standalone_train_time_s", "peak_memory_mib",
-)  # fmt: skip
+    "val_acc",
+    "val_loss",
+    "train_acc",
+    "train_loss",
+    "test_acc",
+    "test_loss",
+    "train_time_s",
+    "standalone_train_time_s",
+    "peak_memory_mib",
+)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -57,7 +96,9 @@ def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     for record in records:
         history = record["history"]
         row = {"trial_id": record["trial_id"]}
-        row["status"] = "error" if record["error"] else "completed" if len(history) >= record["max_epochs"] else "stopped_early"
+        row["status"] = (
+            "error" if record["error"] else "completed" if len(history) >= record["max_epochs"] else "stopped_early"
+        )
         row["error"] = record["error"] or ""
         row.update(TrialConfig.from_dict(record["config"]).to_dict())  # every setting, defaults included
         row["epochs_run"] = len(history)
@@ -140,14 +181,19 @@ def load_results(path: str | Path) -> Results:
     """Read a study's results directory; only a trials table (parquet or CSV) is required."""
     path = Path(path)
     if not path.is_dir():
-        raise StudyError(f"results directory {path} does not exist: pass the --out directory of a study (python -m study.run)")
+        raise StudyError(
+            f"results directory {path} does not exist: pass the --out directory of a study (python -m study.run)"
+        )
     notes = []
     if (path / "trials.parquet").exists():
         trials = pd.read_parquet(path / "trials.parquet")
     elif (path / "trials.csv").exists():
         trials = pd.read_csv(path / "trials.csv")
     else:
-        raise StudyError(f"{path} holds no trials.parquet or trials.csv: pass a study's results directory (the --out of python -m study.run)")
+        raise StudyError(
+            f"{path} holds no trials.parquet or trials.csv: pass a study's results directory (the --out of python -m "
+            "study.run)"
+        )
     missing = [column for column in ("trial_id", "status", ACCURACY) if column not in trials]
     if missing:
         raise StudyError(f"{path}: the trials table lacks the column '{missing[0]}': it was not written by study.run")
@@ -169,23 +215,32 @@ def load_results(path: str | Path) -> Results:
 def trial_hover(trials: pd.DataFrame, settings: list[str]) -> list[str]:
     """One hover text per trial: its settings, status and every measure it has."""
     measures = (
-        ("val_acc", "val acc", "{:.4f}"), ("test_acc", "test acc (not used to choose)", "{:.4f}"),
-        ("train_time_s", "training time", "{:.1f} s"), ("trainable_params", "trainable params", "{:,.0f}"),
-        ("peak_memory_mib", "peak memory", "{:,.0f} MiB"), ("efficiency", "efficiency", "{:.4f} acc/s"),
+        ("val_acc", "val acc", "{:.4f}"),
+        ("test_acc", "test acc (not used to choose)", "{:.4f}"),
+        ("train_time_s", "training time", "{:.1f} s"),
+        ("trainable_params", "trainable params", "{:,.0f}"),
+        ("peak_memory_mib", "peak memory", "{:,.0f} MiB"),
+        ("efficiency", "efficiency", "{:.4f} acc/s"),
         ("epochs_run", "epochs run", "{:.0f}"),
-    )  # fmt: skip
+    )
     texts = []
     for row in trials.to_dict("records"):
         lines = [f"<b>{row['trial_id']}</b> ({row['status'].replace('_', ' ')})"]
         lines += [f"{key} = {row[key]}" for key in settings if key in row]
-        lines += [f"{label} = {form.format(row[key])}" for key, label, form in measures if key in row and pd.notna(row[key])]
+        lines += [
+            f"{label} = {form.format(row[key])}" for key, label, form in measures if key in row and pd.notna(row[key])
+        ]
         texts.append("<br>".join(lines))
     return texts
 
 
 def pareto_figure(
-    trials: pd.DataFrame, front: pd.DataFrame, title: str, cost: str = MAIN_COST,
-    include_stopped: bool = INCLUDE_STOPPED, accuracy: str = ACCURACY,
+    trials: pd.DataFrame,
+    front: pd.DataFrame,
+    title: str,
+    cost: str = MAIN_COST,
+    include_stopped: bool = INCLUDE_STOPPED,
+    accuracy: str = ACCURACY,
 ) -> go.Figure:
     """Every trial with values, the front highlighted; stopped trials marked (and named ineligible when they are)."""
     shown = trials[(trials["status"] != "error") & trials[accuracy].notna() & trials[cost].notna()]
@@ -194,18 +249,35 @@ def pareto_figure(
     figure = go.Figure()
     for status, name, symbol in (("completed", "completed", "circle"), ("stopped_early", stopped, "x")):
         part = shown[shown["status"] == status]
-        figure.add_trace(go.Scatter(
-            x=part[cost], y=part[accuracy], mode="markers", name=name,
-            marker=dict(symbol=symbol, size=9, color="#9aa5b1"), text=trial_hover(part, settings), hoverinfo="text",
-        ))  # fmt: skip
-    figure.add_trace(go.Scatter(
-        x=front[cost], y=front[accuracy], mode="lines+markers", name="Pareto front",
-        line=dict(shape="hv", color="#d1495b"), marker=dict(size=12, color="#d1495b"),
-        text=trial_hover(front, settings), hoverinfo="text",
-    ))  # fmt: skip
+        figure.add_trace(
+            go.Scatter(
+                x=part[cost],
+                y=part[accuracy],
+                mode="markers",
+                name=name,
+                marker=dict(symbol=symbol, size=9, color="#9aa5b1"),
+                text=trial_hover(part, settings),
+                hoverinfo="text",
+            )
+        )
+    figure.add_trace(
+        go.Scatter(
+            x=front[cost],
+            y=front[accuracy],
+            mode="lines+markers",
+            name="Pareto front",
+            line=dict(shape="hv", color="#d1495b"),
+            marker=dict(size=12, color="#d1495b"),
+            text=trial_hover(front, settings),
+            hoverinfo="text",
+        )
+    )
     figure.update_layout(
-        title=title, xaxis_title=COSTS.get(cost, cost), yaxis_title=f"{accuracy} (final epoch)" if accuracy != ACCURACY else "validation accuracy (final epoch)",
+        title=title,
+        xaxis_title=COSTS.get(cost, cost),
+        yaxis_title=f"{accuracy} (final epoch)" if accuracy != ACCURACY else "validation accuracy (final epoch)",
         xaxis_type="log" if cost == "trainable_params" else None,  # counts span orders of magnitude
-        template="plotly_white", hovermode="closest",
-    )  # fmt: skip
+        template="plotly_white",
+        hovermode="closest",
+    )
     return figure

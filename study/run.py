@@ -41,9 +41,24 @@ from study.space import SEARCHES, Dimension, Space, load_space
 DEFAULT_SPACE = "unfreeze_depth"
 # What defines a study: --resume takes all of it from the study's study.json.
 STUDY_OPTIONS = (
-    "space", "data", "data_root", "backbone", "num_samples", "max_epochs", "out", "set", "search", "seed",
-    "cpus_per_trial", "gpus_per_trial", "max_concurrent", "storage", "dry_run", "overwrite", "max_failures",
-)  # fmt: skip
+    "space",
+    "data",
+    "data_root",
+    "backbone",
+    "num_samples",
+    "max_epochs",
+    "out",
+    "set",
+    "search",
+    "seed",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "max_concurrent",
+    "storage",
+    "dry_run",
+    "overwrite",
+    "max_failures",
+)
 # An --address of HOST:PORT that nothing answers fails within this time, not after Ray's own connection retries.
 ADDRESS_TIMEOUT_S = 5
 INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT (128 + 2)
@@ -51,29 +66,89 @@ INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT (128 + 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--space", help=f"a name from search_spaces/ or a path to a .yaml file (default: {DEFAULT_SPACE})")
-    parser.add_argument("--data", help=f"dataset: {', '.join(DATA_NAMES)} (digits is built in; the others download), or folder:PATH (class subfolders, or train/ val/ test/ of them)")
-    parser.add_argument("--data-root", type=Path, help="where datasets are downloaded and decoded images cached (default: ~/.cache/study/data on each node)")
+    parser.add_argument(
+        "--space", help=f"a name from search_spaces/ or a path to a .yaml file (default: {DEFAULT_SPACE})"
+    )
+    parser.add_argument(
+        "--data",
+        help=f"dataset: {', '.join(DATA_NAMES)} (digits is built in; the others download), or folder:PATH (class "
+        "subfolders, or train/ val/ test/ of them)",
+    )
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        help="where datasets are downloaded and decoded images cached (default: ~/.cache/study/data on each node)",
+    )
     parser.add_argument("--backbone", help="any timm model name")
-    parser.add_argument("--num-samples", type=int, help="draws of the sampled dimensions (grids repeat this often); Optuna: trials in all")
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        help="draws of the sampled dimensions (grids repeat this often); Optuna: trials in all",
+    )
     parser.add_argument("--max-epochs", type=int, help="every trial's epoch budget (ASHA's max_t)")
-    parser.add_argument("--out", type=Path, help="results directory (default: results/SPACE-TIMESTAMP); it must not hold a study yet")
-    parser.add_argument("--overwrite", action="store_true", help="replace the study in --out (deleted only once everything else checked out)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix a trial setting (repeatable)")
+    parser.add_argument(
+        "--out", type=Path, help="results directory (default: results/SPACE-TIMESTAMP); it must not hold a study yet"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the study in --out (deleted only once everything else checked out)",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="fix a trial setting (repeatable)"
+    )
     parser.add_argument("--search", choices=SEARCHES, help="search algorithm, replacing the space's")
-    parser.add_argument("--seed", type=int, help="seeds the search algorithm and fixes every trial's seed (replacing a seed dimension); default: sampler seed 0, trial seeds from the space")
-    parser.add_argument("--dry-run", action="store_true", help="list the trials (settings, trainable parameters) and exit: nothing trains, no weights or data are read")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="seeds the search algorithm and fixes every trial's seed (replacing a seed dimension); default: sampler "
+        "seed 0, trial seeds from the space",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the trials (settings, trainable parameters) and exit: nothing trains, no weights or data are read",
+    )
     resources = parser.add_argument_group("resources")
     resources.add_argument("--cpus-per-trial", type=float, help="CPU cores per trial (default 1)")
-    resources.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, 0 to 1; fractions pack trials on a GPU (0.25: four per GPU); default: 1 if the cluster has a GPU, else 0")
-    resources.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: as many as the resources allow)")
-    resources.add_argument("--max-failures", type=int, help="retry a failing trial this many times before it is recorded as an error (default 0)")
+    resources.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        help="GPUs per trial, 0 to 1; fractions pack trials on a GPU (0.25: four per GPU); default: 1 if the cluster "
+        "has a GPU, else 0",
+    )
+    resources.add_argument(
+        "--max-concurrent", type=int, help="at most this many trials at once (default: as many as the resources allow)"
+    )
+    resources.add_argument(
+        "--max-failures",
+        type=int,
+        help="retry a failing trial this many times before it is recorded as an error (default 0)",
+    )
     cluster = parser.add_argument_group("Ray cluster")
-    cluster.add_argument("--address", help="an existing Ray cluster: auto (the one `ray start` started on this machine, or RAY_ADDRESS), HOST:6379, or ray://HOST:10001; default: a new local Ray instance")
-    cluster.add_argument("--storage", help="Ray Tune's storage for experiment state and checkpoints: a path every node can reach (NFS) or a URI (s3://bucket/dir, gs://...); default: DIR/ray on this machine")
-    cluster.add_argument("--resume", type=Path, metavar="DIR", help="continue the interrupted study whose results directory is DIR (finished trials are kept, unfinished ones run again)")
+    cluster.add_argument(
+        "--address",
+        help="an existing Ray cluster: auto (the one `ray start` started on this machine, or RAY_ADDRESS), "
+        "HOST:6379, or ray://HOST:10001; default: a new local Ray instance",
+    )
+    cluster.add_argument(
+        "--storage",
+        help="Ray Tune's storage for experiment state and checkpoints: a path every node can reach (NFS) or a URI "
+        "(s3://bucket/dir, gs://...); default: DIR/ray on this machine",
+    )
+    cluster.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the interrupted study whose results directory is DIR (finished trials are kept, unfinished "
+        "ones run again)",
+    )
     monitoring = parser.add_argument_group("monitoring (local Ray only)")
-    monitoring.add_argument("--dashboard-host", default="127.0.0.1", help="address the Ray dashboard listens on (default 127.0.0.1: this machine only)")
+    monitoring.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        help="address the Ray dashboard listens on (default 127.0.0.1: this machine only)",
+    )
     monitoring.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
     return parser.parse_args(argv)
 
@@ -81,23 +156,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_space(args: argparse.Namespace) -> Space:
     space = load_space(args.space or DEFAULT_SPACE)
     settings = dict(parse_assignment(text) for text in args.set)
-    settings.update({key: value for key, value in (("data", args.data), ("backbone", args.backbone)) if value is not None})
+    settings.update(
+        {key: value for key, value in (("data", args.data), ("backbone", args.backbone)) if value is not None}
+    )
     if args.data_root is not None:
         settings["data_root"] = str(args.data_root)
     if args.seed is not None:
         if "seed" in space.dimensions and "seed" not in settings:
-            print(f"note: --seed {args.seed} fixes every trial's seed, replacing the space's seed dimension {space.dimensions['seed'].values}")
+            print(
+                f"note: --seed {args.seed} fixes every trial's seed, replacing the space's seed dimension "
+                f"{space.dimensions['seed'].values}"
+            )
         settings.setdefault("seed", args.seed)
-    study = {key: value for key, value in (("num_samples", args.num_samples), ("max_epochs", args.max_epochs), ("search", args.search)) if value is not None}
+    study = {
+        key: value
+        for key, value in (("num_samples", args.num_samples), ("max_epochs", args.max_epochs), ("search", args.search))
+        if value is not None
+    }
     return absolute_paths(space.override(settings, **study))
 
 
 def absolute_paths(space: Space) -> Space:
-    """Paths made absolute (weights files, folder data, the data root): Ray runs each trial in its own working directory."""
-    absolute = {"data": absolute_data, "data_root": lambda path: str(Path(path).expanduser().resolve()), "weights": weights_source}
+    """Paths made absolute (weights files, folder data, the data root): Ray runs each trial in its own working
+    directory."""
+    absolute = {
+        "data": absolute_data,
+        "data_root": lambda path: str(Path(path).expanduser().resolve()),
+        "weights": weights_source,
+    }
     fix = lambda key, value: absolute[key](value) if key in absolute and isinstance(value, str) else value
     fixed = {key: fix(key, value) for key, value in space.fixed.items()}
-    dimensions = {key: Dimension(d.kind, [fix(key, value) for value in d.values]) for key, d in space.dimensions.items()}
+    dimensions = {
+        key: Dimension(d.kind, [fix(key, value) for value in d.values]) for key, d in space.dimensions.items()
+    }
     return dataclasses.replace(space, fixed=fixed, dimensions=dimensions)
 
 
@@ -123,10 +214,15 @@ def preflight(space: Space) -> None:
         size = config.img_size or default_input_size(config.backbone)
         key = (config.backbone, config.weights, config.head, size)
         if key not in models:
-            model, _ = create_backbone(config.backbone, config.weights, 10, config.seed, size, config.head, on_meta=True)
+            model, _ = create_backbone(
+                config.backbone, config.weights, 10, config.seed, size, config.head, on_meta=True
+            )
             models[key] = (model, weight_layers(model))
         plan_for(models[key][0], config, layers=models[key][1])
-    data_settings = {(c.data, c.split_seed, c.img_size or default_input_size(c.backbone), c.data_root, c.train_fraction) for c in configs}
+    data_settings = {
+        (c.data, c.split_seed, c.img_size or default_input_size(c.backbone), c.data_root, c.train_fraction)
+        for c in configs
+    }
     for data, split_seed, img_size, data_root, train_fraction in data_settings:
         load_data(data, split_seed, img_size, data_root, train_fraction)
 
@@ -146,15 +242,33 @@ def dry_run(space: Space, seed: int) -> pd.DataFrame:
             model = structure_only(config.backbone, key[3], config.head, size)
             models[key] = (model, weight_layers(model))
         plan = plan_for(models[key][0], config, layers=models[key][1])
-        rows.append({
-            "trial": number, **{name: getattr(config, name) for name in space.dimensions},
-            "trained_layers": f"{plan.depth}/{len(plan.layers)}", "inserted_bn": len(plan.inserted_bn),
-            "trainable_params": plan.trainable_params, "total_params": plan.total_params,
-        })  # fmt: skip
+        rows.append(
+            {
+                "trial": number,
+                **{name: getattr(config, name) for name in space.dimensions},
+                "trained_layers": f"{plan.depth}/{len(plan.layers)}",
+                "inserted_bn": len(plan.inserted_bn),
+                "trainable_params": plan.trainable_params,
+                "total_params": plan.total_params,
+            }
+        )
     table = pd.DataFrame(rows)
-    asha = f"ASHA on {space.metric} ({space.mode}), grace {space.asha['grace_period']}, reduction {space.asha['reduction_factor']}" if space.asha else "no ASHA"
-    shown = f"{total} trials" if len(configs) == total else f"{total} trials; the first {len(configs)} (TPE's seeded random start) are known now, the rest follow from results"
-    print(f"Dry run of {space.name} ({space.source}): search {space.search}, seed {seed}, {shown}; up to {space.max_epochs} epochs each, {asha}.")
+    asha = (
+        f"ASHA on {space.metric} ({space.mode}), grace {space.asha['grace_period']}, reduction "
+        f"{space.asha['reduction_factor']}"
+        if space.asha
+        else "no ASHA"
+    )
+    shown = (
+        f"{total} trials"
+        if len(configs) == total
+        else f"{total} trials; the first {len(configs)} (TPE's seeded random start) are known now, the rest follow "
+        "from results"
+    )
+    print(
+        f"Dry run of {space.name} ({space.source}): search {space.search}, seed {seed}, {shown}; up to "
+        f"{space.max_epochs} epochs each, {asha}."
+    )
     print("Nothing is trained; no weights or data are read (structure-only models).")
     if space.fixed:
         print("Fixed: " + ", ".join(f"{key}={value}" for key, value in space.fixed.items()))
@@ -171,19 +285,32 @@ def check_out(out: Path | None, space: Space, overwrite: bool) -> Path:
         raise StudyError(f"--out {out} is a file: choose a directory")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise StudyError(f"--out {out} already holds files: choose a new directory, continue an interrupted study with --resume {out}, or replace it with --overwrite")
+            raise StudyError(
+                f"--out {out} already holds files: choose a new directory, continue an interrupted study with "
+                f"--resume {out}, or replace it with --overwrite"
+            )
         if not (out / "study.json").is_file():
-            raise StudyError(f"--out {out} holds files but no study.json: --overwrite replaces only a study's results directory; choose another --out")
+            raise StudyError(
+                f"--out {out} holds files but no study.json: --overwrite replaces only a study's results directory; "
+                "choose another --out"
+            )
         inside = [path for path in input_paths(space) if path.resolve().is_relative_to(out.resolve())]
         if inside:
-            raise StudyError(f"--overwrite would delete {inside[0]}, which this study reads: move it out of {out}, or choose another --out")
+            raise StudyError(
+                f"--overwrite would delete {inside[0]}, which this study reads: move it out of {out}, or choose "
+                "another --out"
+            )
     existing = next(path for path in (out.absolute(), *out.absolute().parents) if path.exists())
     if not existing.is_dir():
-        raise StudyError(f"--out {out} cannot be created: {existing} is a file, not a directory; choose a writable directory")
+        raise StudyError(
+            f"--out {out} cannot be created: {existing} is a file, not a directory; choose a writable directory"
+        )
     try:  # the real test of writability (os.access says yes to root in /proc): a directory made and removed at once
         os.rmdir(tempfile.mkdtemp(prefix=".study-write-test-", dir=existing))
     except OSError as error:
-        raise StudyError(f"--out {out} cannot be created in {existing} ({error.strerror}): choose a writable directory") from None
+        raise StudyError(
+            f"--out {out} cannot be created in {existing} ({error.strerror}): choose a writable directory"
+        ) from None
     return out
 
 
@@ -192,7 +319,13 @@ def input_paths(space: Space) -> list[Path]:
     values = [*space.fixed.items(), *((key, value) for key, d in space.dimensions.items() for value in d.values)]
     paths = [Path(space.source)]
     for key, value in values:
-        if key == "weights" and isinstance(value, str) and value not in WEIGHT_SOURCES or key == "data_root" and isinstance(value, str):
+        if (
+            key == "weights"
+            and isinstance(value, str)
+            and value not in WEIGHT_SOURCES
+            or key == "data_root"
+            and isinstance(value, str)
+        ):
             paths.append(Path(value))
         elif key == "data" and isinstance(value, str) and value.startswith("folder:"):
             paths.append(Path(value.removeprefix("folder:")))
@@ -213,16 +346,25 @@ def check_resource_options(args: argparse.Namespace) -> None:
         raise StudyError(f"--cpus-per-trial {args.cpus_per_trial:g} must be positive")
     gpus = args.gpus_per_trial
     if gpus is not None and not 0 <= gpus <= 1:
-        raise StudyError(f"--gpus-per-trial {gpus:g} is outside 0..1: a trial trains on one device (more GPUs would sit idle); fractions pack trials on a GPU (0.25: four per GPU)")
+        raise StudyError(
+            f"--gpus-per-trial {gpus:g} is outside 0..1: a trial trains on one device (more GPUs would sit idle); "
+            "fractions pack trials on a GPU (0.25: four per GPU)"
+        )
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise StudyError(f"--max-concurrent {args.max_concurrent} must be at least 1")
     if args.max_failures is not None and args.max_failures < 0:
         raise StudyError(f"--max-failures {args.max_failures} is negative: use 0 (no retry) or the number of retries")
     if args.address is None and gpus and not torch.cuda.is_available():
-        raise StudyError(f"--gpus-per-trial {gpus:g} but this machine has no GPU that PyTorch can use (torch {torch.__version__}, "
-                         f"CUDA {torch.version.cuda or 'not built in'}): leave the option out to train on the CPU, or join a cluster with GPUs (--address)")  # fmt: skip
+        raise StudyError(
+            f"--gpus-per-trial {gpus:g} but this machine has no GPU that PyTorch can use (torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda or 'not built in'}): leave the option out to train on the CPU, or join a "
+            "cluster with GPUs (--address)"
+        )
     if args.address and (args.no_dashboard or args.dashboard_host not in ("127.0.0.1",)):
-        raise StudyError("--dashboard-host and --no-dashboard set up the local Ray that study starts; a cluster's dashboard is set by `ray start --head --dashboard-host`: leave them out with --address")
+        raise StudyError(
+            "--dashboard-host and --no-dashboard set up the local Ray that study starts; a cluster's dashboard is "
+            "set by `ray start --head --dashboard-host`: leave them out with --address"
+        )
     check_reachable(args.address)
 
 
@@ -232,12 +374,17 @@ def check_reachable(address: str | None) -> None:
         return
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise StudyError(f"--address {address} is not auto, HOST:PORT or ray://HOST:PORT: write e.g. --address 10.0.0.5:6379")
+        raise StudyError(
+            f"--address {address} is not auto, HOST:PORT or ray://HOST:PORT: write e.g. --address 10.0.0.5:6379"
+        )
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S).close()
     except OSError as error:
         reason = error.strerror or str(error) or type(error).__name__
-        raise StudyError(f"cannot reach Ray at {address} ({reason}): start the cluster there (`ray start --head`) or fix --address (auto, HOST:6379 or ray://HOST:10001)") from None
+        raise StudyError(
+            f"cannot reach Ray at {address} ({reason}): start the cluster there (`ray start --head`) or fix "
+            "--address (auto, HOST:6379 or ray://HOST:10001)"
+        ) from None
 
 
 def fail(error: StudyError) -> int:
@@ -278,9 +425,15 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     started = time.perf_counter()
     try:
         cluster = start(tuning, args)
-        resources = tuning.Resources(args.cpus_per_trial or 1.0, args.gpus_per_trial if args.gpus_per_trial is not None else float(cluster.gpus > 0),
-                                     args.max_concurrent, args.max_failures or 0)  # fmt: skip
-        warning = tuning.check_fit(cluster, resources.cpus_per_trial, resources.gpus_per_trial, joined=args.address is not None)
+        resources = tuning.Resources(
+            args.cpus_per_trial or 1.0,
+            args.gpus_per_trial if args.gpus_per_trial is not None else float(cluster.gpus > 0),
+            args.max_concurrent,
+            args.max_failures or 0,
+        )
+        warning = tuning.check_fit(
+            cluster, resources.cpus_per_trial, resources.gpus_per_trial, joined=args.address is not None
+        )
         create_out(out, args.overwrite)
     except StudyError as error:
         return fail(error)
@@ -291,9 +444,17 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         "command": command,
         "search": {"algorithm": space.search, "seed": seed},
         "seed": seed,
-        "trial_seed": dataclasses.asdict(space.dimensions["seed"]) if "seed" in space.dimensions else space.fixed.get("seed", TrialConfig.seed),
+        "trial_seed": dataclasses.asdict(space.dimensions["seed"])
+        if "seed" in space.dimensions
+        else space.fixed.get("seed", TrialConfig.seed),
         "resources": dataclasses.asdict(resources),
-        "cluster": {"address": args.address, "nodes": cluster.nodes, "cpus": cluster.cpus, "gpus": cluster.gpus, "ray_client": cluster.client},
+        "cluster": {
+            "address": args.address,
+            "nodes": cluster.nodes,
+            "cpus": cluster.cpus,
+            "gpus": cluster.gpus,
+            "ray_client": cluster.client,
+        },
         "ray_experiment": f"{storage.rstrip('/')}/{name}",
         "dashboard": cluster.dashboard_url,
         "versions": package_versions(),
@@ -301,11 +462,14 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         "started": datetime.now().isoformat(timespec="seconds"),
     }
     write_json(out / "study.json", record)
-    print(f"Study {space.name}: search {space.search} (seed {seed}), up to {space.max_epochs} epochs per trial; "
-          f"{resources.cpus_per_trial:g} CPU and {resources.gpus_per_trial:g} GPU per trial"
-          f"{f', at most {resources.max_concurrent} at once' if resources.max_concurrent else ''}"
-          f"{f', {resources.max_failures} retries of a failing trial' if resources.max_failures else ''}; "
-          f"{cluster.nodes} node(s) with {cluster.cpus:g} CPU and {cluster.gpus:g} GPU. Results: {out.resolve()}", flush=True)  # fmt: skip
+    print(
+        f"Study {space.name}: search {space.search} (seed {seed}), up to {space.max_epochs} epochs per trial; "
+        f"{resources.cpus_per_trial:g} CPU and {resources.gpus_per_trial:g} GPU per trial"
+        f"{f', at most {resources.max_concurrent} at once' if resources.max_concurrent else ''}"
+        f"{f', {resources.max_failures} retries of a failing trial' if resources.max_failures else ''}; "
+        f"{cluster.nodes} node(s) with {cluster.cpus:g} CPU and {cluster.gpus:g} GPU. Results: {out.resolve()}",
+        flush=True,
+    )
     try:
         records, unfinished = tuning.run_study(space, out, storage, name, resources, seed, cluster)
     except KeyboardInterrupt:
@@ -319,19 +483,31 @@ def start(tuning, args: argparse.Namespace):
     cluster = tuning.start_ray(args.address, None if args.no_dashboard else args.dashboard_host)
     if cluster.dashboard_url:
         if cluster.token_auth:
-            how = (f"Ray token authentication is on: the page asks for the token, which is in {tuning.token_location()} "
-                   f"(`ray get-auth-token` prints it); API clients send the header 'Authorization: Bearer TOKEN'")  # fmt: skip
+            how = (
+                f"Ray token authentication is on: the page asks for the token, which is in {tuning.token_location()} "
+                f"(`ray get-auth-token` prints it); API clients send the header 'Authorization: Bearer TOKEN'"
+            )
         else:
             how = "no authentication (RAY_AUTH_MODE=disabled)"
         print(f"Ray dashboard: {cluster.dashboard_url} ({how})", flush=True)
     if exposed:
-        protection = ("its only protection is the Ray token, sent unencrypted over HTTP" if cluster.token_auth
-                      else "with RAY_AUTH_MODE=disabled it has no authentication at all")  # fmt: skip
-        print(f"warning: the Ray dashboard listens on {args.dashboard_host}, reachable from other machines: Ray's dashboard and "
-              f"its job API run any code they are sent on this machine, and {protection}; expose it only on a trusted "
-              f"network, or keep the default 127.0.0.1 and use an SSH tunnel (ssh -L 8265:127.0.0.1:8265 THIS_HOST)", flush=True)  # fmt: skip
+        protection = (
+            "its only protection is the Ray token, sent unencrypted over HTTP"
+            if cluster.token_auth
+            else "with RAY_AUTH_MODE=disabled it has no authentication at all"
+        )
+        print(
+            f"warning: the Ray dashboard listens on {args.dashboard_host}, reachable from other machines: Ray's "
+            "dashboard and "
+            f"its job API run any code they are sent on this machine, and {protection}; expose it only on a trusted "
+            f"network, or keep the default 127.0.0.1 and use an SSH tunnel (ssh -L 8265:127.0.0.1:8265 THIS_HOST)",
+            flush=True,
+        )
     if cluster.client:
-        print("note: through Ray Client (ray://), Tune runs on the head node: the results tables are written at the end only, not after every trial")
+        print(
+            "note: through Ray Client (ray://), Tune runs on the head node: the results tables are written at the "
+            "end only, not after every trial"
+        )
     return cluster
 
 
@@ -348,12 +524,17 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
     """Continue the interrupted study in args.resume with its recorded space, resources and Ray experiment."""
     out = args.resume
     try:
-        given = [f"--{name.replace('_', '-')}" for name in STUDY_OPTIONS if getattr(args, name) not in (None, False, [])]
+        given = [
+            f"--{name.replace('_', '-')}" for name in STUDY_OPTIONS if getattr(args, name) not in (None, False, [])
+        ]
         if given:
             raise StudyError(f"--resume continues the study as {out / 'study.json'} records it: leave out {given[0]}")
         record = read_study(out)
         if "finished" in record:
-            raise StudyError(f"the study in {out} finished at {record['finished']}: nothing to resume (start a new one with another --out)")
+            raise StudyError(
+                f"the study in {out} finished at {record['finished']}: nothing to resume (start a new one with "
+                "another --out)"
+            )
         space = Space.from_record(record["space"])
         check_resource_options(args)
     except StudyError as error:
@@ -364,19 +545,35 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
     started = time.perf_counter()
     try:
         if not tuning.restorable(experiment):
-            raise StudyError(f"{experiment} holds no Ray Tune experiment state: the study was interrupted before its first trial started; start it again with a new --out")
+            raise StudyError(
+                f"{experiment} holds no Ray Tune experiment state: the study was interrupted before its first trial "
+                "started; start it again with a new --out"
+            )
         cluster = start(tuning, args)
         resources = tuning.Resources(**record["resources"])  # max_failures included
-        warning = tuning.check_fit(cluster, resources.cpus_per_trial, resources.gpus_per_trial, joined=args.address is not None)
+        warning = tuning.check_fit(
+            cluster, resources.cpus_per_trial, resources.gpus_per_trial, joined=args.address is not None
+        )
     except StudyError as error:
         return fail(error)
     if warning:
         print(warning)
     kept, again = tuning.finished_before(experiment)
-    print(f"Resuming {out.resolve()}: {kept} trial(s) finished before the interruption are kept; {again} unfinished "
-          f"trial(s) run again from their first epoch; the trials not started yet follow.", flush=True)  # fmt: skip
-    record.setdefault("resumed", []).append({"at": datetime.now().isoformat(timespec="seconds"), "command": command, "kept": kept, "run_again": again,
-                                             "address": args.address, "dashboard": cluster.dashboard_url})  # fmt: skip
+    print(
+        f"Resuming {out.resolve()}: {kept} trial(s) finished before the interruption are kept; {again} unfinished "
+        f"trial(s) run again from their first epoch; the trials not started yet follow.",
+        flush=True,
+    )
+    record.setdefault("resumed", []).append(
+        {
+            "at": datetime.now().isoformat(timespec="seconds"),
+            "command": command,
+            "kept": kept,
+            "run_again": again,
+            "address": args.address,
+            "dashboard": cluster.dashboard_url,
+        }
+    )
     write_json(out / "study.json", record)
     try:
         records, unfinished = tuning.resume_study(experiment, space, resources)
@@ -390,11 +587,17 @@ def read_study(out: Path) -> dict:
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
-        raise StudyError(f"{path} does not exist: --resume takes the results directory (--out) of a study started by python -m study.run") from None
+        raise StudyError(
+            f"{path} does not exist: --resume takes the results directory (--out) of a study started by python -m "
+            "study.run"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise StudyError(f"{path} is unreadable ({error}): --resume needs the study.json its study wrote") from None
     if "ray_experiment" not in record:
-        raise StudyError(f"{path} records no Ray experiment (a study from an older version, or no study.json of study.run): it cannot be resumed")
+        raise StudyError(
+            f"{path} records no Ray experiment (a study from an older version, or no study.json of study.run): it "
+            "cannot be resumed"
+        )
     return record
 
 
@@ -411,7 +614,11 @@ def finish(out: Path, space: Space, record: dict, records: list[dict], started: 
         code = interrupted(out, record, f"{len(trials)} finished trial(s) exported, {unfinished} not finished")
         print(f"Report: {write_report(out).resolve()}")
         return code
-    record.update(wall_time_s=round(time.perf_counter() - started, 1), finished=datetime.now().isoformat(timespec="seconds"), trials=counts)
+    record.update(
+        wall_time_s=round(time.perf_counter() - started, 1),
+        finished=datetime.now().isoformat(timespec="seconds"),
+        trials=counts,
+    )
     write_json(out / "study.json", record)
     report = write_report(out)
     print_summary(out, trials, front, record["wall_time_s"])
@@ -424,7 +631,11 @@ def interrupted(out: Path, record: dict, kept: str = "the trials that finished a
     `kept`: a second Ctrl-C stopped Tune at once; the tables hold what finished before (written after every trial)."""
     record.setdefault("interrupted", []).append(datetime.now().isoformat(timespec="seconds"))
     write_json(out / "study.json", record)
-    print(f"\ninterrupted: {kept} ({out.resolve()}); continue the study with: python -m study.run --resume {out}", file=sys.stderr, flush=True)
+    print(
+        f"\ninterrupted: {kept} ({out.resolve()}); continue the study with: python -m study.run --resume {out}",
+        file=sys.stderr,
+        flush=True,
+    )
     return INTERRUPTED_EXIT
 
 
@@ -433,12 +644,23 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def print_summary(out: Path, trials, front, wall_time_s: float) -> None:
-    columns = ["trial_id", *varying_settings(trials), "status", "val_acc", "test_acc", "train_time_s", "trainable_params"]
+    columns = [
+        "trial_id",
+        *varying_settings(trials),
+        "status",
+        "val_acc",
+        "test_acc",
+        "train_time_s",
+        "trainable_params",
+    ]
     counts = ", ".join(f"{n} {status}" for status, n in trials["status"].value_counts().items())
     print(f"\nStudy finished in {wall_time_s:.0f} s: {len(trials)} trials ({counts}).")
     for row in trials[trials["status"] == "error"].itertuples():
         print(f"  {row.trial_id} failed: {row.error}")
-    print(f"Pareto front (validation accuracy vs training time):\n{front[columns].to_string(index=False, float_format=lambda v: f'{v:.4f}')}")
+    print(
+        "Pareto front (validation accuracy vs training "
+        f"time):\n{front[columns].to_string(index=False, float_format=lambda v: f'{v:.4f}')}"
+    )
     print(f"Results: {out.resolve()}")
 
 

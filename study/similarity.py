@@ -38,9 +38,14 @@ def conv_weight(model: nn.Module, layer: str) -> torch.Tensor:
     module = dict(model.named_modules()).get(layer)
     if not isinstance(module, nn.modules.conv._ConvNd):
         convs = [name for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
-        raise StudyError(f"--layer '{layer}' is not a conv layer of {type(model).__name__}: use one of {', '.join(convs[:4])}, ...")
+        raise StudyError(
+            f"--layer '{layer}' is not a conv layer of {type(model).__name__}: use one of {', '.join(convs[:4])}, ..."
+        )
     if module.weight[0, 0].numel() == 1:
-        raise StudyError(f"--layer '{layer}' has 1x1 kernels: its per-channel filters are single numbers; choose a conv with larger kernels")
+        raise StudyError(
+            f"--layer '{layer}' has 1x1 kernels: its per-channel filters are single numbers; choose a conv with "
+            "larger kernels"
+        )
     return module.weight.detach()
 
 
@@ -103,20 +108,29 @@ class FilterSimilarity:
         """One row per filter of A: where it sits, its raw-order partner and its matches."""
         in_per_group = self.shape[1]
         count = len(self.matrix)
-        table = pd.DataFrame({
-            "filter": np.arange(count), "out_channel": np.arange(count) // in_per_group,
-            "in_channel": np.arange(count) % in_per_group, "raw_similarity": np.diag(self.matrix),
-        })  # fmt: skip
+        table = pd.DataFrame(
+            {
+                "filter": np.arange(count),
+                "out_channel": np.arange(count) // in_per_group,
+                "in_channel": np.arange(count) % in_per_group,
+                "raw_similarity": np.diag(self.matrix),
+            }
+        )
         for order, columns in self.orders.items():
             table[f"{order}_match"] = columns
             table[f"{order}_similarity"] = self.matched(order)
         return table
 
 
-def filter_similarity(weight_a: torch.Tensor, weight_b: torch.Tensor, layer: str, threshold: float = 0.5) -> FilterSimilarity:
+def filter_similarity(
+    weight_a: torch.Tensor, weight_b: torch.Tensor, layer: str, threshold: float = 0.5
+) -> FilterSimilarity:
     """Compare the filters of two conv weights of one shape (see the module docstring)."""
     if weight_a.shape != weight_b.shape:
-        raise StudyError(f"layer '{layer}' is {tuple(weight_a.shape)} in A but {tuple(weight_b.shape)} in B: compare models of one architecture")
+        raise StudyError(
+            f"layer '{layer}' is {tuple(weight_a.shape)} in A but {tuple(weight_b.shape)} in B: compare models of "
+            "one architecture"
+        )
     matrix = cosine_matrix(conv_filters(weight_a), conv_filters(weight_b))
     orders = {"greedy": greedy_order(matrix), "optimal": optimal_order(matrix)}
     return FilterSimilarity(layer, tuple(weight_a.shape), matrix, orders, threshold)
@@ -130,16 +144,25 @@ def similarity_figures(result: FilterSimilarity, order: str, labels: tuple[str, 
     views = [
         (result.matrix, f"raw order: mean diagonal {summary['raw_mean_diagonal']:.3f}", "RdBu", -1),
         (reordered, f"reordered ({order}): mean diagonal {summary[f'{order}_mean_diagonal']:.3f}", "RdBu", -1),
-        ((reordered > result.threshold).astype(np.int8),
-         f"reordered ({order}), binarised at {result.threshold}: {summary[f'{order}_share_above_threshold']:.1%} of the diagonal above",
-         "Greys", 0),
-    ]  # fmt: skip
+        (
+            (reordered > result.threshold).astype(np.int8),
+            f"reordered ({order}), binarised at {result.threshold}: {summary[f'{order}_share_above_threshold']:.1%} "
+            "of the diagonal above",
+            "Greys",
+            0,
+        ),
+    ]
     figures = []
     for values, title, colours, low in views:
         figure = go.Figure(go.Heatmap(z=values, colorscale=colours, zmin=low, zmax=1))
         figure.update_layout(
-            title=f"{result.layer} ({len(result.matrix)} filters): {title}", xaxis_title=f"filter of {name_b}",
-            yaxis_title=f"filter of {name_a}", yaxis_autorange="reversed", width=720, height=680, template="plotly_white",
-        )  # fmt: skip
+            title=f"{result.layer} ({len(result.matrix)} filters): {title}",
+            xaxis_title=f"filter of {name_b}",
+            yaxis_title=f"filter of {name_a}",
+            yaxis_autorange="reversed",
+            width=720,
+            height=680,
+            template="plotly_white",
+        )
         figures.append(figure)
     return figures

@@ -91,7 +91,7 @@ class Space:
     search: str = "grid"
 
     @classmethod
-    def from_record(cls, record: dict) -> "Space":
+    def from_record(cls, record: dict) -> Space:
         """The space as study.json records it (dataclasses.asdict), for --resume."""
         dimensions = {key: Dimension(**spec) for key, spec in record["dimensions"].items()}
         space = cls(**{**record, "dimensions": dimensions})
@@ -102,7 +102,7 @@ class Space:
         """Ray Tune's param_space: every trial setting, sampled or fixed."""
         return {**self.fixed, **{k: d.to_tune() for k, d in self.dimensions.items()}, "epochs": self.max_epochs}
 
-    def override(self, settings: dict, **study) -> "Space":
+    def override(self, settings: dict, **study) -> Space:
         """Fixed settings from the CLI replace the space's value or dimension; study keys replace study settings."""
         for key in settings:
             if key == "epochs":
@@ -117,7 +117,10 @@ class Space:
         base = {**self.fixed, **{k: d.examples()[0] for k, d in self.dimensions.items()}, "epochs": self.max_epochs}
         configs = [TrialConfig.from_dict(base, where=self.source)]
         for key, dimension in self.dimensions.items():
-            configs += [TrialConfig.from_dict({**base, key: value}, where=f"{self.source}: dimensions.{key}") for value in dimension.examples()[1:]]
+            configs += [
+                TrialConfig.from_dict({**base, key: value}, where=f"{self.source}: dimensions.{key}")
+                for value in dimension.examples()[1:]
+            ]
         return configs
 
     def validate(self) -> None:
@@ -135,14 +138,26 @@ class Space:
         grids = [key for key, d in self.dimensions.items() if d.kind == "grid"]
         sampled = [key for key, d in self.dimensions.items() if d.kind != "grid"]
         if self.search == "grid" and sampled:
-            raise StudyError(f"{where}: search grid runs grid dimensions only, but '{sampled[0]}' is {self.dimensions[sampled[0]].kind}: use search: random (grids crossed, the rest sampled) or make it a grid")
+            raise StudyError(
+                f"{where}: search grid runs grid dimensions only, but '{sampled[0]}' is "
+                f"{self.dimensions[sampled[0]].kind}: use search: random (grids crossed, the rest sampled) or "
+                "make it a grid"
+            )
         if self.search.startswith("optuna") and grids:
-            raise StudyError(f"{where}: search {self.search} samples every dimension (TPE), but '{grids[0]}' is a grid: write it as {{choice: {self.dimensions[grids[0]].values}}}")
+            raise StudyError(
+                f"{where}: search {self.search} samples every dimension (TPE), but '{grids[0]}' is a grid: write it "
+                f"as {{choice: {self.dimensions[grids[0]].values}}}"
+            )
         if self.search.startswith("optuna") and not self.dimensions:
-            raise StudyError(f"{where}: search {self.search} needs at least one dimension to sample: add one, or use search: grid")
+            raise StudyError(
+                f"{where}: search {self.search} needs at least one dimension to sample: add one, or use search: grid"
+            )
         if self.asha is not None:
             if self.asha["grace_period"] > self.max_epochs:
-                raise StudyError(f"{where}: asha.grace_period={self.asha['grace_period']} exceeds max_epochs={self.max_epochs}: lower it")
+                raise StudyError(
+                    f"{where}: asha.grace_period={self.asha['grace_period']} exceeds max_epochs={self.max_epochs}: "
+                    "lower it"
+                )
         both = set(self.fixed) & set(self.dimensions)
         if both:
             raise StudyError(f"{where}: '{sorted(both)[0]}' is both fixed and a dimension: keep one")
@@ -157,13 +172,19 @@ def resolve_space_path(name_or_path: str) -> Path:
     if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
         path = Path(name_or_path).expanduser()
         if not path.is_file():
-            raise StudyError(f"space file {path} does not exist: give a path to a .yaml file or a name from: {', '.join(available_spaces())}")
+            raise StudyError(
+                f"space file {path} does not exist: give a path to a .yaml file or a name from: "
+                f"{', '.join(available_spaces())}"
+            )
         return path
     path = SPACES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         close = difflib.get_close_matches(name_or_path, available_spaces(), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise StudyError(f"unknown space '{name_or_path}'{hint}: use one of {', '.join(available_spaces())} (in {SPACES_DIR}), or a path to a .yaml file")
+        raise StudyError(
+            f"unknown space '{name_or_path}'{hint}: use one of {', '.join(available_spaces())} (in {SPACES_DIR}), or "
+            "a path to a .yaml file"
+        )
     return path
 
 
@@ -182,12 +203,19 @@ def load_space(name_or_path: str) -> Space:
     fixed = _mapping(raw, "fixed", where)
     for key in fixed:
         if key not in FIELD_TYPES or key == "epochs":
-            raise StudyError(f"{where}: unknown setting 'fixed.{key}'{closest_hint(key, set(FIELD_TYPES) - {'epochs'})}" + (" (use max_epochs)" if key == "epochs" else ""))
+            raise StudyError(
+                f"{where}: unknown setting 'fixed.{key}'{closest_hint(key, set(FIELD_TYPES) - {'epochs'})}"
+                + (" (use max_epochs)" if key == "epochs" else "")
+            )
     dimensions = {key: _dimension(key, spec, where) for key, spec in _mapping(raw, "dimensions", where).items()}
     for key in COMMAND_LINE_ONLY:
         if key in fixed or key in dimensions:
-            raise StudyError(f"{where}: '{key}' cannot be set in a space file: study writes downloads and caches there, and a shared "
-                             f"space must not choose where study writes; pass --data-root DIR (or --set {key}=DIR) on the command line")
+            raise StudyError(
+                f"{where}: '{key}' cannot be set in a space file: study writes downloads and caches there, and a "
+                "shared "
+                f"space must not choose where study writes; pass --data-root DIR (or --set {key}=DIR) on the command "
+                "line"
+            )
     default_search = "grid" if all(d.kind == "grid" for d in dimensions.values()) else "random"
     space = Space(
         name=path.stem,
@@ -244,10 +272,12 @@ def _asha(raw: dict, where: str) -> dict | None:
 def _dimension(key: str, spec, where: str) -> Dimension:
     at = f"{where}: dimensions.{key}"
     if key not in FIELD_TYPES or key == "epochs":
-        raise StudyError(f"{where}: unknown setting 'dimensions.{key}'{closest_hint(key, set(FIELD_TYPES) - {'epochs'})}")
+        raise StudyError(
+            f"{where}: unknown setting 'dimensions.{key}'{closest_hint(key, set(FIELD_TYPES) - {'epochs'})}"
+        )
     if not isinstance(spec, dict) or len(spec) != 1:
         raise StudyError(f"{at} must be one of {{{', '.join(k + ': ...' for k in DIMENSION_KINDS)}}}")
-    (kind, values), = spec.items()
+    ((kind, values),) = spec.items()
     if kind not in DIMENSION_KINDS:
         raise StudyError(f"{at}: unknown dimension kind '{kind}'{closest_hint(str(kind), DIMENSION_KINDS)}")
     if not isinstance(values, list) or not values:

@@ -36,9 +36,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import timm.data
 import torch
@@ -51,7 +51,9 @@ from study.data import Splits, batches, load_data, train_loader
 from study.features import FeatureCache, FeatureStore, family_key, find_cut, off_report, rows_loader
 from study.models import FreezePlan, TransferModel, apply_freeze, create_backbone, default_input_size, plan_for
 
-CUDA_EVAL_BATCH_SIZE = 256  # on CPU, evaluation uses the training batch size: larger batches leave the caches and run slower
+CUDA_EVAL_BATCH_SIZE = (
+    256  # on CPU, evaluation uses the training batch size: larger batches leave the caches and run slower
+)
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 CHECKPOINT_FILE = "model.pt"
@@ -88,7 +90,9 @@ class Trial:
         return CUDA_EVAL_BATCH_SIZE if self.device.type == "cuda" else self.config.batch_size
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, self.amp_dtype) if self.amp_dtype is not None else contextlib.nullcontext()
+        return (
+            torch.autocast(self.device.type, self.amp_dtype) if self.amp_dtype is not None else contextlib.nullcontext()
+        )
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> the model's input on the device (preprocessed; channels_last for a convolutional model)."""
@@ -120,7 +124,10 @@ class Trial:
 
 def pick_device(setting: str) -> torch.device:
     if setting == "cuda" and not torch.cuda.is_available():
-        raise StudyError("device='cuda' but no CUDA GPU is visible to this trial: use device=auto or give trials GPUs (--gpus-per-trial)")
+        raise StudyError(
+            "device='cuda' but no CUDA GPU is visible to this trial: use device=auto or give trials GPUs "
+            "(--gpus-per-trial)"
+        )
     return torch.device("cuda" if setting != "cpu" and torch.cuda.is_available() else "cpu")
 
 
@@ -131,10 +138,14 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
     size = config.img_size or default_input_size(config.backbone)
     if data is None:
         data = load_data(config.data, config.split_seed, size, config.data_root, config.train_fraction)
-    backbone, weights_used = create_backbone(config.backbone, config.weights, data.num_classes, config.seed, size, config.head)
+    backbone, weights_used = create_backbone(
+        config.backbone, config.weights, data.num_classes, config.seed, size, config.head
+    )
     plan = plan_for(backbone, config)
     model = apply_freeze(backbone, plan).to(device)
-    channels_last = all(p.dim() != 5 for p in model.parameters()) and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    channels_last = all(p.dim() != 5 for p in model.parameters()) and any(
+        isinstance(m, nn.Conv2d) for m in model.modules()
+    )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     amp_dtype = mixed_precision(config.amp, device)
@@ -148,13 +159,30 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
     optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
     mix = batch_mix(config.augment, data.num_classes)
     trial = Trial(
-        config, data, model, plan, preprocess, loader, mix, optimizer, device, size, weights_used,
-        channels_last, amp_dtype, scaler, cache=None, cache_off="", rows=None,
-    )  # fmt: skip
+        config,
+        data,
+        model,
+        plan,
+        preprocess,
+        loader,
+        mix,
+        optimizer,
+        device,
+        size,
+        weights_used,
+        channels_last,
+        amp_dtype,
+        scaler,
+        cache=None,
+        cache_off="",
+        rows=None,
+    )
     trial.cache, trial.cache_off = feature_cache(trial, data_config)
     if trial.cache is not None:
         # an equally seeded generator: the same sampler draws the same batches as the image loader would
-        trial.rows = rows_loader(len(data.train), config.batch_size, torch.Generator().manual_seed(config.seed), device.type == "cuda")
+        trial.rows = rows_loader(
+            len(data.train), config.batch_size, torch.Generator().manual_seed(config.seed), device.type == "cuda"
+        )
     return trial
 
 
@@ -173,7 +201,9 @@ def feature_cache(trial: Trial, data_config: dict) -> tuple[FeatureCache | None,
     if config.augment != "none":
         return None, f"augment={config.augment} changes the frozen prefix's input every epoch"
     # two random images from their own generator: the trial's random draws stay those of an uncached trial
-    noise = torch.randint(0, 256, (2, *trial.data.train.store.shape[1:]), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randint(
+        0, 256, (2, *trial.data.train.store.shape[1:]), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     example = trial.prepare(noise)
     trial.model.eval()
     cut = find_cut(trial.model.backbone, trial.plan, example, trial.autocast)
@@ -183,13 +213,32 @@ def feature_cache(trial: Trial, data_config: dict) -> tuple[FeatureCache | None,
     needed = cut.bytes_per_image() * sum(len(part) for part in (trial.data.train, trial.data.val, trial.data.test))
     store = FeatureStore(config.data_root)
     if needed > store.budget:
-        return None, f"the features at {cut.name} would take {needed / 2**20:,.0f} MiB, over the cache's {store.budget / 2**20:,.0f} MiB"
+        return (
+            None,
+            f"the features at {cut.name} would take {needed / 2**20:,.0f} MiB, over the cache's "
+            f"{store.budget / 2**20:,.0f} MiB",
+        )
     family = family_key(
-        backbone=config.backbone, weights=trial.weights_used, head=config.head, img_size=trial.img_size,
+        backbone=config.backbone,
+        weights=trial.weights_used,
+        head=config.head,
+        img_size=trial.img_size,
         preprocess={key: data_config[key] for key in ("mean", "std", "interpolation")},
-        device=trial.device.type, dtype=str(trial.amp_dtype), channels_last=trial.channels_last,
-    )  # fmt: skip
-    cache = FeatureCache(cut, store, family, trial.data, trial.prepare, trial.memory_format, trial.device, trial.autocast, trial.eval_batch_size)
+        device=trial.device.type,
+        dtype=str(trial.amp_dtype),
+        channels_last=trial.channels_last,
+    )
+    cache = FeatureCache(
+        cut,
+        store,
+        family,
+        trial.data,
+        trial.prepare,
+        trial.memory_format,
+        trial.device,
+        trial.autocast,
+        trial.eval_batch_size,
+    )
     return cache, ""
 
 
@@ -218,8 +267,10 @@ def run_trial(config: TrialConfig, data: Splits | None = None, checkpoint_dir: P
 def out_of_memory_message(config: TrialConfig, error: BaseException) -> str:
     first = (str(error).strip().splitlines() or [""])[0]
     detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
-    return (f"out of memory ({detail}): lower batch_size (now {config.batch_size}) or img_size, "
-            f"or run fewer trials at once on a device (--max-concurrent, or a larger --gpus-per-trial share)")  # fmt: skip
+    return (
+        f"out of memory ({detail}): lower batch_size (now {config.batch_size}) or img_size, "
+        f"or run fewer trials at once on a device (--max-concurrent, or a larger --gpus-per-trial share)"
+    )
 
 
 def train_epochs(config: TrialConfig, data: Splits | None, checkpoint_dir: Path | None) -> Iterator[dict]:
@@ -233,7 +284,9 @@ def train_epochs(config: TrialConfig, data: Splits | None, checkpoint_dir: Path 
         epoch_peak = peak_memory_mib(trial.device) if measurable else math.nan
         peak_memory = epoch_peak if math.isnan(peak_memory) else max(peak_memory, epoch_peak)
         if not math.isfinite(train_loss):
-            raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}: lower the learning rate (lr={config.lr})")
+            raise FloatingPointError(
+                f"training loss became {train_loss} in epoch {epoch}: lower the learning rate (lr={config.lr})"
+            )
         eval_start = clock(trial.device)
         val_loss, val_acc = evaluate(trial, "val")
         test_loss, test_acc = evaluate(trial, "test")

@@ -72,9 +72,15 @@ def trial_device(setting: str, gpu_ids: list[str], cuda_available: bool) -> str:
     if setting == "cpu":
         return "cpu"
     if gpu_ids and not cuda_available:
-        raise StudyError(f"Ray gave this trial GPU {','.join(gpu_ids)} but PyTorch cannot use CUDA on this node (a CPU-only torch build, or no driver): fix the node, or run with --set device=cpu")
+        raise StudyError(
+            f"Ray gave this trial GPU {','.join(gpu_ids)} but PyTorch cannot use CUDA on this node (a CPU-only torch "
+            "build, or no driver): fix the node, or run with --set device=cpu"
+        )
     if setting == "cuda" and not gpu_ids:
-        raise StudyError("device=cuda but Ray gave this trial no GPU: give trials GPUs with --gpus-per-trial (e.g. 1, or 0.25 to pack four per GPU)")
+        raise StudyError(
+            "device=cuda but Ray gave this trial no GPU: give trials GPUs with --gpus-per-trial (e.g. 1, or 0.25 to "
+            "pack four per GPU)"
+        )
     return "cuda" if gpu_ids else "cpu"
 
 
@@ -105,7 +111,9 @@ def trainable(config: dict) -> None:
     with tempfile.TemporaryDirectory(prefix="study-checkpoint-") as directory:
         for metrics in run_trial(trial, checkpoint_dir=Path(directory) if trial.save_checkpoint else None):
             final = trial.save_checkpoint and metrics["epoch"] == trial.epochs
-            tune.report({**metrics, **placement}, checkpoint=tune.Checkpoint.from_directory(directory) if final else None)
+            tune.report(
+                {**metrics, **placement}, checkpoint=tune.Checkpoint.from_directory(directory) if final else None
+            )
 
 
 # --- the cluster -------------------------------------------------------------------------------------------------
@@ -133,10 +141,17 @@ def start_ray(address: str | None, dashboard_host: str | None) -> Cluster:
             context = ray.init(address=address, runtime_env={"py_modules": [str(STUDY_PACKAGE)]})
         else:
             # "local": a new instance even where another Ray runs (ray.init() would join the last `ray start` cluster)
-            context = ray.init(address="local", include_dashboard=dashboard_host is not None, dashboard_host=dashboard_host or "127.0.0.1")
+            context = ray.init(
+                address="local",
+                include_dashboard=dashboard_host is not None,
+                dashboard_host=dashboard_host or "127.0.0.1",
+            )
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise StudyError(f"cannot reach Ray at {address or 'a new local instance'}: {first}: check --address (e.g. auto, HOST:6379 or ray://HOST:10001)") from None
+        raise StudyError(
+            f"cannot reach Ray at {address or 'a new local instance'}: {first}: check --address (e.g. auto, "
+            "HOST:6379 or ray://HOST:10001)"
+        ) from None
     url = context.dashboard_url
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     total = ray.cluster_resources()
@@ -152,7 +167,8 @@ def start_ray(address: str | None, dashboard_host: str | None) -> Cluster:
 
 
 def token_location() -> str:
-    """Where this driver's Ray token comes from (Ray's order: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)."""
+    """Where this driver's Ray token comes from (Ray's order:
+    RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)."""
     if os.environ.get("RAY_AUTH_TOKEN"):
         return "the RAY_AUTH_TOKEN environment variable"
     return os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
@@ -161,16 +177,23 @@ def token_location() -> str:
 def check_fit(cluster: Cluster, cpus_per_trial: float, gpus_per_trial: float, joined: bool) -> str | None:
     """A trial that fits no node would wait forever: an error on a local Ray; on a cluster a warning (returned),
     since an autoscaler may add such a node once trials ask for it."""
-    short = [f"{need:g} {kind}" for kind, need in (("CPU", cpus_per_trial), ("GPU", gpus_per_trial)) if need > cluster.largest_node[kind]]
+    short = [
+        f"{need:g} {kind}"
+        for kind, need in (("CPU", cpus_per_trial), ("GPU", gpus_per_trial))
+        if need > cluster.largest_node[kind]
+    ]
     if not short:
         return None
     have = f"the largest node has {cluster.largest_node['CPU']:g} CPU and {cluster.largest_node['GPU']:g} GPU"
     if not joined:
         raise StudyError(f"a trial asks for {' and '.join(short)} but {have}: lower --cpus-per-trial/--gpus-per-trial")
-    return f"warning: a trial asks for {' and '.join(short)} but {have} now: trials wait until a node that large joins (an autoscaler may add one)"
+    return (
+        f"warning: a trial asks for {' and '.join(short)} but {have} now: trials wait until a node that large "
+        "joins (an autoscaler may add one)"
+    )
 
 
-def slots(cluster: Cluster, resources: "Resources") -> int:
+def slots(cluster: Cluster, resources: Resources) -> int:
     """How many trials the cluster runs at once. Ray Tune asks a searcher other than its own variant generator for
     one trial at a time unless told how many may run together, which would run Optuna's trials one by one."""
     count = cluster.cpus // resources.cpus_per_trial
@@ -180,10 +203,13 @@ def slots(cluster: Cluster, resources: "Resources") -> int:
 
 
 def experiment_location(out: Path, storage: str | None) -> tuple[str, str]:
-    """(storage_path, experiment name) for Ray Tune: the results directory's ray/tune, or a fresh name under --storage."""
+    """(storage_path, experiment name) for Ray Tune: the results
+    directory's ray/tune, or a fresh name under --storage."""
     if storage is None:
         return str((out / RAY_DIR).resolve()), EXPERIMENT
-    return storage if "://" in storage else str(Path(storage).expanduser().resolve()), f"{out.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return storage if "://" in storage else str(
+        Path(storage).expanduser().resolve()
+    ), f"{out.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 # --- search ------------------------------------------------------------------------------------------------------
@@ -217,7 +243,9 @@ def search_algorithm(space: Space, seed: int, max_concurrent: int | None = None)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial from Optuna besides Ray's table: noise
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=OPTUNA_STARTUP_TRIALS)
     if space.search == "optuna_mo":
-        return FullBudgetOptunaSearch(space.max_epochs, metric=list(MULTI_OBJECTIVE), mode=list(MULTI_OBJECTIVE.values()), sampler=sampler)
+        return FullBudgetOptunaSearch(
+            space.max_epochs, metric=list(MULTI_OBJECTIVE), mode=list(MULTI_OBJECTIVE.values()), sampler=sampler
+        )
     return FullBudgetOptunaSearch(space.max_epochs, sampler=sampler)
 
 
@@ -230,12 +258,22 @@ def planned_trials(space: Space, seed: int) -> tuple[list[dict], int]:
     params = space.param_space()
     if space.search in ("grid", "random"):
         rng = np.random.default_rng(seed)  # what BasicVariantGenerator(random_state=seed) draws from
-        configs = [spec["config"] for _ in range(space.num_samples) for _, spec in generate_variants({"config": params}, random_state=rng)]
+        configs = [
+            spec["config"]
+            for _ in range(space.num_samples)
+            for _, spec in generate_variants({"config": params}, random_state=rng)
+        ]
         return configs, len(configs)
     searcher = search_algorithm(space, seed)
-    searcher.set_search_properties(None if space.search == "optuna_mo" else space.metric, None if space.search == "optuna_mo" else space.mode, params)
+    searcher.set_search_properties(
+        None if space.search == "optuna_mo" else space.metric,
+        None if space.search == "optuna_mo" else space.mode,
+        params,
+    )
     fixed = {key: value for key, value in params.items() if key not in space.dimensions}
-    configs = [{**fixed, **searcher.suggest(f"planned_{i}")} for i in range(min(space.num_samples, OPTUNA_STARTUP_TRIALS))]
+    configs = [
+        {**fixed, **searcher.suggest(f"planned_{i}")} for i in range(min(space.num_samples, OPTUNA_STARTUP_TRIALS))
+    ]
     return configs, space.num_samples
 
 
@@ -307,7 +345,9 @@ def _ray_settings() -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
 
 
-def run_study(space: Space, out: Path, storage: str, name: str, resources: Resources, seed: int, cluster: Cluster) -> tuple[list[dict], int]:
+def run_study(
+    space: Space, out: Path, storage: str, name: str, resources: Resources, seed: int, cluster: Cluster
+) -> tuple[list[dict], int]:
     """Run every trial of `space`: (one record per finished trial (study/results.py trials_table), unfinished trials).
 
     Ctrl-C: Ray Tune catches the first SIGINT, stops the running trials, saves its experiment state and returns;
@@ -316,8 +356,12 @@ def run_study(space: Space, out: Path, storage: str, name: str, resources: Resou
     _ray_settings()
     scheme = storage.split("://")[0] if "://" in storage else None
     if space.asha:
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=space.max_epochs, **space.asha,
-                                  **({"metric": space.metric, "mode": space.mode} if space.search == "optuna_mo" else {}))  # fmt: skip
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=space.max_epochs,
+            **space.asha,
+            **({"metric": space.metric, "mode": space.mode} if space.search == "optuna_mo" else {}),
+        )
     else:
         scheduler = FIFOScheduler()
     single = space.search != "optuna_mo"  # multi-objective: the searcher and ASHA carry their own metrics
@@ -330,16 +374,20 @@ def run_study(space: Space, out: Path, storage: str, name: str, resources: Resou
             scheduler=scheduler,
             search_alg=search_algorithm(space, seed, resources.max_concurrent),
             num_samples=space.num_samples,
-            max_concurrent_trials=None if space.search in ("grid", "random") else resources.max_concurrent or slots(cluster, resources),
+            max_concurrent_trials=None
+            if space.search in ("grid", "random")
+            else resources.max_concurrent or slots(cluster, resources),
             trial_dirname_creator=_trial_dirname,
             reuse_actors=True,  # a trial starts in a warm process: no interpreter start and imports per trial
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=1,
+            name=name,
+            storage_path=storage,
+            verbose=1,
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
             # Ray Client runs Tune's loop on the head node, whose disk is not this machine's: tables at the end only.
             callbacks=[] if cluster.client else [ExportCallback(out, space.max_epochs, scheme)],
-        ),  # fmt: skip
+        ),
     )
     return finished_records(tuner.fit(), f"{storage.rstrip('/')}/{name}", space, scheme)
 
@@ -352,7 +400,9 @@ def trial_count(space: Space) -> int:
     return space.num_samples
 
 
-def finished_records(results: tune.ResultGrid, experiment: str, space: Space, scheme: str | None) -> tuple[list[dict], int]:
+def finished_records(
+    results: tune.ResultGrid, experiment: str, space: Space, scheme: str | None
+) -> tuple[list[dict], int]:
     """(records of the trials that finished or failed, how many of the study's trials did neither).
 
     After Ctrl-C, Ray returns the trials it has created: the finished ones, those it stopped while running, and
@@ -362,7 +412,11 @@ def finished_records(results: tune.ResultGrid, experiment: str, space: Space, sc
     if len(records) == total and results.num_terminated + results.num_errors == total:
         return records, 0
     with _quiet_about_unfinished_trials():  # the state Ray saved when it stopped, which --resume continues from
-        done = {trial.trial_id for trial in tune.ExperimentAnalysis(experiment).trials if trial.status in ("TERMINATED", "ERROR")}
+        done = {
+            trial.trial_id
+            for trial in tune.ExperimentAnalysis(experiment).trials
+            if trial.status in ("TERMINATED", "ERROR")
+        }
     return [record for record in records if record["trial_id"] in done], total - len(done)
 
 
@@ -380,8 +434,13 @@ def resume_study(experiment: str, space: Space, resources: Resources) -> tuple[l
     _ray_settings()
     scheme = experiment.split("://")[0] if "://" in experiment else None
     with _quiet_about_unfinished_trials():
-        tuner = tune.Tuner.restore(experiment, tune.with_resources(trainable, resources.per_trial()),
-                                   resume_unfinished=True, resume_errored=False, restart_errored=False)  # fmt: skip
+        tuner = tune.Tuner.restore(
+            experiment,
+            tune.with_resources(trainable, resources.per_trial()),
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
     return finished_records(tuner.fit(), experiment, space, scheme)
 
 
@@ -409,7 +468,11 @@ def records_from(results: tune.ResultGrid, max_epochs: int, scheme: str | None =
     records = []
     for result in results:
         history = result.metrics_dataframe
-        rows = [] if history is None or history.empty else history[[k for k in REPORT_KEYS if k in history]].to_dict("records")
+        rows = (
+            []
+            if history is None or history.empty
+            else history[[k for k in REPORT_KEYS if k in history]].to_dict("records")
+        )
         records.append(
             {
                 "trial_id": Path(result.path).name,
@@ -433,7 +496,7 @@ def saved_config(result: tune.Result) -> dict:
 def last_run(rows: list[dict]) -> list[dict]:
     """A trial run again after --resume appends to the reports of its interrupted run: keep the last run only."""
     starts = [i for i, row in enumerate(rows) if row.get("epoch") == 1]
-    return rows[starts[-1]:] if starts else rows
+    return rows[starts[-1] :] if starts else rows
 
 
 def describe_error(error) -> str:

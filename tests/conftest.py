@@ -27,8 +27,14 @@ def _few_threads():
 
 def run_module(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
     """Run `python -m ...` as a user would, in a fresh process (`env` adds to the environment)."""
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd or REPO, timeout=timeout,
-                          env={**os.environ, **env} if env else None)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        timeout=timeout,
+        env={**os.environ, **env} if env else None,
+    )
 
 
 @dataclass

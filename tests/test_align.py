@@ -86,12 +86,20 @@ def test_groups_follow_residuals_depthwise_convs_and_batchnorm():
     groups = {group.size: set(group.axes) for group in spec.groups}
     assert sorted(groups) == [8, 12, 16, 24] and not spec.fixed
     # the residual stream of block1: stem output, its BN, block1's projection and BN, read by expand and down
-    assert groups[8] == {("stem.weight", 0), ("stem.bias", 0), *((f"bn.{k}", 0) for k in ("weight", "bias", "running_mean", "running_var")),
-                         ("block1.expand.weight", 1), ("block1.project.weight", 0), ("down.weight", 1),
-                         *((f"block1.bn3.{k}", 0) for k in ("weight", "bias", "running_mean", "running_var"))}  # fmt: skip
+    assert groups[8] == {
+        ("stem.weight", 0),
+        ("stem.bias", 0),
+        *((f"bn.{k}", 0) for k in ("weight", "bias", "running_mean", "running_var")),
+        ("block1.expand.weight", 1),
+        ("block1.project.weight", 0),
+        ("down.weight", 1),
+        *((f"block1.bn3.{k}", 0) for k in ("weight", "bias", "running_mean", "running_var")),
+    }
     # depthwise: the expand conv's channels pass through it
     assert {("block1.expand.weight", 0), ("block1.depthwise.weight", 0), ("block1.project.weight", 1)} <= groups[16]
-    assert ("head.weight", 1) in groups[12] and not any(key == "head.weight" and dim == 0 for g in spec.groups for key, dim in g.axes)
+    assert ("head.weight", 1) in groups[12] and not any(
+        key == "head.weight" and dim == 0 for g in spec.groups for key, dim in g.axes
+    )
 
 
 @pytest.mark.parametrize("build", [TinyNet, Branches], ids=["residual-depthwise", "concat"])
@@ -112,7 +120,9 @@ def test_a_permuted_copy_computes_the_same_function_and_aligns_back(build):
     parameters = [name for name, _ in model.named_parameters()]
     aligned = permute(permuted, spec, weight_matching(state, permuted, spec, parameters))
     assert all(torch.equal(aligned[k], state[k]) for k in state)
-    torch.testing.assert_close(outputs(model, interpolate(state, aligned, 0.5, state), images), reference, rtol=0, atol=0)
+    torch.testing.assert_close(
+        outputs(model, interpolate(state, aligned, 0.5, state), images), reference, rtol=0, atol=0
+    )
 
 
 def test_concatenation_is_kept_in_place_and_named():
@@ -147,7 +157,10 @@ def test_a_model_torch_fx_cannot_trace_is_a_one_line_error():
         def forward(self, x):
             return self.conv(x) if x.sum() > 0 else -self.conv(x)
 
-    with pytest.raises(StudyError, match=r"^cannot align DataDependent: torch.fx cannot trace it \(TraceError: .*\): merge without --align$"):
+    with pytest.raises(
+        StudyError,
+        match=r"^cannot align DataDependent: torch.fx cannot trace it \(TraceError: .*\): merge without --align$",
+    ):
         permutation_spec(DataDependent(), torch.randn(1, 3, 8, 8))
 
 
@@ -169,4 +182,9 @@ def test_coverage_of_other_backbones_is_as_documented_and_always_function_preser
         assert spec.groups == []  # nothing is permuted in a ViT
         return
     state = model.state_dict()
-    torch.testing.assert_close(outputs(model, permute(state, spec, random_perms(spec, seed=6)), images), outputs(model, state, images), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        outputs(model, permute(state, spec, random_perms(spec, seed=6)), images),
+        outputs(model, state, images),
+        rtol=1e-4,
+        atol=1e-4,
+    )

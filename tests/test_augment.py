@@ -19,7 +19,9 @@ def photos(count: int = 48, size: int = 40) -> ImageSet:
     """RGB images with structure (smooth gradients plus noise), 10 classes."""
     generator = torch.Generator().manual_seed(0)
     ramp = torch.linspace(0, 1, size)
-    base = torch.stack([ramp[None, :].expand(size, size), ramp[:, None].expand(size, size), ramp.flip(0)[None, :].expand(size, size)])
+    base = torch.stack(
+        [ramp[None, :].expand(size, size), ramp[:, None].expand(size, size), ramp.flip(0)[None, :].expand(size, size)]
+    )
     images = (base * 200 + torch.rand(count, 3, size, size, generator=generator) * 55).to(torch.uint8)
     return ImageSet(images, torch.arange(count) % 10)
 
@@ -48,7 +50,11 @@ def test_every_policy_gives_normalised_rgb_batches_at_the_input_size_with_the_ri
         assert labels.dtype == torch.int64 and labels.shape == (16,) and labels.min() >= 0 and labels.max() < 10
         return
     mixed, targets = mix(batch, labels)
-    assert mixed.shape == batch.shape and (mixed >= low[:, None, None] - 1e-5).all() and (mixed <= high[:, None, None] + 1e-5).all()
+    assert (
+        mixed.shape == batch.shape
+        and (mixed >= low[:, None, None] - 1e-5).all()
+        and (mixed <= high[:, None, None] + 1e-5).all()
+    )
     assert targets.shape == (16, 10) and targets.dtype == torch.float32 and (targets >= 0).all()
     assert torch.allclose(targets.sum(1), torch.ones(16))
     assert (targets.max(1).values < 1).any() and not torch.equal(mixed, batch)  # really mixed
@@ -57,7 +63,11 @@ def test_every_policy_gives_normalised_rgb_batches_at_the_input_size_with_the_ri
 @pytest.mark.parametrize("policy", PER_SAMPLE)
 def test_per_sample_policies_draw_their_parameters_for_each_image(policy):
     same = ImageSet(photos(1).store.expand(16, -1, -1, -1), torch.zeros(16, dtype=torch.int64))
-    raw, _ = next(iter(train_loader(same, 16, sample_transform(policy, 32, "bicubic"), torch.Generator().manual_seed(0), 0, False)))
+    raw, _ = next(
+        iter(
+            train_loader(same, 16, sample_transform(policy, 32, "bicubic"), torch.Generator().manual_seed(0), 0, False)
+        )
+    )
     distinct = {image.numpy().tobytes() for image in raw}
     assert len(distinct) >= 8  # one image, sixteen different augmentations
 
@@ -74,8 +84,12 @@ def test_evaluation_is_never_augmented(small_digits):
 @pytest.mark.parametrize("policy", AUGMENTATIONS)
 def test_every_policy_trains(policy, small_digits):
     few = lambda part: part.subset(range(48))
-    data = Splits(small_digits.name, small_digits.classes, few(small_digits.train), few(small_digits.val), few(small_digits.test))
-    (report,) = run_trial(TrialConfig(augment=policy, img_size=32, epochs=1, unfreeze_depth=1, lr=0.01, batch_size=16), data)
+    data = Splits(
+        small_digits.name, small_digits.classes, few(small_digits.train), few(small_digits.val), few(small_digits.test)
+    )
+    (report,) = run_trial(
+        TrialConfig(augment=policy, img_size=32, epochs=1, unfreeze_depth=1, lr=0.01, batch_size=16), data
+    )
     assert math.isfinite(report["train_loss"]) and report["train_loss"] > 0 and 0 <= report["val_acc"] <= 1
     if policy == "cutmix_mixup":
         assert math.isnan(report["train_acc"])  # mixed images have no single correct class
@@ -93,7 +107,9 @@ def test_cutmix_mixup_soft_targets_train_the_model_through_the_loss(small_digits
 
 
 def test_loader_workers_give_the_same_batches_as_the_trial_process(small_digits):
-    config = TrialConfig(img_size=32, epochs=1, unfreeze_depth=0, lr=0.01, feature_cache=False)  # image batches every epoch
+    config = TrialConfig(
+        img_size=32, epochs=1, unfreeze_depth=0, lr=0.01, feature_cache=False
+    )  # image batches every epoch
     (in_process,) = run_trial(config, small_digits)
     (in_workers,) = run_trial(config.replace(loader_workers=2), small_digits)
     assert in_workers["loader_workers"] == 2 and in_process["loader_workers"] == 0

@@ -12,19 +12,24 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
-
 from conftest import REPO
+
 from study import run
 
 # `python -m study.run` with no network: every URL goes through a proxy that refuses (torchvision's downloads use
 # urllib, which honours these), and the Hugging Face hub is off.
-OFFLINE = {"HF_HUB_OFFLINE": "1", "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "no_proxy": "",
+}
 
 
 @dataclass
@@ -34,7 +39,9 @@ class Case:
     expected: tuple[str, ...]  # parts of the message: the problem and the fix
     env: dict = field(default_factory=dict)  # a case with its own environment runs in a subprocess only
     subprocess: bool = False  # also through `python -m study.run`
-    starts_ray: bool = False  # a case found once Ray runs: only through `python -m study.run`, after Ray's own log lines
+    starts_ray: bool = (
+        False  # a case found once Ray runs: only through `python -m study.run`, after Ray's own log lines
+    )
     out: Callable[[Path], Path] | None = None  # a --out the case gives itself (default: SCRATCH/study)
 
 
@@ -92,53 +99,182 @@ def under_a_file(scratch: Path) -> Path:
 
 
 CASES = [
-    Case("unknown space", lambda s: ["--space", "unfreeze"],
-         ("unknown space 'unfreeze' (did you mean 'unfreeze_depth'?): use one of ", "smoke, unfreeze_depth"), subprocess=True),
-    Case("space file missing", lambda s: ["--space", str(s / "missing.yaml")], ("missing.yaml does not exist: give a path to a .yaml file",)),
+    Case(
+        "unknown space",
+        lambda s: ["--space", "unfreeze"],
+        ("unknown space 'unfreeze' (did you mean 'unfreeze_depth'?): use one of ", "smoke, unfreeze_depth"),
+        subprocess=True,
+    ),
+    Case(
+        "space file missing",
+        lambda s: ["--space", str(s / "missing.yaml")],
+        ("missing.yaml does not exist: give a path to a .yaml file",),
+    ),
     Case("invalid YAML", space_file("fixed: {lr: [1\n"), ("not valid YAML at line 2",), subprocess=True),
-    Case("unknown key in a space", space_file("dimension: {lr: {grid: [0.1]}}\n"), ("unknown key 'dimension' (did you mean 'dimensions'?)",)),
-    Case("unknown setting in a space", space_file("fixed: {batchsize: 32}\n"), ("unknown setting 'fixed.batchsize' (did you mean 'batch_size'?)",)),
+    Case(
+        "unknown key in a space",
+        space_file("dimension: {lr: {grid: [0.1]}}\n"),
+        ("unknown key 'dimension' (did you mean 'dimensions'?)",),
+    ),
+    Case(
+        "unknown setting in a space",
+        space_file("fixed: {batchsize: 32}\n"),
+        ("unknown setting 'fixed.batchsize' (did you mean 'batch_size'?)",),
+    ),
     Case("wrong type", space_file("fixed: {batch_size: many}\n"), ("setting 'batch_size' must be int, got 'many'",)),
     Case("wrong type of a study key", space_file("num_samples: three\n"), ("'num_samples' must be int, got 'three'",)),
-    Case("empty log range", space_file("dimensions: {lr: {loguniform: [0, 1]}}\n"), ("loguniform needs low > 0 (a log scale), got [0, 1]",)),
-    Case("empty integer range", space_file("dimensions: {batch_size: {randint: [5, 2]}}\n"), ("empty range [5, 2]: low must be below high",)),
-    Case("unknown backbone", smoke("--backbone", "resnet5"), ("unknown backbone 'resnet5': close timm names: resnet50",)),
-    Case("unknown dataset", smoke("--data", "mnist"), ("unknown dataset 'mnist': use one of digits, ", "or folder:PATH")),
-    Case("folder missing", smoke("--data", "folder:SCRATCH/nowhere"), ("nowhere does not exist: give folder:PATH with train/ and val/ class subfolders",)),
-    Case("folder without class subfolders", flat_folder, ("flat has no class folders: put each class's images in a subfolder",)),
-    Case("unfreeze_depth beyond the model", smoke("--set", "unfreeze_depth=60"), ("unfreeze_depth=60 exceeds the 49 layers of tf_efficientnet_lite0: use 0..49 or 'all'",)),
-    Case("bn_insert on a ViT", smoke("--backbone", "vit_tiny_patch16_224", "--set", "weights=random", "--set", "bn_insert=before_retrained_conv"),
-         ("vit_tiny_patch16_224 has no conv layer after its input layer", "use bn_insert=none")),
-    Case("GPUs on a machine without", smoke("--gpus-per-trial", "1"), ("--gpus-per-trial 1 but this machine has no GPU that PyTorch can use", "leave the option out"), subprocess=True),
+    Case(
+        "empty log range",
+        space_file("dimensions: {lr: {loguniform: [0, 1]}}\n"),
+        ("loguniform needs low > 0 (a log scale), got [0, 1]",),
+    ),
+    Case(
+        "empty integer range",
+        space_file("dimensions: {batch_size: {randint: [5, 2]}}\n"),
+        ("empty range [5, 2]: low must be below high",),
+    ),
+    Case(
+        "unknown backbone", smoke("--backbone", "resnet5"), ("unknown backbone 'resnet5': close timm names: resnet50",)
+    ),
+    Case(
+        "unknown dataset", smoke("--data", "mnist"), ("unknown dataset 'mnist': use one of digits, ", "or folder:PATH")
+    ),
+    Case(
+        "folder missing",
+        smoke("--data", "folder:SCRATCH/nowhere"),
+        ("nowhere does not exist: give folder:PATH with train/ and val/ class subfolders",),
+    ),
+    Case(
+        "folder without class subfolders",
+        flat_folder,
+        ("flat has no class folders: put each class's images in a subfolder",),
+    ),
+    Case(
+        "unfreeze_depth beyond the model",
+        smoke("--set", "unfreeze_depth=60"),
+        ("unfreeze_depth=60 exceeds the 49 layers of tf_efficientnet_lite0: use 0..49 or 'all'",),
+    ),
+    Case(
+        "bn_insert on a ViT",
+        smoke(
+            "--backbone", "vit_tiny_patch16_224", "--set", "weights=random", "--set", "bn_insert=before_retrained_conv"
+        ),
+        ("vit_tiny_patch16_224 has no conv layer after its input layer", "use bn_insert=none"),
+    ),
+    Case(
+        "GPUs on a machine without",
+        smoke("--gpus-per-trial", "1"),
+        ("--gpus-per-trial 1 but this machine has no GPU that PyTorch can use", "leave the option out"),
+        subprocess=True,
+    ),
     Case("more than one GPU per trial", smoke("--gpus-per-trial", "2"), ("--gpus-per-trial 2 is outside 0..1",)),
-    Case("more CPUs per trial than the machine has", smoke("--cpus-per-trial", "64", "--no-dashboard"),
-         ("a trial asks for 64 CPU but the largest node has", "lower --cpus-per-trial/--gpus-per-trial"), starts_ray=True),
-    Case("unreachable --address", smoke("--address", "127.0.0.1:1"), ("cannot reach Ray at 127.0.0.1:1 (Connection refused): start the cluster there",), subprocess=True),
-    Case("malformed --address", smoke("--address", "headnode"), ("--address headnode is not auto, HOST:PORT or ray://HOST:PORT",)),
-    Case("--out holds a study", smoke(), ("already holds files: choose a new directory, continue an interrupted study with --resume", "or replace it with --overwrite"),
-         subprocess=True, out=existing_study),
-    Case("--overwrite of a directory that is no study", smoke("--overwrite"),
-         ("holds files but no study.json: --overwrite replaces only a study's results directory",), out=not_a_study),
-    Case("--overwrite with bad input deletes nothing", smoke("--overwrite", "--set", "lr=0"), ("lr=0.0 must be positive",), out=existing_study),
-    Case("--overwrite of the study's own inputs", lambda s: ["--space", str(s / "finished" / "space.yaml"), "--overwrite"],
-         ("--overwrite would delete", "space.yaml, which this study reads"), out=study_with_its_space),
-    Case("--out under a file", smoke(), ("a-file is a file, not a directory; choose a writable directory",), subprocess=True, out=under_a_file),
-    Case("--out in /proc", smoke(), ("--out /proc/study-bad-input cannot be created in /proc", "choose a writable directory"), out=lambda s: Path("/proc/study-bad-input")),
-    Case("weights file missing", smoke("--set", "weights=SCRATCH/nope.pth"), ("nope.pth does not exist: give the path of a .pth/.pt/.safetensors state dict of tf_efficientnet_lite0",)),
-    Case("weights file of another architecture", other_architecture, ("resnet.pth does not fit timm's tf_efficientnet_lite0", "give a state dict of tf_efficientnet_lite0")),
-    Case("offline without cached ImageNet weights", smoke("--backbone", "resnet18"), ("no ImageNet weights for 'resnet18'", "timm.create_model('resnet18', pretrained=True)"),
-         env={**OFFLINE, "HF_HOME": "SCRATCH/hf"}),
-    Case("offline without the dataset", smoke("--data", "cifar10", "--data-root", "SCRATCH/data"),
-         ("dataset 'cifar10' is not in", "could not be downloaded", "python -m study.data download cifar10 --data-root"), env=OFFLINE),
+    Case(
+        "more CPUs per trial than the machine has",
+        smoke("--cpus-per-trial", "64", "--no-dashboard"),
+        ("a trial asks for 64 CPU but the largest node has", "lower --cpus-per-trial/--gpus-per-trial"),
+        starts_ray=True,
+    ),
+    Case(
+        "unreachable --address",
+        smoke("--address", "127.0.0.1:1"),
+        ("cannot reach Ray at 127.0.0.1:1 (Connection refused): start the cluster there",),
+        subprocess=True,
+    ),
+    Case(
+        "malformed --address",
+        smoke("--address", "headnode"),
+        ("--address headnode is not auto, HOST:PORT or ray://HOST:PORT",),
+    ),
+    Case(
+        "--out holds a study",
+        smoke(),
+        (
+            "already holds files: choose a new directory, continue an interrupted study with --resume",
+            "or replace it with --overwrite",
+        ),
+        subprocess=True,
+        out=existing_study,
+    ),
+    Case(
+        "--overwrite of a directory that is no study",
+        smoke("--overwrite"),
+        ("holds files but no study.json: --overwrite replaces only a study's results directory",),
+        out=not_a_study,
+    ),
+    Case(
+        "--overwrite with bad input deletes nothing",
+        smoke("--overwrite", "--set", "lr=0"),
+        ("lr=0.0 must be positive",),
+        out=existing_study,
+    ),
+    Case(
+        "--overwrite of the study's own inputs",
+        lambda s: ["--space", str(s / "finished" / "space.yaml"), "--overwrite"],
+        ("--overwrite would delete", "space.yaml, which this study reads"),
+        out=study_with_its_space,
+    ),
+    Case(
+        "--out under a file",
+        smoke(),
+        ("a-file is a file, not a directory; choose a writable directory",),
+        subprocess=True,
+        out=under_a_file,
+    ),
+    Case(
+        "--out in /proc",
+        smoke(),
+        ("--out /proc/study-bad-input cannot be created in /proc", "choose a writable directory"),
+        out=lambda s: Path("/proc/study-bad-input"),
+    ),
+    Case(
+        "weights file missing",
+        smoke("--set", "weights=SCRATCH/nope.pth"),
+        ("nope.pth does not exist: give the path of a .pth/.pt/.safetensors state dict of tf_efficientnet_lite0",),
+    ),
+    Case(
+        "weights file of another architecture",
+        other_architecture,
+        ("resnet.pth does not fit timm's tf_efficientnet_lite0", "give a state dict of tf_efficientnet_lite0"),
+    ),
+    Case(
+        "offline without cached ImageNet weights",
+        smoke("--backbone", "resnet18"),
+        ("no ImageNet weights for 'resnet18'", "timm.create_model('resnet18', pretrained=True)"),
+        env={**OFFLINE, "HF_HOME": "SCRATCH/hf"},
+    ),
+    Case(
+        "offline without the dataset",
+        smoke("--data", "cifar10", "--data-root", "SCRATCH/data"),
+        ("dataset 'cifar10' is not in", "could not be downloaded", "python -m study.data download cifar10 --data-root"),
+        env=OFFLINE,
+    ),
     Case("zero learning rate", smoke("--set", "lr=0"), ("lr=0.0 must be positive",)),
-    Case("negative learning rate", space_file("dimensions: {lr: {grid: [0.01, -0.1]}}\n"), ("lr=-0.1 must be positive",)),
+    Case(
+        "negative learning rate", space_file("dimensions: {lr: {grid: [0.01, -0.1]}}\n"), ("lr=-0.1 must be positive",)
+    ),
     Case("zero batch size", smoke("--set", "batch_size=0"), ("batch_size=0 must be positive",)),
-    Case("negative batch size in a dimension", space_file("dimensions: {batch_size: {grid: [32, -8]}}\n"), ("batch_size=-8 must be positive",)),
-    Case("train_fraction 0", smoke("--set", "train_fraction=0"), ("train_fraction=0.0 is outside (0, 1]: use e.g. 0.1 for a 10% subset",)),
+    Case(
+        "negative batch size in a dimension",
+        space_file("dimensions: {batch_size: {grid: [32, -8]}}\n"),
+        ("batch_size=-8 must be positive",),
+    ),
+    Case(
+        "train_fraction 0",
+        smoke("--set", "train_fraction=0"),
+        ("train_fraction=0.0 is outside (0, 1]: use e.g. 0.1 for a 10% subset",),
+    ),
     Case("train_fraction above 1", smoke("--set", "train_fraction=1.5"), ("train_fraction=1.5 is outside (0, 1]",)),
     Case("--num-samples 0", smoke("--num-samples", "0"), ("num_samples=0 must be at least 1",)),
-    Case("--max-failures negative", smoke("--max-failures", "-1"), ("--max-failures -1 is negative: use 0 (no retry) or the number of retries",)),
-    Case("data_root in a space file", space_file("fixed: {data_root: /etc}\n"), ("'data_root' cannot be set in a space file", "pass --data-root DIR")),
+    Case(
+        "--max-failures negative",
+        smoke("--max-failures", "-1"),
+        ("--max-failures -1 is negative: use 0 (no retry) or the number of retries",),
+    ),
+    Case(
+        "data_root in a space file",
+        space_file("fixed: {data_root: /etc}\n"),
+        ("'data_root' cannot be set in a space file", "pass --data-root DIR"),
+    ),
 ]
 
 
@@ -153,7 +289,10 @@ def prepare(case: Case, scratch: Path) -> tuple[list[str], Path, dict | None]:
 def snapshot(directory: Path) -> dict | None:
     if not directory.is_dir():
         return None
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir" for p in sorted(directory.rglob("*"))}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(directory.rglob("*"))
+    }
 
 
 def check(case: Case, code: int, stderr: str, out: Path, before: dict | None) -> None:
@@ -191,8 +330,14 @@ def cli_runs(tmp_path_factory) -> dict:
         scratch = tmp_path_factory.mktemp("bad-input")
         args, out, before = prepare(case, scratch)
         env = {**os.environ, **{key: value.replace("SCRATCH", str(scratch)) for key, value in case.env.items()}}
-        process = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=REPO, env=env, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-m", "study.run", *args],
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         started[case.name] = (process, out, before)
     results = {}
     for name, (process, out, before) in started.items():
@@ -207,7 +352,9 @@ def test_bad_input_through_the_cli(case, cli_runs):
     check(case, *cli_runs[case.name])
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories: the cases under a file and in /proc cover this")
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes into read-only directories: the cases under a file and in /proc cover this"
+)
 def test_out_in_a_read_only_directory(tmp_path, capsys):
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -217,5 +364,9 @@ def test_out_in_a_read_only_directory(tmp_path, capsys):
     finally:
         locked.chmod(0o755)
     error = capsys.readouterr().err
-    assert "cannot be created in" in error and "(Permission denied): choose a writable directory" in error and error.count("\n") == 1
+    assert (
+        "cannot be created in" in error
+        and "(Permission denied): choose a writable directory" in error
+        and error.count("\n") == 1
+    )
     assert list(locked.iterdir()) == []

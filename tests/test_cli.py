@@ -2,8 +2,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import run_module
+
 from study.pareto import non_dominated
 
 
@@ -51,7 +51,9 @@ def test_smoke_study_through_ray_exports_consistent_results(smoke_study):
     assert trials[trials["status"] == "completed"]["epochs_run"].eq(2).all()
     assert trials["val_acc"].between(0, 1).all() and (trials["train_time_s"] > 0).all()
     stored = pd.read_parquet(out / "trials.parquet")
-    assert stored.columns.tolist() == trials.columns.tolist() and stored["val_acc"].tolist() == trials["val_acc"].tolist()
+    assert (
+        stored.columns.tolist() == trials.columns.tolist() and stored["val_acc"].tolist() == trials["val_acc"].tolist()
+    )
 
     epochs = pd.read_parquet(out / "epochs.parquet")
     assert len(epochs) == trials["epochs_run"].sum()
@@ -88,12 +90,28 @@ def test_a_study_on_folder_data_runs_end_to_end(tmp_path):
     )
     out, cache = tmp_path / "study", tmp_path / "cache"
     # relative paths, as a user types them: trials run in other working directories
-    result = run_module("study.run", "--space", "folder.yaml", "--data", "folder:shapes", "--data-root", "cache", "--out", "study", "--no-dashboard", cwd=tmp_path)
+    result = run_module(
+        "study.run",
+        "--space",
+        "folder.yaml",
+        "--data",
+        "folder:shapes",
+        "--data-root",
+        "cache",
+        "--out",
+        "study",
+        "--no-dashboard",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"{root / 'train'}: skipped 1 unreadable image file(s)" in result.stdout
     trials = pd.read_csv(out / "trials.csv").set_index("augment")
     assert sorted(trials.index) == ["cutmix_mixup", "none"] and (trials["status"] == "completed").all()
-    assert (trials["train_images"] == 24).all() and (trials["val_images"] == 12).all() and (trials["test_images"] == 0).all()
+    assert (
+        (trials["train_images"] == 24).all()
+        and (trials["val_images"] == 12).all()
+        and (trials["test_images"] == 0).all()
+    )
     assert (trials["skipped_images"] == 1).all() and (trials["data_root"] == str(cache)).all()
     assert trials.loc["none", "data_splits"] == "train/val: the dataset's own; test: none (metrics NaN)"
     assert pd.isna(trials.loc["cutmix_mixup", "train_acc"]) and 0 <= trials.loc["none", "train_acc"] <= 1

@@ -1,4 +1,5 @@
-"""Datasets through the real loaders: torchvision's classes on files in the official formats, folders, the node cache."""
+"""Datasets through the real loaders: torchvision's classes on files
+in the official formats, folders, the node cache."""
 
 import gzip
 import hashlib
@@ -16,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
 from study import data as data_module
 from study.config import StudyError
 from study.data import load_data, load_digits
@@ -56,9 +57,12 @@ def test_digits_splits_are_stratified_seeded_and_described():
     again, other = load_digits(split_seed=0), load_digits(split_seed=1)
     assert torch.equal(again.val.rows, splits.val.rows) and not torch.equal(other.val.rows, splits.val.rows)
     assert splits.info() == {
-        "train_images": 1077, "val_images": 360, "test_images": 360, "skipped_images": 0,
+        "train_images": 1077,
+        "val_images": 360,
+        "test_images": 360,
+        "skipped_images": 0,
         "data_splits": "train/val/test 60%/20%/20% of 1797 images, stratified (split_seed 0)",
-    }  # fmt: skip
+    }
 
 
 def test_train_fraction_keeps_a_stratified_seeded_subset_of_the_training_split():
@@ -74,7 +78,9 @@ def test_train_fraction_keeps_a_stratified_seeded_subset_of_the_training_split()
 
 
 def test_unknown_dataset_names_the_valid_ones():
-    with pytest.raises(StudyError, match="unknown dataset 'mnist': use one of digits, cifar10, cifar100, stl10, fashion_mnist"):
+    with pytest.raises(
+        StudyError, match="unknown dataset 'mnist': use one of digits, cifar10, cifar100, stl10, fashion_mnist"
+    ):
         load_data("mnist", 0, 32)
 
 
@@ -94,13 +100,24 @@ def write_cifar10(root: Path, per_batch: int, monkeypatch) -> np.ndarray:
     for name in files:
         labels = [i % 10 for i in range(per_batch)]
         rows[name] = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        batch = {"batch_label": name, "labels": labels, "data": rows[name], "filenames": [f"{name}_{i}.png" for i in range(per_batch)]}
+        batch = {
+            "batch_label": name,
+            "labels": labels,
+            "data": rows[name],
+            "filenames": [f"{name}_{i}.png" for i in range(per_batch)],
+        }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": CIFAR_CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072}, protocol=2))
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({"label_names": CIFAR_CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072}, protocol=2)
+    )
     md5 = lambda name: hashlib.md5((folder / name).read_bytes()).hexdigest()
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "train_list", [[n, md5(n)] for n in files[:5]])
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "test_list", [["test_batch", md5("test_batch")]])
-    monkeypatch.setattr(torchvision.datasets.CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": md5("batches.meta")})
+    monkeypatch.setattr(
+        torchvision.datasets.CIFAR10,
+        "meta",
+        {"filename": "batches.meta", "key": "label_names", "md5": md5("batches.meta")},
+    )
     return np.concatenate([rows[n] for n in files[:5]]), rows["test_batch"]
 
 
@@ -112,7 +129,10 @@ def test_cifar10_python_batches_load_through_torchvision_and_then_from_the_node_
     assert splits.train.store.shape == (100, 3, 32, 32)  # kept at 32 px: resized per batch
     assert torch.equal(splits.train.store.reshape(100, 3072), torch.from_numpy(train_rows))  # planes land as channels
     assert torch.equal(splits.test.images.reshape(20, 3072), torch.from_numpy(test_rows))
-    assert splits.description == "val: 20% of the dataset's train split, stratified (split_seed 0); test: the dataset's own"
+    assert (
+        splits.description
+        == "val: 20% of the dataset's train split, stratified (split_seed 0); test: the dataset's own"
+    )
     assert "decoding cifar10-train" in capsys.readouterr().out
 
     for batch in (tmp_path / "cifar-10-batches-py").iterdir():
@@ -146,7 +166,9 @@ def test_fashion_mnist_reads_debians_gzipped_idx_files(tmp_path, monkeypatch, ca
     assert (len(splits.train), len(splits.val)) == (40, 10)
 
 
-def test_an_absent_dataset_offline_is_one_line_naming_it_the_directory_and_the_fetch_command(tmp_path, monkeypatch, capsys):
+def test_an_absent_dataset_offline_is_one_line_naming_it_the_directory_and_the_fetch_command(
+    tmp_path, monkeypatch, capsys
+):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
@@ -154,7 +176,10 @@ def test_an_absent_dataset_offline_is_one_line_naming_it_the_directory_and_the_f
     with pytest.raises(StudyError) as error:
         load_data("cifar10", 0, 32, str(tmp_path))
     message = str(error.value)
-    assert message.startswith(f"dataset 'cifar10' is not in {tmp_path} and could not be downloaded") and "\n" not in message
+    assert (
+        message.startswith(f"dataset 'cifar10' is not in {tmp_path} and could not be downloaded")
+        and "\n" not in message
+    )
     assert f"`python -m study.data download cifar10 --data-root {tmp_path}`" in message
     assert data_module.main(["download", "stl10", "--data-root", str(tmp_path)]) == 2
     assert "dataset 'stl10' is not in" in capsys.readouterr().err
@@ -204,7 +229,10 @@ def test_unreadable_images_are_skipped_with_a_printed_count_and_recorded(tmp_pat
     (root / "train" / "dog" / "truncated.jpg").write_bytes(good.getvalue()[:300])
     splits = load_data(f"folder:{root}", 0, 32, str(tmp_path / "cache"))
     printed = capsys.readouterr().out
-    assert f"{root / 'train'}: skipped 2 unreadable image file(s)" in printed and "broken.jpg (UnidentifiedImageError" in printed
+    assert (
+        f"{root / 'train'}: skipped 2 unreadable image file(s)" in printed
+        and "broken.jpg (UnidentifiedImageError" in printed
+    )
     assert "truncated.jpg (OSError" in printed
     assert len(splits.train) == 12 and splits.skipped == 2 and splits.info()["skipped_images"] == 2
     load_data(f"folder:{root}", 0, 32, str(tmp_path / "cache"))  # from the cache: the count is printed again
@@ -224,14 +252,19 @@ def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
     (root / "val" / "bird").mkdir()
     (root / "train" / "bird").mkdir()
     (root / "train" / "bird" / "notes.txt").write_text("no images here")
-    with pytest.raises(StudyError, match=r"train: class folder\(s\) bird hold no image files: add images or remove the folder"):
+    with pytest.raises(
+        StudyError, match=r"train: class folder\(s\) bird hold no image files: add images or remove the folder"
+    ):
         load_data(f"folder:{root}", 0, 32, str(tmp_path / "cache"))
 
 
 def test_class_sets_differing_between_train_and_val_are_an_error_naming_them(tmp_path):
     root = make_folder(tmp_path / "pets")
     make_folder(root, splits=("val",), classes=("bird",))
-    with pytest.raises(StudyError, match=r"val has other class folders than .*train \(val/ adds \['bird'\]\): use the same class folders"):
+    with pytest.raises(
+        StudyError,
+        match=r"val has other class folders than .*train \(val/ adds \['bird'\]\): use the same class folders",
+    ):
         load_data(f"folder:{root}", 0, 32, str(tmp_path / "cache"))
 
 
@@ -259,7 +292,9 @@ def test_a_changed_folder_is_decoded_again_and_an_unchanged_one_never(tmp_path, 
 def test_processes_loading_at_once_decode_once_under_the_lock(tmp_path):
     root = make_folder(tmp_path / "pets", per_class=20)
     script = f"from study.data import load_data; load_data('folder:{root}', 0, 32, '{tmp_path / 'cache'}')"
-    runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO) for _ in range(2)]
+    runs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO) for _ in range(2)
+    ]
     outputs = [run.communicate(timeout=300)[0] for run in runs]
     assert all(run.returncode == 0 for run in runs)
     assert "".join(outputs).count("decoding") == 2  # train and val, once each
@@ -298,5 +333,7 @@ def test_cifar10_jpegs_load_through_image_folder(cifar_jpegs, tmp_path):
     assert (len(splits.train), len(splits.val), len(splits.test)) == (240, 60, 100)
     assert splits.train.store.shape == (300, 3, 32, 32)  # real 32 px photos, kept at their size
     first = sorted((cifar_jpegs / "train" / "airplane").iterdir())[0]
-    assert torch.equal(splits.train.store[0], torch.from_numpy(np.array(Image.open(first).convert("RGB"))).permute(2, 0, 1))
+    assert torch.equal(
+        splits.train.store[0], torch.from_numpy(np.array(Image.open(first).convert("RGB"))).permute(2, 0, 1)
+    )
     assert splits.train.store.float().std() > 30  # photos, not blank

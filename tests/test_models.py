@@ -41,10 +41,15 @@ def test_layers_follow_forward_order_and_norms_ride_with_the_layer_before():
     layers = weight_layers(structure_only("tf_efficientnet_lite0", 10))
     assert layers[0].name == "conv_stem" and layers[0].params == ["conv_stem.weight", "bn1.weight", "bn1.bias"]
     assert layers[-1].name == "conv_head" and "bn2.weight" in layers[-1].params
-    assert [l.name for l in layers[1:3]] == ["blocks.0.0.conv_dw", "blocks.0.0.conv_pw"]
+    assert [layer.name for layer in layers[1:3]] == ["blocks.0.0.conv_dw", "blocks.0.0.conv_pw"]
     vit = weight_layers(structure_only("vit_tiny_patch16_224", 10))
     assert vit[0].name == "patch_embed.proj" and {"cls_token", "pos_embed"} <= set(vit[0].params)
-    assert [l.name for l in vit[1:5]] == ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
+    assert [layer.name for layer in vit[1:5]] == [
+        "blocks.0.attn.qkv",
+        "blocks.0.attn.proj",
+        "blocks.0.mlp.fc1",
+        "blocks.0.mlp.fc2",
+    ]
     assert "norm.weight" in vit[-1].params  # the final LayerNorm trains from depth 1
 
 
@@ -70,7 +75,9 @@ def test_frozen_means_frozen_after_a_training_epoch(small_digits):
     train_epoch(trial)
     after = backbone.state_dict()
 
-    trained_modules = {p.rpartition(".")[0] for layer in trial.plan.trained_layers for p in layer.params} | {"classifier"}
+    trained_modules = {p.rpartition(".")[0] for layer in trial.plan.trained_layers for p in layer.params} | {
+        "classifier"
+    }
     for name, parameter in backbone.named_parameters():
         assert parameter.requires_grad == (name.rpartition(".")[0] in trained_modules), name
     changed = {k for k in before if not torch.equal(before[k], after[k])}

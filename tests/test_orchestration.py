@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO, run_module
+
 from study import run
 
 RAY = Path(sys.executable).with_name("ray")
@@ -37,12 +37,17 @@ def write_space(directory: Path, text: str) -> Path:
 def test_dry_run_lists_the_documents_trials_with_their_parameter_counts(capsys):
     assert run.main(["--space", "paper_001_transfer_vs_finetune", "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    assert "search grid, seed 0, 48 trials; up to 50 epochs each, no ASHA" in printed and "Nothing is trained" in printed
+    assert (
+        "search grid, seed 0, 48 trials; up to 50 epochs each, no ASHA" in printed and "Nothing is trained" in printed
+    )
     rows = [line.split() for line in printed.splitlines() if re.match(r"\s+\d+ ", line)]
     assert len(rows) == 48
     # document 001's own counts: trainable / total parameters with the 10-class head
     counts = {(row[1].split(".")[0], row[2]): (row[-2], row[-1]) for row in rows}
-    assert counts[("resnet50", "0")] == ("20,490", "23,528,522") and counts[("resnet50", "all")] == ("23,528,522", "23,528,522")
+    assert counts[("resnet50", "0")] == ("20,490", "23,528,522") and counts[("resnet50", "all")] == (
+        "23,528,522",
+        "23,528,522",
+    )
     assert counts[("densenet201", "0")] == ("19,210", "18,112,138")
     assert counts[("vit_base_patch16_224", "0")] == ("7,690", "85,806,346")
 
@@ -51,34 +56,58 @@ def test_dry_run_lists_the_documents_trials_with_their_parameter_counts(capsys):
     by_setting = {(row[1], row[2]): row for row in rows}
     assert len(rows) == 26
     # Target model n = 13: conv 13 (2,359,808) and the 512 x 10 head; BN Target adds one BatchNorm of 512 channels
-    assert by_setting[("1", "none")][-2] == "2,364,938" and by_setting[("1", "before_retrained_conv")][-3:] == ["1", "2,365,962", "14,720,842"]
+    assert by_setting[("1", "none")][-2] == "2,364,938" and by_setting[("1", "before_retrained_conv")][-3:] == [
+        "1",
+        "2,365,962",
+        "14,720,842",
+    ]
 
     assert run.main(["--space", "paper_004_unfreeze_k", "--dry-run", "--seed", "3"]) == 0
     printed = capsys.readouterr().out
     rows = [line.split() for line in printed.splitlines() if re.match(r"\s+\d+ ", line)]
     assert "seed 3, 22 trials; up to 3 epochs each" in printed and len(rows) == 22
-    assert {row[3] for row in rows} == {f"{k}/52" for k in (0, 1, 2, 3, 5, 6, 7, 8, 10, 20, 34)} and rows[0][-2] == "2,562"
+    assert {row[3] for row in rows} == {f"{k}/52" for k in (0, 1, 2, 3, 5, 6, 7, 8, 10, 20, 34)} and rows[0][
+        -2
+    ] == "2,562"
 
 
 def test_offline_a_document_study_stops_before_ray_naming_the_weights_it_needs(tmp_path):
     out = tmp_path / "study"
-    result = run_module("study.run", "--space", "paper_004_unfreeze_k", "--out", str(out),
-                        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})  # fmt: skip
+    result = run_module(
+        "study.run",
+        "--space",
+        "paper_004_unfreeze_k",
+        "--out",
+        str(out),
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "no ImageNet weights for 'mobilenetv2_100'" in result.stderr and "timm.create_model('mobilenetv2_100', pretrained=True)" in result.stderr
+    assert (
+        "no ImageNet weights for 'mobilenetv2_100'" in result.stderr
+        and "timm.create_model('mobilenetv2_100', pretrained=True)" in result.stderr
+    )
     assert not out.exists()
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--space", "smoke", "--gpus-per-trial", "2"], "--gpus-per-trial 2 is outside 0..1: a trial trains on one device"),
+        (
+            ["--space", "smoke", "--gpus-per-trial", "2"],
+            "--gpus-per-trial 2 is outside 0..1: a trial trains on one device",
+        ),
         (["--space", "smoke", "--max-concurrent", "0"], "--max-concurrent 0 must be at least 1"),
         (["--space", "smoke", "--cpus-per-trial", "0"], "--cpus-per-trial 0 must be positive"),
         (["--space", "smoke", "--address", "auto", "--dashboard-host", "0.0.0.0"], "leave them out with --address"),
-        (["--space", "smoke", "--search", "optuna"], "search optuna samples every dimension (TPE), but 'unfreeze_depth' is a grid"),
+        (
+            ["--space", "smoke", "--search", "optuna"],
+            "search optuna samples every dimension (TPE), but 'unfreeze_depth' is a grid",
+        ),
         (["--resume", "nowhere"], "nowhere/study.json does not exist"),
-        (["--resume", "nowhere", "--space", "smoke"], "--resume continues the study as nowhere/study.json records it: leave out --space"),
+        (
+            ["--resume", "nowhere", "--space", "smoke"],
+            "--resume continues the study as nowhere/study.json records it: leave out --space",
+        ),
     ],
 )
 def test_bad_orchestration_options_are_one_line_errors_before_ray(capsys, args, message):
@@ -93,11 +122,14 @@ def test_seed_fixes_trial_seeds_only_when_given(tmp_path, capsys):
     assert kept.dimensions["seed"].values == [1, 2, 3] and "seed" not in kept.fixed
     fixed = run.resolve_space(run.parse_args(["--space", str(space), "--seed", "7"]))
     assert "seed" not in fixed.dimensions and fixed.fixed["seed"] == 7
-    assert "--seed 7 fixes every trial's seed, replacing the space's seed dimension [1, 2, 3]" in capsys.readouterr().out
+    assert (
+        "--seed 7 fixes every trial's seed, replacing the space's seed dimension [1, 2, 3]" in capsys.readouterr().out
+    )
 
 
 FAULTS = """
-    fixed: {backbone: tf_efficientnet_lite0, data: digits, img_size: 32, optimizer: sgd, train_fraction: 0.3, unfreeze_depth: 2}
+    fixed: {backbone: tf_efficientnet_lite0, data: digits, img_size: 32,
+            optimizer: sgd, train_fraction: 0.3, unfreeze_depth: 2}
     dimensions:
       lr: {grid: [0.01, 1.0e+30]}    # 1e30: the weights overflow and the loss becomes NaN
       batch_size: {grid: [1, 64]}    # 1: BatchNorm of the trained 1x1 feature map cannot train on one image
@@ -112,9 +144,14 @@ def test_faults_are_recorded_while_the_dashboard_answers_and_other_trials_finish
     space = write_space(tmp_path, FAULTS)
     out = tmp_path / "study"
     token = secrets.token_hex(16)
-    process = subprocess.Popen([sys.executable, "-m", "study.run", "--space", str(space), "--out", str(out), "--seed", "5"],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "RAY_AUTH_TOKEN": token})  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "study.run", "--space", str(space), "--out", str(out), "--seed", "5"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "RAY_AUTH_TOKEN": token},
+    )
     lines = []
     try:
         for line in process.stdout:
@@ -122,7 +159,10 @@ def test_faults_are_recorded_while_the_dashboard_answers_and_other_trials_finish
             if line.startswith("Ray dashboard: "):
                 break
         url = lines[-1].split()[2]
-        assert url.startswith("http://127.0.0.1:") and "the page asks for the token, which is in the RAY_AUTH_TOKEN environment variable" in lines[-1]
+        assert (
+            url.startswith("http://127.0.0.1:")
+            and "the page asks for the token, which is in the RAY_AUTH_TOKEN environment variable" in lines[-1]
+        )
         request = urllib.request.Request(f"{url}/api/version", headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request, timeout=30) as response:
             assert json.loads(response.read())["ray_version"].startswith("2.60")
@@ -158,7 +198,10 @@ def test_faults_are_recorded_while_the_dashboard_answers_and_other_trials_finish
 
     study = json.loads((out / "study.json").read_text())
     assert study["search"] == {"algorithm": "random", "seed": 5} and study["trials"] == {"error": 3, "completed": 1}
-    assert study["command"][:3] == ["python", "-m", "study.run"] and study["space"]["dimensions"]["momentum"]["kind"] == "uniform"
+    assert (
+        study["command"][:3] == ["python", "-m", "study.run"]
+        and study["space"]["dimensions"]["momentum"]["kind"] == "uniform"
+    )
 
 
 class LocalCluster:
@@ -171,13 +214,19 @@ class LocalCluster:
         self.temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths have a length limit
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
         node = ["--block", "--num-cpus", str(cpus), "--num-gpus", "1", "--disable-usage-stats"]
-        self.nodes = [self._start(["--head", "--port", "0", "--include-dashboard", "false", "--temp-dir", str(self.temp), *node], "head")]
+        self.nodes = [
+            self._start(
+                ["--head", "--port", "0", "--include-dashboard", "false", "--temp-dir", str(self.temp), *node], "head"
+            )
+        ]
         self.address = (self.temp / "ray_current_cluster").read_text().strip()
         self.nodes.append(self._start(["--address", self.address, *node], "worker"))
 
     def _start(self, args: list[str], name: str) -> subprocess.Popen:
         log = self.temp / f"{name}.log"
-        process = subprocess.Popen([str(RAY), "start", *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=self.env)
+        process = subprocess.Popen(
+            [str(RAY), "start", *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=self.env
+        )
         deadline = time.monotonic() + 120
         while "Ray runtime started" not in log.read_text():
             if process.poll() is not None or time.monotonic() > deadline:
@@ -197,7 +246,8 @@ class LocalCluster:
 
 
 MULTI_OBJECTIVE = """
-    fixed: {backbone: tf_efficientnet_lite0, data: digits, img_size: 32, train_fraction: 0.3, unfreeze_depth: 2, batch_size: 64, device: cpu}
+    fixed: {backbone: tf_efficientnet_lite0, data: digits, img_size: 32,
+            train_fraction: 0.3, unfreeze_depth: 2, batch_size: 64, device: cpu}
     dimensions:
       optimizer: {choice: [sgd, adamw]}
       lr: {loguniform: [1.0e-3, 1.0e-1]}
@@ -213,15 +263,35 @@ def test_a_multi_objective_study_runs_on_a_two_node_cluster_packing_two_trials_p
     out, storage = tmp_path / "study", tmp_path / "shared"
     cluster = LocalCluster(cpus=2)
     try:
-        result = run_module("study.run", "--space", str(space), "--out", str(out), "--address", cluster.address, "--storage", str(storage),
-                            "--cpus-per-trial", "1", "--gpus-per-trial", "0.5", "--seed", "1", env=cluster.env)  # fmt: skip
+        result = run_module(
+            "study.run",
+            "--space",
+            str(space),
+            "--out",
+            str(out),
+            "--address",
+            cluster.address,
+            "--storage",
+            str(storage),
+            "--cpus-per-trial",
+            "1",
+            "--gpus-per-trial",
+            "0.5",
+            "--seed",
+            "1",
+            env=cluster.env,
+        )
     finally:
         cluster.stop()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "1 CPU and 0.5 GPU per trial; 2 node(s) with 4 CPU and 2 GPU" in result.stdout
 
     trials = pd.read_csv(out / "trials.csv")
-    assert len(trials) == 8 and set(trials["status"]) <= {"completed", "stopped_early"} and (trials["status"] == "completed").any()
+    assert (
+        len(trials) == 8
+        and set(trials["status"]) <= {"completed", "stopped_early"}
+        and (trials["status"] == "completed").any()
+    )
     assert trials["node_id"].nunique() == 2  # trials ran on both nodes
     assert (trials["gpu_ids"].astype(str) == "0").all() and (trials["device"] == "cpu").all()
     assert set(trials["optimizer"]) <= {"sgd", "adamw"} and trials["lr"].between(1e-3, 1e-1).all()
@@ -231,14 +301,22 @@ def test_a_multi_objective_study_runs_on_a_two_node_cluster_packing_two_trials_p
         assert overlapping == 2
 
     study = json.loads((out / "study.json").read_text())
-    assert study["cluster"]["nodes"] == 2 and study["resources"] == {"cpus_per_trial": 1.0, "gpus_per_trial": 0.5, "max_concurrent": None, "max_failures": 0}
-    assert study["search"] == {"algorithm": "optuna_mo", "seed": 1} and study["ray_experiment"].startswith(str(storage.resolve()))
+    assert study["cluster"]["nodes"] == 2 and study["resources"] == {
+        "cpus_per_trial": 1.0,
+        "gpus_per_trial": 0.5,
+        "max_concurrent": None,
+        "max_failures": 0,
+    }
+    assert study["search"] == {"algorithm": "optuna_mo", "seed": 1} and study["ray_experiment"].startswith(
+        str(storage.resolve())
+    )
     assert (Path(study["ray_experiment"]) / "tuner.pkl").exists() and not (out / "ray").exists()
 
 
 RESUMABLE = """
     # no feature cache, 64 px: a trial lasts seconds, long enough to be killed mid-way
-    fixed: {backbone: tf_efficientnet_lite0, data: digits, img_size: 64, train_fraction: 0.6, optimizer: adamw, unfreeze_depth: 2, feature_cache: false}
+    fixed: {backbone: tf_efficientnet_lite0, data: digits, img_size: 64,
+            train_fraction: 0.6, optimizer: adamw, unfreeze_depth: 2, feature_cache: false}
     dimensions:  # Ray's grid order: every batch size with lr 1e30, then every one with 0.003
       lr: {grid: [1.0e+30, 0.003]}    # 1e30: the loss becomes NaN in epoch 1 (an error trial)
       batch_size: {grid: [32, 48, 64]}
@@ -250,12 +328,29 @@ RESUMABLE = """
 def test_a_study_killed_mid_way_resumes_without_losing_or_repeating_finished_trials(tmp_path):
     space = write_space(tmp_path, RESUMABLE)
     out = tmp_path / "study"
-    driver = subprocess.Popen([sys.executable, "-m", "study.run", "--space", str(space), "--out", str(out), "--max-concurrent", "1", "--no-dashboard"],
-                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "study.run",
+            "--space",
+            str(space),
+            "--out",
+            str(out),
+            "--max-concurrent",
+            "1",
+            "--no-dashboard",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:  # one trial at a time: the three with lr 1e30 fail, then the first with lr 0.003 completes
         deadline = time.monotonic() + 300
         while not ((out / "trials.csv").exists() and len(pd.read_csv(out / "trials.csv")) >= 4):
-            assert driver.poll() is None and time.monotonic() < deadline, "the study ended or stalled before four trials finished"
+            assert driver.poll() is None and time.monotonic() < deadline, (
+                "the study ended or stalled before four trials finished"
+            )
             time.sleep(0.2)
         time.sleep(2.5)  # past Ray's one-second experiment snapshot, while the fifth trial trains
         before = pd.read_csv(out / "trials.csv")
@@ -266,31 +361,54 @@ def test_a_study_killed_mid_way_resumes_without_losing_or_repeating_finished_tri
     assert len(before) == 4 and "finished" not in json.loads((out / "study.json").read_text())
     # written while the study ran, after every finished trial: faults with their messages too
     assert (before["status"] == "error").sum() == 3 and (before["status"] == "completed").sum() == 1
-    assert before[before["status"] == "error"]["error"].str.startswith("FloatingPointError: training loss became nan in epoch 1").all()
+    assert (
+        before[before["status"] == "error"]["error"]
+        .str.startswith("FloatingPointError: training loss became nan in epoch 1")
+        .all()
+    )
 
     # the resumed run exposes its dashboard on every interface: a warning says what that means
-    result = run_module("study.run", "--resume", str(out), "--dashboard-host", "0.0.0.0", env={"RAY_AUTH_TOKEN": secrets.token_hex(16)})
+    result = run_module(
+        "study.run", "--resume", str(out), "--dashboard-host", "0.0.0.0", env={"RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "warning: the Ray dashboard listens on 0.0.0.0, reachable from other machines: Ray's dashboard and its job API run any code" in result.stdout
+    assert (
+        "warning: the Ray dashboard listens on 0.0.0.0, reachable from other machines: Ray's dashboard and its job "
+        "API run any code" in result.stdout
+    )
     assert "its only protection is the Ray token, sent unencrypted over HTTP" in result.stdout
     # the fifth trial was training when the driver died, the sixth not created yet (one trial at a time)
-    assert "4 trial(s) finished before the interruption are kept; 1 unfinished trial(s) run again from their first epoch" in result.stdout
+    assert (
+        "4 trial(s) finished before the interruption are kept; 1 unfinished trial(s) run again from their first epoch"
+        in result.stdout
+    )
 
     after = pd.read_csv(out / "trials.csv").set_index("trial_id")
     assert len(after) == 6 and after["status"].value_counts().to_dict() == {"error": 3, "completed": 3}
     kept = after.loc[before["trial_id"]]
     # not run again, errors included (a trial that failed before its first report has no start time)
     assert kept["started_at"].fillna(-1).tolist() == before["started_at"].fillna(-1).tolist()
-    assert kept["status"].tolist() == before["status"].tolist() and kept["error"].fillna("").tolist() == before["error"].fillna("").tolist()
+    assert (
+        kept["status"].tolist() == before["status"].tolist()
+        and kept["error"].fillna("").tolist() == before["error"].fillna("").tolist()
+    )
     resumed = after.drop(before["trial_id"])
     assert len(resumed) == 2 and (resumed["started_at"] > killed_at).all() and (resumed["status"] == "completed").all()
     epochs = pd.read_parquet(out / "epochs.parquet")
-    assert sorted(epochs.groupby("trial_id")["epoch"].apply(list).tolist()) == [[1, 2]] * 3  # no epoch of the killed run left
+    assert (
+        sorted(epochs.groupby("trial_id")["epoch"].apply(list).tolist()) == [[1, 2]] * 3
+    )  # no epoch of the killed run left
     completed = after[after["status"] == "completed"].sort_values("started_at")
-    assert (completed["started_at"].to_numpy()[1:] >= completed["finished_at"].to_numpy()[:-1]).all()  # --max-concurrent 1, resumed too
+    assert (
+        completed["started_at"].to_numpy()[1:] >= completed["finished_at"].to_numpy()[:-1]
+    ).all()  # --max-concurrent 1, resumed too
 
     study = json.loads((out / "study.json").read_text())
-    assert study["resumed"][0]["kept"] == 4 and study["resumed"][0]["run_again"] == 1 and study["trials"] == {"error": 3, "completed": 3}
+    assert (
+        study["resumed"][0]["kept"] == 4
+        and study["resumed"][0]["run_again"] == 1
+        and study["trials"] == {"error": 3, "completed": 3}
+    )
     assert run.main(["--resume", str(out)]) == 2  # finished: nothing left to resume
 
 

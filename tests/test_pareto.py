@@ -105,7 +105,11 @@ def test_hypervolume_without_eligible_trials_or_finishing_times():
 
 
 def test_hypervolumes_of_two_studies_compare_against_one_given_reference():
-    table = trials(status=["completed", "completed"], val_acc=[0.5, 0.8], train_time_s=[10.0, 40.0], finished_at=[1.0, 2.0])
+    table = trials(
+        status=["completed", "completed"], val_acc=[0.5, 0.8], train_time_s=[10.0, 40.0], finished_at=[1.0, 2.0]
+    )
     result = hypervolume_history(table, reference_cost=30.0)
     assert result.reference == {"val_acc": 0.0, "train_time_s": 30.0}
-    assert result.history["hypervolume"].tolist() == pytest.approx([0.5 * 20 / 30] * 2)  # beyond the reference: adds nothing
+    assert result.history["hypervolume"].tolist() == pytest.approx(
+        [0.5 * 20 / 30] * 2
+    )  # beyond the reference: adds nothing

@@ -9,10 +9,10 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO, run_module
 from nbclient import NotebookClient
 from PIL import Image
 
-from conftest import REPO, run_module
 from study.pareto import pareto_front
 from study.report import REPORT_FILE, dimension_importance, main, render, views, write_report
 from study.results import export, load_results, trials_table
@@ -22,13 +22,31 @@ NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
 
 def history(val_accs, seconds_per_epoch=2.0, memory=800.0, start=1000.0):
     return [
-        {"epoch": n, "train_loss": 2.0 / n, "train_acc": acc, "val_loss": 1.0 - acc, "val_acc": acc, "test_loss": 1.0,
-         "test_acc": acc - 0.02, "epoch_time_s": seconds_per_epoch, "train_time_s": seconds_per_epoch * n, "eval_time_s": 0.5,
-         "images_per_s": 100.0, "peak_memory_mib": memory + n, "reported_at": start + 3 * n, "weights_used": "random",
-         "num_layers": 49, "unfrozen_layers": 0, "trainable_params": int(memory * 100), "total_params": 3_000_000,
-         "img_size": 32, "device": "cpu", "memory_measure": "process_peak_rss"}
+        {
+            "epoch": n,
+            "train_loss": 2.0 / n,
+            "train_acc": acc,
+            "val_loss": 1.0 - acc,
+            "val_acc": acc,
+            "test_loss": 1.0,
+            "test_acc": acc - 0.02,
+            "epoch_time_s": seconds_per_epoch,
+            "train_time_s": seconds_per_epoch * n,
+            "eval_time_s": 0.5,
+            "images_per_s": 100.0,
+            "peak_memory_mib": memory + n,
+            "reported_at": start + 3 * n,
+            "weights_used": "random",
+            "num_layers": 49,
+            "unfrozen_layers": 0,
+            "trainable_params": int(memory * 100),
+            "total_params": 3_000_000,
+            "img_size": 32,
+            "device": "cpu",
+            "memory_measure": "process_peak_rss",
+        }
         for n, acc in enumerate(val_accs, start=1)
-    ]  # fmt: skip
+    ]
 
 
 def interrupted_study(out, with_study_json=True):
@@ -45,20 +63,38 @@ def interrupted_study(out, with_study_json=True):
         (4, "adamw", [0.9], 2.2, "FloatingPointError: training loss became nan in epoch 2"),
     ]
     records = [
-        {"trial_id": f"t{i}", "config": {"unfreeze_depth": depth, "optimizer": optimizer, "epochs": 3},
-         "history": history(accs, seconds, memory=700 + 50 * i, start=1000 + 10 * i), "error": error, "max_epochs": 3}
+        {
+            "trial_id": f"t{i}",
+            "config": {"unfreeze_depth": depth, "optimizer": optimizer, "epochs": 3},
+            "history": history(accs, seconds, memory=700 + 50 * i, start=1000 + 10 * i),
+            "error": error,
+            "max_epochs": 3,
+        }
         for i, (depth, optimizer, accs, seconds, error) in enumerate(trials)
-    ]  # fmt: skip
+    ]
     table, epochs = trials_table(records)
     export(out, table, epochs, title="interrupted")
     if with_study_json:
-        space = {"name": "depth_and_optimizer", "source": "test", "description": "", "fixed": {"lr": 0.01},
-                 "dimensions": {"unfreeze_depth": {"kind": "grid", "values": [0, 2, 4, "all"]},
-                                "optimizer": {"kind": "choice", "values": ["sgd", "adamw"]}},
-                 "num_samples": 3, "max_epochs": 3, "asha": {"grace_period": 1, "reduction_factor": 2},
-                 "metric": "val_acc", "mode": "max"}  # fmt: skip
-        (out / "study.json").write_text(json.dumps({"space": space, "seed": 0, "command": ["python", "-m", "study.run"],
-                                                    "started": "2026-01-01T00:00:00"}))  # no finish: interrupted
+        space = {
+            "name": "depth_and_optimizer",
+            "source": "test",
+            "description": "",
+            "fixed": {"lr": 0.01},
+            "dimensions": {
+                "unfreeze_depth": {"kind": "grid", "values": [0, 2, 4, "all"]},
+                "optimizer": {"kind": "choice", "values": ["sgd", "adamw"]},
+            },
+            "num_samples": 3,
+            "max_epochs": 3,
+            "asha": {"grace_period": 1, "reduction_factor": 2},
+            "metric": "val_acc",
+            "mode": "max",
+        }
+        (out / "study.json").write_text(
+            json.dumps(
+                {"space": space, "seed": 0, "command": ["python", "-m", "study.run"], "started": "2026-01-01T00:00:00"}
+            )
+        )  # no finish: interrupted
     return table
 
 
@@ -73,11 +109,17 @@ def test_interrupted_study_report_shows_every_view_and_says_what_is_missing(tmp_
     front = shown["The front (val_acc vs training time (s, evaluation excluded)), cheapest first"].table
     assert front["trial_id"].tolist() == pareto_front(table)["trial_id"].tolist() == ["t0", "t1", "t3", "t5"]
     assert "test_acc" in front and "efficiency" in front
-    for title in ("Pareto front: val_acc vs training time (s, evaluation excluded)", "Pareto front: val_acc vs trainable parameters",
-                  "Pareto front: val_acc vs peak memory during training (MiB)", "Hypervolume of the accuracy-time front as trials finished",
-                  "Parallel coordinates: searched dimensions against validation accuracy", "Learning curves per trial",
-                  "Validation accuracy per unfreeze_depth", "Validation accuracy per optimizer",
-                  "Dimension importance for validation accuracy"):  # fmt: skip
+    for title in (
+        "Pareto front: val_acc vs training time (s, evaluation excluded)",
+        "Pareto front: val_acc vs trainable parameters",
+        "Pareto front: val_acc vs peak memory during training (MiB)",
+        "Hypervolume of the accuracy-time front as trials finished",
+        "Parallel coordinates: searched dimensions against validation accuracy",
+        "Learning curves per trial",
+        "Validation accuracy per unfreeze_depth",
+        "Validation accuracy per optimizer",
+        "Dimension importance for validation accuracy",
+    ):
         assert shown[title].figure is not None, (title, shown[title].note)
     everything = shown["Every trial"].table
     assert everything.set_index("trial_id").at["t7", "error"] == "RuntimeError: CUDA out of memory"
@@ -94,7 +136,9 @@ def test_interrupted_study_report_shows_every_view_and_says_what_is_missing(tmp_
 
 def test_include_stopped_lets_stopped_trials_onto_the_fronts(tmp_path):
     interrupted_study(tmp_path)
-    fast_and_stopped = by_title(views(load_results(tmp_path), include_stopped=True))["Every trial"].table.set_index("trial_id")
+    fast_and_stopped = by_title(views(load_results(tmp_path), include_stopped=True))["Every trial"].table.set_index(
+        "trial_id"
+    )
     assert fast_and_stopped.at["t4", "on fronts"] == ""  # 0.3 in 4 s is beaten by t0 either way
     assert main([str(tmp_path), "--include-stopped", "--out", str(tmp_path / "with-stopped.html")]) == 0
     assert "trials stopped\nearly by ASHA take part in them" in (tmp_path / "with-stopped.html").read_text()
@@ -110,7 +154,9 @@ def test_single_trial_only_errors_and_missing_files_still_give_a_report(tmp_path
     shown = by_title(views(results))
     assert shown["Pareto front: val_acc vs training time (s, evaluation excluded)"].figure is not None
     assert shown["Learning curves per trial"].note == "No per-epoch results for these trials."
-    assert shown["Parallel coordinates: searched dimensions against validation accuracy"].note.startswith("No searched dimension")
+    assert shown["Parallel coordinates: searched dimensions against validation accuracy"].note.startswith(
+        "No searched dimension"
+    )
     assert "this study searched none" in shown["Dimension importance for validation accuracy"].note
     assert shown["Hypervolume of the accuracy-time front as trials finished"].figure is not None
     page = render(results)
@@ -121,7 +167,10 @@ def test_single_trial_only_errors_and_missing_files_still_give_a_report(tmp_path
     table = pd.read_parquet(errors / "trials.parquet")
     table[table["status"] == "error"].to_parquet(errors / "trials.parquet")
     shown = by_title(views(load_results(errors)))
-    assert "No trial is eligible for the front" in shown["Pareto front: val_acc vs training time (s, evaluation excluded)"].note
+    assert (
+        "No trial is eligible for the front"
+        in shown["Pareto front: val_acc vs training time (s, evaluation excluded)"].note
+    )
     assert "needs at least 5 trials" in shown["Dimension importance for validation accuracy"].note
     assert write_report(errors).stat().st_size > 1_000_000
 
@@ -129,10 +178,15 @@ def test_single_trial_only_errors_and_missing_files_still_give_a_report(tmp_path
 def test_importance_ranks_the_dimension_that_drives_accuracy_and_says_when_it_cannot():
     rng = np.random.default_rng(0)
     n = 16
-    trials = pd.DataFrame({
-        "trial_id": [f"t{i}" for i in range(n)], "status": "completed",
-        "optimizer": rng.choice(["sgd", "adamw"], n), "lr": 10 ** rng.uniform(-4, -1, n), "unfreeze_depth": rng.choice(["0", "4", "all"], n),
-    })  # fmt: skip
+    trials = pd.DataFrame(
+        {
+            "trial_id": [f"t{i}" for i in range(n)],
+            "status": "completed",
+            "optimizer": rng.choice(["sgd", "adamw"], n),
+            "lr": 10 ** rng.uniform(-4, -1, n),
+            "unfreeze_depth": rng.choice(["0", "4", "all"], n),
+        }
+    )
     trials["val_acc"] = np.where(trials["optimizer"] == "adamw", 0.9, 0.5) + rng.normal(0, 0.01, n)
     dimensions = {"optimizer": "categorical", "lr": "log", "unfreeze_depth": "categorical"}
     importances, note = dimension_importance(trials, dimensions)
@@ -156,11 +210,15 @@ def test_smoke_study_writes_its_report(smoke_study):
     page = (smoke_study.out / REPORT_FILE).read_text()
     results = load_results(smoke_study.out)
     with_figures = [v for v in views(results) if v.figure is not None]
-    assert page.count('class="plotly-graph-div"') == len(with_figures) == 7  # 3 fronts, hypervolume, parallel, curves, depth
+    assert (
+        page.count('class="plotly-graph-div"') == len(with_figures) == 7
+    )  # 3 fronts, hypervolume, parallel, curves, depth
     assert '<script src="http' not in page and len(page) > 3_000_000  # plotly.js embedded
     assert all(trial_id in page for trial_id in results.trials["trial_id"])
     front = pd.read_csv(smoke_study.out / "pareto.csv")
-    shown = by_title(views(results))["The front (val_acc vs training time (s, evaluation excluded)), cheapest first"].table
+    shown = by_title(views(results))[
+        "The front (val_acc vs training time (s, evaluation excluded)), cheapest first"
+    ].table
     assert shown["trial_id"].tolist() == front["trial_id"].tolist()
     assert (results.trials["peak_memory_mib"] > 0).all() and (results.trials["efficiency"] > 0).all()
 
@@ -194,10 +252,16 @@ def test_notebook_runs_headless_on_the_smoke_study_with_filters_and_another_obje
         notebook = nbformat.read(NOTEBOOK, as_version=4)
         cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
         cell.source = parameters
-        NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+        NotebookClient(
+            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+        ).execute()
         outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
         assert not [o for o in outputs if o.output_type == "error"]
-        figures = [o.data["application/vnd.plotly.v1+json"] for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
+        figures = [
+            o.data["application/vnd.plotly.v1+json"]
+            for o in outputs
+            if "application/vnd.plotly.v1+json" in o.get("data", {})
+        ]
         texts = "".join(o.get("text", "") for o in outputs)
         return figures, texts
 
@@ -211,18 +275,24 @@ def test_notebook_runs_headless_on_the_smoke_study_with_filters_and_another_obje
     front_ids = {t for trace in figures[0]["data"] if trace["name"] == "Pareto front" for t in trace["text"]}
     assert front_ids  # the chosen pair's front is drawn
 
-    figures, texts = run(f'RESULTS_DIR = {str(smoke_study.out)!r}\nBACKBONES = ["resnet18"]\nAUGMENTATIONS = []\n'
-                         'ACCURACY = "val_acc"\nCOST = "train_time_s"\nINCLUDE_STOPPED = False')  # fmt: skip
+    figures, texts = run(
+        f'RESULTS_DIR = {str(smoke_study.out)!r}\nBACKBONES = ["resnet18"]\nAUGMENTATIONS = []\n'
+        'ACCURACY = "val_acc"\nCOST = "train_time_s"\nINCLUDE_STOPPED = False'
+    )
     assert "No trials." in texts and not figures  # nothing selected: notes, no crash
 
 
 # Chromium from Debian (packages chromium and chromium-driver), installed here when missing and allowed.
 CHROMIUM_PACKAGES = ("chromium", "chromium-driver")
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--window-size=1400,1000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--window-size=1400,1000",
     # Parallel coordinates draw with WebGL; without a GPU Chromium renders it in software only when asked to.
     "--enable-unsafe-swiftshader",
-)  # fmt: skip
+)
 # Uncaught errors and rejected promises, collected from the first script on: the page's own console may not say.
 CATCH_ERRORS = """window.__errors = [];
 window.addEventListener("error", e => window.__errors.push(String(e.message || e)));
@@ -235,7 +305,8 @@ FIGURES = """return Array.from(document.querySelectorAll(".plotly-graph-div")).m
 
 
 def chromium_and_driver() -> tuple[str, str]:
-    """Paths of Debian's chromium and chromedriver, installing them as root when missing; skip (fail on CI) otherwise."""
+    """Paths of Debian's chromium and chromedriver, installing them as
+    root when missing; skip (fail on CI) otherwise."""
     found = lambda: (shutil.which("chromium"), shutil.which("chromedriver"))
     log = ""
     if not all(found()) and shutil.which("apt-get") and os.geteuid() == 0:
@@ -268,7 +339,10 @@ def browser():
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     session = webdriver.Chrome(service=Service(driver), options=options)
     session.execute_cdp_cmd("Network.enable", {})  # offline: the report must need nothing from the network
-    session.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    session.execute_cdp_cmd(
+        "Network.emulateNetworkConditions",
+        {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+    )
     session.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": CATCH_ERRORS})
     yield session
     session.quit()
@@ -302,7 +376,9 @@ def test_report_renders_in_a_real_browser_offline_without_errors(browser, result
     browser.get((directory / REPORT_FILE).as_uri())
     WebDriverWait(browser, 60).until(lambda b: all(f["ready"] for f in b.execute_script(FIGURES)))
     figures = browser.execute_script(FIGURES)
-    errors = browser.execute_script("return window.__errors") + [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    errors = browser.execute_script("return window.__errors") + [
+        e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"
+    ]
     assert not errors
 
     expected = [view.title for view in views(load_results(directory)) if view.figure is not None]

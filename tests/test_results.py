@@ -9,23 +9,61 @@ from study.results import export, load_results, trials_table
 
 
 def epoch(n, val_acc, train_time):
-    return {"epoch": n, "train_loss": 1.0 / n, "train_acc": 0.5, "val_loss": 1.0, "val_acc": val_acc, "test_loss": 1.0,
-            "test_acc": val_acc - 0.01, "epoch_time_s": 1.0, "train_time_s": train_time, "eval_time_s": 0.5,
-            "images_per_s": 100.0, "peak_memory_mib": 500.0 + n, "reported_at": 1000.0 + train_time,
-            "weights_used": "random", "num_layers": 49, "unfrozen_layers": 0, "trainable_params": 10,
-            "total_params": 100, "img_size": 32, "device": "cpu", "memory_measure": "process_peak_rss"}  # fmt: skip
+    return {
+        "epoch": n,
+        "train_loss": 1.0 / n,
+        "train_acc": 0.5,
+        "val_loss": 1.0,
+        "val_acc": val_acc,
+        "test_loss": 1.0,
+        "test_acc": val_acc - 0.01,
+        "epoch_time_s": 1.0,
+        "train_time_s": train_time,
+        "eval_time_s": 0.5,
+        "images_per_s": 100.0,
+        "peak_memory_mib": 500.0 + n,
+        "reported_at": 1000.0 + train_time,
+        "weights_used": "random",
+        "num_layers": 49,
+        "unfrozen_layers": 0,
+        "trainable_params": 10,
+        "total_params": 100,
+        "img_size": 32,
+        "device": "cpu",
+        "memory_measure": "process_peak_rss",
+    }
 
 
 RECORDS = [
-    {"trial_id": "t0", "config": {"unfreeze_depth": 0, "epochs": 3}, "error": None, "max_epochs": 3,
-     "history": [epoch(1, 0.5, 1.0), epoch(2, 0.6, 2.0), epoch(3, 0.7, 3.0)]},
-    {"trial_id": "t1", "config": {"unfreeze_depth": "all", "epochs": 3}, "error": None, "max_epochs": 3,
-     "history": [epoch(1, 0.4, 5.0)]},
-    {"trial_id": "t2", "config": {"unfreeze_depth": 4, "epochs": 3}, "error": "FloatingPointError: loss became nan",
-     "max_epochs": 3, "history": [epoch(1, 0.9, 0.5)]},
-    {"trial_id": "t3", "config": {"unfreeze_depth": 8, "epochs": 3}, "error": None, "max_epochs": 3,
-     "history": [epoch(1, 0.8, 4.0), epoch(2, 0.95, 8.0), epoch(3, 0.9, 12.0)]},
-]  # fmt: skip
+    {
+        "trial_id": "t0",
+        "config": {"unfreeze_depth": 0, "epochs": 3},
+        "error": None,
+        "max_epochs": 3,
+        "history": [epoch(1, 0.5, 1.0), epoch(2, 0.6, 2.0), epoch(3, 0.7, 3.0)],
+    },
+    {
+        "trial_id": "t1",
+        "config": {"unfreeze_depth": "all", "epochs": 3},
+        "error": None,
+        "max_epochs": 3,
+        "history": [epoch(1, 0.4, 5.0)],
+    },
+    {
+        "trial_id": "t2",
+        "config": {"unfreeze_depth": 4, "epochs": 3},
+        "error": "FloatingPointError: loss became nan",
+        "max_epochs": 3,
+        "history": [epoch(1, 0.9, 0.5)],
+    },
+    {
+        "trial_id": "t3",
+        "config": {"unfreeze_depth": 8, "epochs": 3},
+        "error": None,
+        "max_epochs": 3,
+        "history": [epoch(1, 0.8, 4.0), epoch(2, 0.95, 8.0), epoch(3, 0.9, 12.0)],
+    },
+]
 
 
 def test_trials_table_statuses_final_and_best_metrics():
@@ -57,7 +95,9 @@ def test_export_writes_every_file_and_a_true_front(tmp_path):
     mask = non_dominated(usable[["val_acc", "train_time_s"]].to_numpy(), [True, False])
     assert set(usable[mask]["trial_id"]) == set(saved["trial_id"])
     html = (tmp_path / "pareto.html").read_text()
-    assert "plotly" in html and "Pareto front" in html and "t3\\u003c\\u002fb\\u003e (completed)" in html  # hover text, JSON-escaped
+    assert (
+        "plotly" in html and "Pareto front" in html and "t3\\u003c\\u002fb\\u003e (completed)" in html
+    )  # hover text, JSON-escaped
 
 
 def test_load_results_reads_whatever_part_of_a_directory_exists(tmp_path):
@@ -72,7 +112,9 @@ def test_load_results_reads_whatever_part_of_a_directory_exists(tmp_path):
         (tmp_path / name).unlink()
     partial = load_results(tmp_path)  # trials.csv alone
     assert partial.trials["val_acc"].tolist()[0] == 0.7 and partial.epochs.empty and partial.study == {}
-    assert any("epochs.parquet is missing" in n for n in partial.notes) and any("study.json is missing" in n for n in partial.notes)
+    assert any("epochs.parquet is missing" in n for n in partial.notes) and any(
+        "study.json is missing" in n for n in partial.notes
+    )
 
     (tmp_path / "study.json").write_text('{"seed": ')  # cut short
     assert any("study.json is unreadable" in n for n in load_results(tmp_path).notes)

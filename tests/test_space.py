@@ -13,9 +13,17 @@ def write_space(tmp_path, text: str):
 
 
 SHIPPED = {
-    "unfreeze_depth", "bn_insertion", "optimizer", "augmentation", "backbone", "full", "smoke",
-    "paper_000_bn_target", "paper_001_transfer_vs_finetune", "paper_004_unfreeze_k",
-}  # fmt: skip
+    "unfreeze_depth",
+    "bn_insertion",
+    "optimizer",
+    "augmentation",
+    "backbone",
+    "full",
+    "smoke",
+    "paper_000_bn_target",
+    "paper_001_transfer_vs_finetune",
+    "paper_004_unfreeze_k",
+}
 
 
 def test_every_shipped_space_loads():
@@ -28,7 +36,17 @@ def test_every_shipped_space_loads():
 def test_the_full_space_searches_every_dimension_with_multi_objective_tpe_and_asha():
     full = load_space("full")
     assert full.search == "optuna_mo" and full.asha and full.metric == "val_acc"
-    assert set(full.dimensions) == {"backbone", "unfreeze_depth", "bn_insert", "train_bn_affine", "optimizer", "lr", "weight_decay", "augment", "batch_size"}
+    assert set(full.dimensions) == {
+        "backbone",
+        "unfreeze_depth",
+        "bn_insert",
+        "train_bn_affine",
+        "optimizer",
+        "lr",
+        "weight_decay",
+        "augment",
+        "batch_size",
+    }
 
 
 def test_the_document_spaces_are_the_documents_experiments():
@@ -37,10 +55,28 @@ def test_the_document_spaces_are_the_documents_experiments():
     assert bn.dimensions["unfreeze_depth"].values == list(range(1, 14))  # Target model n = 14 - depth, n = 13..1
     assert bn.dimensions["bn_insert"].values == ["none", "before_retrained_conv"]
     transfer = load_space("paper_001_transfer_vs_finetune")
-    assert [name.split(".")[0] for name in transfer.dimensions["backbone"].values] == ["resnet50", "densenet201", "vit_base_patch16_224"]
-    assert transfer.dimensions["unfreeze_depth"].values == [0, "all"] and transfer.dimensions["optimizer"].values == ["sgd", "adam"]
-    assert (transfer.fixed["data"], transfer.fixed["img_size"], transfer.fixed["lr"], transfer.fixed["momentum"], transfer.fixed["batch_size"]) == ("stl10", 224, 0.001, 0.9, 50)
-    assert transfer.max_epochs == 50 and set(transfer.dimensions["augment"].values) == {"none", "pspnet", "augmix", "cutmix_mixup"}
+    assert [name.split(".")[0] for name in transfer.dimensions["backbone"].values] == [
+        "resnet50",
+        "densenet201",
+        "vit_base_patch16_224",
+    ]
+    assert transfer.dimensions["unfreeze_depth"].values == [0, "all"] and transfer.dimensions["optimizer"].values == [
+        "sgd",
+        "adam",
+    ]
+    assert (
+        transfer.fixed["data"],
+        transfer.fixed["img_size"],
+        transfer.fixed["lr"],
+        transfer.fixed["momentum"],
+        transfer.fixed["batch_size"],
+    ) == ("stl10", 224, 0.001, 0.9, 50)
+    assert transfer.max_epochs == 50 and set(transfer.dimensions["augment"].values) == {
+        "none",
+        "pspnet",
+        "augmix",
+        "cutmix_mixup",
+    }
     k = load_space("paper_004_unfreeze_k")
     assert (k.fixed["backbone"], k.fixed["data"], k.max_epochs) == ("mobilenetv2_100", "oxford_pets_binary", 3)
     assert k.dimensions["train_fraction"].values == [0.1, 0.2]
@@ -56,7 +92,10 @@ def test_default_space_is_the_depth_grid():
 
 
 def test_param_space_maps_every_kind_to_ray(tmp_path):
-    space = load_space(write_space(tmp_path, """
+    space = load_space(
+        write_space(
+            tmp_path,
+            """
         fixed: {backbone: resnet18}
         dimensions:
           unfreeze_depth: {grid: [0, 1]}
@@ -65,7 +104,9 @@ def test_param_space_maps_every_kind_to_ray(tmp_path):
           momentum: {uniform: [0.8, 0.99]}
           batch_size: {randint: [16, 17]}
         max_epochs: 3
-        """))
+        """,
+        )
+    )
     params = space.param_space()
     assert params["backbone"] == "resnet18" and params["epochs"] == 3
     assert params["unfreeze_depth"] == {"grid_search": [0, 1]}
@@ -84,7 +125,10 @@ def test_param_space_maps_every_kind_to_ray(tmp_path):
         ("fixed: {lr: fast}\n", r"setting 'lr' must be float, got 'fast'"),
         ("fixed: {batch_size: true}\n", r"setting 'batch_size' must be int, got True"),
         ("dimensions: {depth: {grid: [1, 2]}}\n", r"unknown setting 'dimensions.depth'"),
-        ("dimensions: {lr: {logunifrom: [0.1, 1]}}\n", r"unknown dimension kind 'logunifrom' \(did you mean 'loguniform'\?\)"),
+        (
+            "dimensions: {lr: {logunifrom: [0.1, 1]}}\n",
+            r"unknown dimension kind 'logunifrom' \(did you mean 'loguniform'\?\)",
+        ),
         ("dimensions: {lr: {loguniform: [0, 1]}}\n", r"dimensions.lr: loguniform needs low > 0"),
         ("dimensions: {batch_size: {randint: [5, 2]}}\n", r"dimensions.batch_size: empty range \[5, 2\]"),
         ("dimensions: {lr: {uniform: [0.1, 0.1]}}\n", r"empty range"),
@@ -114,8 +158,14 @@ def test_mistakes_are_one_line_errors_naming_file_and_key(tmp_path, text, messag
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("dimensions: {lr: {uniform: [0.1, 0.2]}}\nsearch: grid\n", r"search grid runs grid dimensions only, but 'lr' is uniform"),
-        ("dimensions: {lr: {grid: [0.1, 0.2]}}\nsearch: optuna\n", r"search optuna samples every dimension \(TPE\), but 'lr' is a grid: write it as \{choice: \[0.1, 0.2\]\}"),
+        (
+            "dimensions: {lr: {uniform: [0.1, 0.2]}}\nsearch: grid\n",
+            r"search grid runs grid dimensions only, but 'lr' is uniform",
+        ),
+        (
+            "dimensions: {lr: {grid: [0.1, 0.2]}}\nsearch: optuna\n",
+            r"search optuna samples every dimension \(TPE\), but 'lr' is a grid: write it as \{choice: \[0.1, 0.2\]\}",
+        ),
         ("search: optuna_mo\n", r"search optuna_mo needs at least one dimension to sample"),
         ("search: tpe\n", r"search 'tpe' is unknown \(valid: grid, optuna, optuna_mo, random\)"),
         ("search: [grid]\n", r"'search' must be str"),
@@ -128,7 +178,10 @@ def test_search_mistakes_are_one_line_errors(tmp_path, text, message):
 
 def test_search_defaults_to_grid_for_grids_only_and_to_random_otherwise(tmp_path):
     assert load_space(write_space(tmp_path, "dimensions: {lr: {grid: [0.1, 0.2]}}\n")).search == "grid"
-    assert load_space(write_space(tmp_path, "dimensions: {lr: {grid: [0.1]}, momentum: {uniform: [0.8, 0.9]}}\n")).search == "random"
+    assert (
+        load_space(write_space(tmp_path, "dimensions: {lr: {grid: [0.1]}, momentum: {uniform: [0.8, 0.9]}}\n")).search
+        == "random"
+    )
     assert load_space(write_space(tmp_path, "fixed: {lr: 0.1}\n")).search == "grid"
 
 

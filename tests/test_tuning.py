@@ -47,11 +47,17 @@ def test_a_trial_larger_than_every_node_is_an_error_locally_and_a_warning_on_a_c
 def searcher(storage, max_epochs=3, multi=True) -> tuning.FullBudgetOptunaSearch:
     sampler = optuna.samplers.TPESampler(seed=0)
     if multi:
-        search = tuning.FullBudgetOptunaSearch(max_epochs, metric=["val_acc", "train_time_s"], mode=["max", "min"], sampler=sampler, storage=storage)
-        search.set_search_properties(None, None, {"lr": load_space("optimizer").dimensions["lr"].to_tune(), "epochs": max_epochs})
+        search = tuning.FullBudgetOptunaSearch(
+            max_epochs, metric=["val_acc", "train_time_s"], mode=["max", "min"], sampler=sampler, storage=storage
+        )
+        search.set_search_properties(
+            None, None, {"lr": load_space("optimizer").dimensions["lr"].to_tune(), "epochs": max_epochs}
+        )
     else:
         search = tuning.FullBudgetOptunaSearch(max_epochs, sampler=sampler, storage=storage)
-        search.set_search_properties("val_acc", "max", {"lr": load_space("optimizer").dimensions["lr"].to_tune(), "epochs": max_epochs})
+        search.set_search_properties(
+            "val_acc", "max", {"lr": load_space("optimizer").dimensions["lr"].to_tune(), "epochs": max_epochs}
+        )
     return search
 
 
@@ -92,19 +98,26 @@ def write(tmp_path, text: str) -> str:
 
 
 def test_planned_trials_are_the_seeded_draws_the_study_makes(tmp_path):
-    space = load_space(write(tmp_path, """
+    space = load_space(
+        write(
+            tmp_path,
+            """
         fixed: {backbone: tf_efficientnet_lite0}
         dimensions:
           unfreeze_depth: {grid: [0, 2]}
           lr: {loguniform: [1.0e-4, 1.0e-2]}
         search: random
         num_samples: 3
-        """))
+        """,
+        )
+    )
     configs, total = tuning.planned_trials(space, seed=7)
     assert total == len(configs) == 6 and [c["unfreeze_depth"] for c in configs] == [0, 2] * 3
     assert configs == tuning.planned_trials(space, seed=7)[0]
     assert [c["lr"] for c in configs] != [c["lr"] for c in tuning.planned_trials(space, seed=8)[0]]
-    assert all(c["backbone"] == "tf_efficientnet_lite0" and c["epochs"] == 5 and 1e-4 <= c["lr"] <= 1e-2 for c in configs)
+    assert all(
+        c["backbone"] == "tf_efficientnet_lite0" and c["epochs"] == 5 and 1e-4 <= c["lr"] <= 1e-2 for c in configs
+    )
 
 
 def test_planned_optuna_trials_are_tpe_random_start_ones(tmp_path):
@@ -112,20 +125,33 @@ def test_planned_optuna_trials_are_tpe_random_start_ones(tmp_path):
     configs, total = tuning.planned_trials(space, seed=0)
     assert total == 14 and len(configs) == tuning.OPTUNA_STARTUP_TRIALS  # later ones depend on results
     assert configs == tuning.planned_trials(space, seed=0)[0]
-    assert {c["optimizer"] for c in configs} <= {"sgd", "adam", "adamw"} and all(c["unfreeze_depth"] == 8 for c in configs)
+    assert {c["optimizer"] for c in configs} <= {"sgd", "adam", "adamw"} and all(
+        c["unfreeze_depth"] == 8 for c in configs
+    )
     search = tuning.search_algorithm(space, seed=0)  # what the study's own searcher proposes first
     search.set_search_properties(space.metric, space.mode, space.param_space())
     assert search.suggest("first")["lr"] == configs[0]["lr"]
 
 
 def test_a_trial_run_again_after_resume_keeps_its_last_run_only():
-    rows = [{"epoch": 1, "val_acc": 0.1}, {"epoch": 2, "val_acc": 0.2}, {"epoch": 1, "val_acc": 0.3}, {"epoch": 2, "val_acc": 0.4}]
+    rows = [
+        {"epoch": 1, "val_acc": 0.1},
+        {"epoch": 2, "val_acc": 0.2},
+        {"epoch": 1, "val_acc": 0.3},
+        {"epoch": 2, "val_acc": 0.4},
+    ]
     assert tuning.last_run(rows) == rows[2:] and tuning.last_run(rows[:2]) == rows[:2] and tuning.last_run([]) == []
 
 
 def test_errors_become_one_line_with_the_original_type():
-    assert tuning.describe_error(FloatingPointError("training loss became nan in epoch 1")) == "FloatingPointError: training loss became nan in epoch 1"
-    text = "Failure # 1 (occurred at 2026)\nTraceback (most recent call last):\n  File x\nValueError: Expected more than 1 value per channel\n"
+    assert (
+        tuning.describe_error(FloatingPointError("training loss became nan in epoch 1"))
+        == "FloatingPointError: training loss became nan in epoch 1"
+    )
+    text = (
+        "Failure # 1 (occurred at 2026)\nTraceback (most recent call last):\n  File x\nValueError: Expected more "
+        "than 1 value per channel\n"
+    )
     assert tuning.describe_error(text) == "ValueError: Expected more than 1 value per channel"
 
 

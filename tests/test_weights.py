@@ -1,4 +1,5 @@
-"""Weight sources: files written here and loaded back, timm's cache offline, and the errors when weights cannot be had."""
+"""Weight sources: files written here and loaded back, timm's cache
+offline, and the errors when weights cannot be had."""
 
 import json
 import os
@@ -8,9 +9,9 @@ import textwrap
 
 import pytest
 import torch
+from conftest import REPO, run_module
 from safetensors.torch import save_file
 
-from conftest import REPO, run_module
 from study import run
 from study.config import StudyError, TrialConfig
 from study.models import create_backbone
@@ -71,7 +72,11 @@ def test_a_file_of_another_architecture_is_a_one_line_error_naming_the_keys(tmp_
     del state["layer4.1.bn2.bias"]
     edited = tmp_path / "edited.pth"
     torch.save(state, edited)
-    with pytest.raises(StudyError, match=r"missing 1 \(layer4\.1\.bn2\.bias\); shape differs for 1 \(layer4\.1\.conv2\.weight \[512, 256, 3, 3\] vs \[512, 512, 3, 3\]\)"):
+    with pytest.raises(
+        StudyError,
+        match=r"missing 1 \(layer4\.1\.bn2\.bias\); shape differs for 1 \(layer4\.1\.conv2\.weight \[512, 256, 3, "
+        r"3\] vs \[512, 512, 3, 3\]\)",
+    ):
         create_backbone("resnet18", str(edited), 10, seed=0, img_size=64)
 
 
@@ -96,7 +101,10 @@ def test_weight_settings_are_named_sources_or_absolute_paths_of_weight_files(tmp
     monkeypatch.chdir(tmp_path)
     assert TrialConfig(weights="models/r18.pth").weights == str(tmp_path / "models" / "r18.pth")
     assert TrialConfig(weights="~/r18.safetensors").weights == os.path.expanduser("~/r18.safetensors")
-    with pytest.raises(StudyError, match="weights='imagenet21k' is neither imagenet nor random nor a path to a .pth, .pt, .safetensors file"):
+    with pytest.raises(
+        StudyError,
+        match="weights='imagenet21k' is neither imagenet nor random nor a path to a .pth, .pt, .safetensors file",
+    ):
         TrialConfig(weights="imagenet21k")
 
 
@@ -122,7 +130,8 @@ OFFLINE_SCRIPT = textwrap.dedent(
     os.makedirs(os.path.join(repo, "refs"))
     with open(os.path.join(repo, "refs", "main"), "w") as handle:
         handle.write(revision)
-    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, os.path.join(repo, "snapshots", revision, "model.safetensors"))
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    save_file(state, os.path.join(repo, "snapshots", revision, "model.safetensors"))
     model, result["used"] = create_backbone("resnet18", "imagenet", 10, seed=0, img_size=64)
     images = torch.rand(2, 3, 64, 64)
     with torch.inference_mode():
@@ -139,7 +148,8 @@ def test_imagenet_weights_offline_come_from_the_cache_or_fail_saying_where_it_lo
     result = json.loads(done.stdout.strip().splitlines()[-1])
     cache = tmp_path / "hf" / "hub"
     assert result["error"].startswith(
-        f"no ImageNet weights for 'resnet18': the Hugging Face cache {cache} has no timm/resnet18.a1_in1k (model.safetensors) "
+        f"no ImageNet weights for 'resnet18': the Hugging Face cache {cache} has no timm/resnet18.a1_in1k "
+        "(model.safetensors) "
         f"and HF_HUB_OFFLINE is set; fetch them once with internet"
     )
     assert "--set weights=/path/to/model.safetensors" in result["error"] and "\n" not in result["error"]
@@ -148,20 +158,46 @@ def test_imagenet_weights_offline_come_from_the_cache_or_fail_saying_where_it_lo
 
 def test_the_study_checks_weights_and_surgery_before_ray_starts(tmp_path, capsys):
     """Exit 2 with one line, before Ray: missing ImageNet weights (offline, empty cache) and impossible surgery."""
-    offline = run_module("study.run", "--space", "smoke", "--backbone", "resnet18", "--out", str(tmp_path / "a"),
-                         env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    offline = run_module(
+        "study.run",
+        "--space",
+        "smoke",
+        "--backbone",
+        "resnet18",
+        "--out",
+        str(tmp_path / "a"),
+        env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"},
+    )
     assert offline.returncode == 2 and offline.stderr.startswith("error: no ImageNet weights for 'resnet18'")
     assert offline.stderr.count("\n") == 1 and not (tmp_path / "a").exists()
 
     space = tmp_path / "heads.yaml"
-    space.write_text("fixed: {weights: random, img_size: 32}\ndimensions:\n  backbone: {grid: [vgg16, resnet18]}\n  head: {grid: [linear, single_linear]}\n")
+    space.write_text(
+        "fixed: {weights: random, img_size: 32}\ndimensions:\n  backbone: {grid: [vgg16, resnet18]}\n  head: {grid: "
+        "[linear, single_linear]}\n"
+    )
     cases = [
         (["--space", str(space)], "resnet18 is not a timm VGG model"),  # the grid crosses resnet18 with single_linear
-        (["--space", "smoke", "--backbone", "vit_tiny_patch16_224", "--set", "weights=random", "--set", "bn_insert=before_retrained_conv"],
-         "bn_insert=before_retrained_conv puts BatchNorm in front of conv layers, but vit_tiny_patch16_224 has no conv layer"),
-        (["--space", "smoke", "--set", "unfreeze_unit=block", "--set", "unfreeze_depth=18"], "unfreeze_depth=18 exceeds the 17 blocks of tf_efficientnet_lite0"),
+        (
+            [
+                "--space",
+                "smoke",
+                "--backbone",
+                "vit_tiny_patch16_224",
+                "--set",
+                "weights=random",
+                "--set",
+                "bn_insert=before_retrained_conv",
+            ],
+            "bn_insert=before_retrained_conv puts BatchNorm in front of conv layers, but vit_tiny_patch16_224 has no "
+            "conv layer",
+        ),
+        (
+            ["--space", "smoke", "--set", "unfreeze_unit=block", "--set", "unfreeze_depth=18"],
+            "unfreeze_depth=18 exceeds the 17 blocks of tf_efficientnet_lite0",
+        ),
         (["--space", "smoke", "--set", f"weights={tmp_path / 'absent.pth'}"], "absent.pth does not exist"),
-    ]  # fmt: skip
+    ]
     for args, message in cases:
         assert run.main([*args, "--out", str(tmp_path / "b")]) == 2
         error = capsys.readouterr().err
