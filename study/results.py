@@ -16,12 +16,15 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import plotly.graph_objects as go
 
 from study.config import FIELD_TYPES, StudyError, TrialConfig
 from study.pareto import ACCURACY, COSTS, INCLUDE_STOPPED, MAIN_COST, pareto_front
+
+if TYPE_CHECKING:  # Plotly is imported where a figure is drawn: a study's driver and its trials need it only then
+    import plotly.graph_objects as go
 
 # What a trial reports every epoch (study/train.py); the rest of a report is static trial information. None of
 # these names is a setting (TrialConfig field): the trials table holds every setting as set and, beside it, what the
@@ -60,6 +63,7 @@ TRIAL_INFO = (
     "cache_note",
     "cache_build_s",
     "cache_cost_s",
+    "cache_device",
     "loader_workers_used",
     "train_images",
     "val_images",
@@ -293,6 +297,8 @@ def pareto_figure(
     accuracy: str = ACCURACY,
 ) -> go.Figure:
     """Every trial with values, the front highlighted; stopped trials marked (and named ineligible when they are)."""
+    import plotly.graph_objects as go
+
     shown = trials[(trials["status"] != "error") & trials[accuracy].notna() & trials[cost].notna()]
     settings = ["backbone", *[k for k in varying_settings(trials) if k != "backbone"]]
     stopped = "stopped early by ASHA" + ("" if include_stopped else " (not eligible for the front)")
