@@ -34,7 +34,6 @@ from study.config import WEIGHT_SOURCES, StudyError, TrialConfig, parse_assignme
 from study.data import DATA_NAMES, absolute_data, class_count, load_data
 from study.environment import hardware, package_versions
 from study.models import create_backbone, default_input_size, plan_for, structure_only, weight_layers
-from study.report import write_report
 from study.results import atomic_write, export, trials_table, varying_settings
 from study.space import SEARCHES, Dimension, Space, load_space
 
@@ -604,6 +603,8 @@ def read_study(out: Path) -> dict:
 def finish(out: Path, space: Space, record: dict, records: list[dict], started: float, unfinished: int = 0) -> int:
     """Export the finished trials (tables, Pareto front, report) and complete study.json. `unfinished` > 0: the study
     was interrupted (Ctrl-C): what finished is exported all the same, and study.json stays resumable."""
+    from study.report import write_report  # Plotly and the report: needed only now, at the end
+
     if unfinished and not records:
         return interrupted(out, record, f"no trial finished, {unfinished} to run")
     trials, epochs = trials_table(records)
