@@ -243,13 +243,13 @@ def one_trial(config: TrialConfig, splits: Splits) -> dict:
         "images_per_s": round(last["images_per_s"], 1),
         "peak_memory_mib": round(last["peak_memory_mib"], 1),
         "memory_measure": last["memory_measure"],
-        "autocast": last["amp"],
+        "autocast": last["amp_dtype"],
         "channels_last": last["channels_last"],
         "cache": last["cache"],
         "cache_device": last["cache_device"],
         "cache_build_s": round(reports[0]["cache_build_s"], 3),
         "weights_used": last["weights_used"],
-        "device": last["device"],
+        "device": last["device_used"],
         "epochs": [
             {key: report[key] for key in ("epoch", "train_loss", "val_loss", "val_acc", "epoch_time_s", "eval_time_s")}
             for report in reports

@@ -25,7 +25,9 @@ from study.pareto import ACCURACY, COSTS, INCLUDE_STOPPED, MAIN_COST, pareto_fro
 if TYPE_CHECKING:  # Plotly is imported where a figure is drawn: a study's driver and its trials need it only then
     import plotly.graph_objects as go
 
-# What a trial reports every epoch (study/train.py); the rest of a report is static trial information.
+# What a trial reports every epoch (study/train.py); the rest of a report is static trial information. None of
+# these names is a setting (TrialConfig field): the trials table holds every setting as set and, beside it, what the
+# trial measured or resolved it to (img_size_used, device_used, amp_dtype, loader_workers_used).
 EPOCH_METRICS = (
     "epoch",
     "train_loss",
@@ -50,10 +52,10 @@ TRIAL_INFO = (
     "total_params",
     "inserted_bn",
     "effective",
-    "img_size",
-    "device",
+    "img_size_used",
+    "device_used",
     "memory_measure",
-    "amp",
+    "amp_dtype",
     "channels_last",
     "cache",
     "cache_cut",
@@ -61,7 +63,7 @@ TRIAL_INFO = (
     "cache_build_s",
     "cache_cost_s",
     "cache_device",
-    "loader_workers",
+    "loader_workers_used",
     "train_images",
     "val_images",
     "test_images",
