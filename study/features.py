@@ -518,6 +518,7 @@ class FeatureCache:
             "cache_note": f"{self.cut.describe()}; {origins}" if origins else self.cut.describe(),
             "cache_build_s": train.build_s if train else 0.0,
             "cache_cost_s": train.cost_s if train else 0.0,
+            "cache_device": train.features.device.type if train else "",  # where the training features are kept
         }
 
 
@@ -528,7 +529,14 @@ def family_key(**identity) -> str:
 
 
 def off_report(reason: str) -> dict:
-    return {"cache": "off", "cache_cut": "", "cache_note": reason, "cache_build_s": 0.0, "cache_cost_s": 0.0}
+    return {
+        "cache": "off",
+        "cache_cut": "",
+        "cache_note": reason,
+        "cache_build_s": 0.0,
+        "cache_cost_s": 0.0,
+        "cache_device": "",
+    }
 
 
 def _clock(device: torch.device) -> float:

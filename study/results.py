@@ -16,14 +16,19 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import plotly.graph_objects as go
 
 from study.config import FIELD_TYPES, StudyError, TrialConfig
 from study.pareto import ACCURACY, COSTS, INCLUDE_STOPPED, MAIN_COST, pareto_front
 
-# What a trial reports every epoch (study/train.py); the rest of a report is static trial information.
+if TYPE_CHECKING:  # Plotly is imported where a figure is drawn: a study's driver and its trials need it only then
+    import plotly.graph_objects as go
+
+# What a trial reports every epoch (study/train.py); the rest of a report is static trial information. None of
+# these names is a setting (TrialConfig field): the trials table holds every setting as set and, beside it, what the
+# trial measured or resolved it to (img_size_used, device_used, amp_dtype, loader_workers_used).
 EPOCH_METRICS = (
     "epoch",
     "train_loss",
@@ -48,17 +53,18 @@ TRIAL_INFO = (
     "total_params",
     "inserted_bn",
     "effective",
-    "img_size",
-    "device",
+    "img_size_used",
+    "device_used",
     "memory_measure",
-    "amp",
+    "amp_dtype",
     "channels_last",
     "cache",
     "cache_cut",
     "cache_note",
     "cache_build_s",
     "cache_cost_s",
-    "loader_workers",
+    "cache_device",
+    "loader_workers_used",
     "train_images",
     "val_images",
     "test_images",
@@ -291,6 +297,8 @@ def pareto_figure(
     accuracy: str = ACCURACY,
 ) -> go.Figure:
     """Every trial with values, the front highlighted; stopped trials marked (and named ineligible when they are)."""
+    import plotly.graph_objects as go
+
     shown = trials[(trials["status"] != "error") & trials[accuracy].notna() & trials[cost].notna()]
     settings = ["backbone", *[k for k in varying_settings(trials) if k != "backbone"]]
     stopped = "stopped early by ASHA" + ("" if include_stopped else " (not eligible for the front)")

@@ -37,7 +37,6 @@ from study.config import WEIGHT_SOURCES, StudyError, TrialConfig, check_number, 
 from study.data import DATA_NAMES, absolute_data, class_count, load_data
 from study.environment import hardware, package_versions
 from study.models import create_backbone, default_input_size, plan_for, structure_only, weight_layers
-from study.report import write_report
 from study.results import atomic_write, export, read_json, trials_table, varying_settings
 from study.space import SEARCHES, Dimension, Space, load_space
 
@@ -67,7 +66,7 @@ ADDRESS_TIMEOUT_S = 5
 INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT (128 + 2); SIGTERM: 143 (128 + 15)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--space", help=f"a name from search_spaces/ or a path to a .yaml file (default: {DEFAULT_SPACE})"
@@ -153,7 +152,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="address the Ray dashboard listens on (default 127.0.0.1: this machine only)",
     )
     monitoring.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def resolve_space(args: argparse.Namespace) -> Space:
@@ -812,6 +815,8 @@ def finish(
     """Export the finished trials (tables, Pareto front, report) and complete study.json. `unfinished` > 0: the study
     was interrupted (`signum`: Ctrl-C or SIGTERM): what finished is exported all the same, and study.json stays
     resumable."""
+    from study.report import write_report  # Plotly and the report: needed only now, at the end
+
     if unfinished and not records:
         return interrupted(out, record, exit_code(signum), f"no trial finished, {unfinished} to run")
     trials, epochs = trials_table(records)

@@ -24,6 +24,7 @@ Ray agree on what ran.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -41,12 +42,11 @@ import torch
 from ray import cloudpickle, tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
-from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.variant_generator import generate_variants
 
 from study.config import StudyError, TrialConfig
 from study.results import EPOCH_METRICS, PLACEMENT_INFO, TRIAL_INFO, trials_table, write_tables
-from study.space import MULTI_OBJECTIVE, Space
+from study.space import MULTI_OBJECTIVE, Dimension, Space
 from study.train import run_trial
 
 RAY_DIR = "ray"  # under the study's results directory: Ray Tune's own experiment files (without --storage)
@@ -216,22 +216,37 @@ def experiment_location(out: Path, storage: str | None) -> tuple[str, str]:
 # --- search ------------------------------------------------------------------------------------------------------
 
 
-class FullBudgetOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch telling Optuna only what a full epoch budget measured.
+@functools.cache
+def _full_budget_optuna_search() -> type:
+    """The class below, defined on first use: Ray's OptunaSearch imports Optuna, which grid and random studies and
+    the trials never need. It pickles by name (module __getattr__), as Ray's experiment state requires."""
+    from ray.tune.search.optuna import OptunaSearch
 
-    A trial that ran all `max_epochs` is told as complete with its final metrics. One stopped early (by ASHA) is
-    told as pruned: its accuracy and time are those of a shorter run, and as complete it would look cheap and
-    bias the time objective. One that failed is told as failed, even if it reported epochs before failing
-    (Ray's OptunaSearch would tell its last report as complete).
-    """
+    class FullBudgetOptunaSearch(OptunaSearch):
+        """Ray's OptunaSearch telling Optuna only what a full epoch budget measured.
 
-    def __init__(self, max_epochs: int, **kwargs):
-        super().__init__(**kwargs)
-        self.max_epochs = max_epochs
+        A trial that ran all `max_epochs` is told as complete with its final metrics. One stopped early (by ASHA) is
+        told as pruned: its accuracy and time are those of a shorter run, and as complete it would look cheap and
+        bias the time objective. One that failed is told as failed, even if it reported epochs before failing
+        (Ray's OptunaSearch would tell its last report as complete).
+        """
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        full_budget = not error and result is not None and result.get("epoch", 0) >= self.max_epochs
-        super().on_trial_complete(trial_id, result if full_budget else None, error)
+        def __init__(self, max_epochs: int, **kwargs):
+            super().__init__(**kwargs)
+            self.max_epochs = max_epochs
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            full_budget = not error and result is not None and result.get("epoch", 0) >= self.max_epochs
+            super().on_trial_complete(trial_id, result if full_budget else None, error)
+
+    FullBudgetOptunaSearch.__module__, FullBudgetOptunaSearch.__qualname__ = __name__, "FullBudgetOptunaSearch"
+    return FullBudgetOptunaSearch
+
+
+def __getattr__(name: str):
+    if name == "FullBudgetOptunaSearch":
+        return _full_budget_optuna_search()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def search_algorithm(space: Space, seed: int, max_concurrent: int | None = None):
@@ -244,10 +259,29 @@ def search_algorithm(space: Space, seed: int, max_concurrent: int | None = None)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial from Optuna besides Ray's table: noise
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=OPTUNA_STARTUP_TRIALS)
     if space.search == "optuna_mo":
-        return FullBudgetOptunaSearch(
+        return _full_budget_optuna_search()(
             space.max_epochs, metric=list(MULTI_OBJECTIVE), mode=list(MULTI_OBJECTIVE.values()), sampler=sampler
         )
-    return FullBudgetOptunaSearch(space.max_epochs, sampler=sampler)
+    return _full_budget_optuna_search()(space.max_epochs, sampler=sampler)
+
+
+def tune_domain(dimension: Dimension):
+    """A space's dimension as Ray Tune's search domain."""
+    if dimension.kind == "grid":
+        return tune.grid_search(dimension.values)
+    if dimension.kind == "choice":
+        return tune.choice(dimension.values)
+    if dimension.kind == "uniform":
+        return tune.uniform(*dimension.values)
+    if dimension.kind == "loguniform":
+        return tune.loguniform(*dimension.values)
+    return tune.randint(dimension.values[0], dimension.values[1] + 1)  # Ray excludes the upper end; spaces include it
+
+
+def param_space(space: Space) -> dict:
+    """Ray Tune's param_space: every trial setting, sampled or fixed."""
+    dimensions = {key: tune_domain(dimension) for key, dimension in space.dimensions.items()}
+    return {**space.fixed, **dimensions, "epochs": space.max_epochs}
 
 
 def planned_trials(space: Space, seed: int) -> tuple[list[dict], int]:
@@ -256,7 +290,7 @@ def planned_trials(space: Space, seed: int) -> tuple[list[dict], int]:
     grid/random: every trial, drawn as Ray's variant generator draws them with the same seed. optuna: the first
     ones TPE proposes before any result (its seeded random start-up draws); the later ones depend on results.
     """
-    params = space.param_space()
+    params = param_space(space)
     if space.search in ("grid", "random"):
         rng = np.random.default_rng(seed)  # what BasicVariantGenerator(random_state=seed) draws from
         configs = [
@@ -372,7 +406,7 @@ def run_study(
     single = space.search != "optuna_mo"  # multi-objective: the searcher and ASHA carry their own metrics
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources.per_trial()),
-        param_space=space.param_space(),
+        param_space=param_space(space),
         tune_config=tune.TuneConfig(
             metric=space.metric if single else None,
             mode=space.mode if single else None,
