@@ -262,7 +262,6 @@ CASES = [
         "--overwrite of a directory with a foreign study.json",
         smoke("--overwrite"),
         ("holds a study.json that python -m study.run did not write", "choose another --out"),
-        subprocess=True,
         out=foreign_study_json,
     ),
     Case(
@@ -321,7 +320,6 @@ CASES = [
         "unresolvable --dashboard-host",
         smoke("--dashboard-host", "no-such-host.invalid"),
         ("--dashboard-host no-such-host.invalid does not resolve", "give an address of this machine"),
-        subprocess=True,
     ),
     Case(
         "--dashboard-host of another machine",
@@ -333,7 +331,7 @@ CASES = [
         smoke("--storage", "nosuchscheme://bucket/dir"),
         ("--storage nosuchscheme://bucket/dir cannot be reached", "leave --storage out"),
     ),
-    Case("binary space file", binary_space, ("not a text file", "a space is YAML text"), subprocess=True),
+    Case("binary space file", binary_space, ("not a text file", "a space is YAML text")),
     Case(
         "non-string key in a space",
         space_file("fixed: {1: 2}\n"),
@@ -346,7 +344,6 @@ CASES = [
             "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nfixed: {data: [*c, *c, *c, *c, *c, *c, *c, *c, *c]}\n"
         ),
         ("not valid YAML at line 2: aliases (*name) are not allowed: write the value out",),
-        subprocess=True,
     ),
     Case(
         "--out under a file",
