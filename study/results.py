@@ -136,14 +136,15 @@ def _decision(report: dict) -> dict:
 def stop_reason(status: str, history: list[dict], max_epochs: int) -> str:
     """Why a trial ended where it did: the rung that stopped it, or for a completed one every rung it passed."""
     decisions = [decision for h in history if (decision := _decision(h)["rung_decision"])]
+    ran = f"{len(history)} epoch{'' if len(history) == 1 else 's'}"
     if status == "error":
-        return f"failed after {len(history)} epochs (see error)"
+        return f"failed after {ran} (see error)"
     if status == "completed":
         passed = f"; {'; '.join(decisions)}" if decisions else ""
         return f"completed all {max_epochs} epochs{passed}"
     if decisions and decisions[-1].startswith("stopped"):
         return decisions[-1]
-    return f"stopped after {len(history)} epochs without a rung decision"
+    return f"stopped after {ran} without a rung decision"
 
 
 def _uniform_types(table: pd.DataFrame) -> pd.DataFrame:
