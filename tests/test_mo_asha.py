@@ -34,6 +34,7 @@ def study(tmp_path, name: str, objectives: str) -> pd.DataFrame:
         "1",
         "--data-root",
         str(tmp_path / "data"),
+        "--no-dashboard",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     trials = pd.read_parquet(out / "trials.parquet")
