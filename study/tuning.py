@@ -408,6 +408,17 @@ class RungDecisions(tune.Callback):
         decision = getattr(self.scheduler, "decision", None)
         result["rung_decision"] = decision(trial.trial_id, result.get("training_iteration")) if decision else ""
 
+    # Ray saves callbacks' state with the experiment, not the scheduler's: the rungs' records travel here, so that
+    # after --resume a trial reaching a rung is ranked among the results recorded before the interruption too.
+    def get_state(self) -> dict:
+        rungs = getattr(self.scheduler, "rungs", None)
+        return {"recorded": rungs.recorded, "decisions": self.scheduler.decisions} if rungs else {}
+
+    def set_state(self, state: dict) -> None:
+        if state and isinstance(self.scheduler, ParetoASHAScheduler):
+            self.scheduler.rungs.recorded = state["recorded"]
+            self.scheduler.decisions = state["decisions"]
+
 
 # --- running -----------------------------------------------------------------------------------------------------
 

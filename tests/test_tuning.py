@@ -187,6 +187,10 @@ def test_the_pareto_scheduler_stops_by_rank_completes_at_the_budget_and_writes_i
     assert scheduler.on_trial_result(None, SimpleNamespace(trial_id="cheap"), final) == TrialScheduler.STOP
     callback.on_trial_result(0, [], SimpleNamespace(trial_id="cheap"), final)
     assert final["rung_decision"] == ""  # the budget is not a rung
+    resumed = tuning.scheduler_for(load_space("smoke"))  # after --resume: Ray restores callbacks, not schedulers
+    tuning.RungDecisions(resumed).set_state(callback.get_state())
+    assert resumed.rungs.recorded == scheduler.rungs.recorded and len(resumed.rungs.recorded[1]) == 3
+    assert resumed.decision("cheap", 1) == scheduler.decision("cheap", 1)
 
 
 def test_single_metric_asha_is_rays_and_says_which_cutoff_stopped_a_trial(tmp_path):
