@@ -21,6 +21,7 @@ Headline: that hypervolume ratio.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from common import (
     read_trials,
     save,
     study_command,
+    study_wall_time,
     timed,
     warm_images,
 )
@@ -78,6 +80,12 @@ def hypervolume(trials: pd.DataFrame, cost: str, reference: float, include_stopp
 
 def main() -> None:
     parser = benchmark_parser(__doc__, "400 photos and 12 trials instead of 2,400 and 20")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        help="a run directory of an earlier, interrupted run of this benchmark: its finished studies are kept (wall "
+        "time: the one it measured, else its study.json's), the others run",
+    )
     args = parser.parse_args()
 
     from study.pareto import REFERENCE_MARGIN
@@ -87,13 +95,21 @@ def main() -> None:
     data = cifar_subset(args.archive, args.work, per_class, 20)
     data_root = args.work / "data-root"
     warm_images(data, data_root, 64)
-    run = args.work / f"{NAME}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = args.reuse or args.work / f"{NAME}-{time.strftime('%Y%m%d-%H%M%S')}"
     load_before = load_average()
-    walls, trials = {}, {}
+    walls, trials, reused = {}, {}, []
+    measured = run / "walls.json"
     for label, asha in RUNS.items():
-        forget_features(data_root)
-        space = space_file(run / f"{label}.yaml", depths, lrs, asha)
-        walls[label], _ = timed(study_command(space, data, data_root, run / label), run / f"{label}.log")
+        if "finished" in (json.loads(done.read_text()) if (done := run / label / "study.json").exists() else {}):
+            known = json.loads(measured.read_text()) if measured.exists() else {}
+            walls[label] = known.get(label) or study_wall_time(run / label)
+            reused.append(label)
+        else:
+            shutil.rmtree(run / label, ignore_errors=True)  # what an interrupted study left: run it again whole
+            forget_features(data_root)
+            space = space_file(run / f"{label}.yaml", depths, lrs, asha)
+            walls[label], _ = timed(study_command(space, data, data_root, run / label), run / f"{label}.log")
+        measured.write_text(json.dumps(walls))
         trials[label] = read_trials(run / label)
 
     completed = pd.concat([t[t["status"] == "completed"] for t in trials.values()])
@@ -134,6 +150,7 @@ def main() -> None:
         "load_average_after": load_average(),
         "quick": args.quick,
         "run": str(run),
+        "reused_runs": reused,
     }
     columns = [
         "unfreeze_depth",
