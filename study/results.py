@@ -284,7 +284,7 @@ def load_results(path: str | Path) -> Results:
     except FileNotFoundError:
         notes.append("study.json is missing: the study's settings are unknown.")
     except StudyError as error:
-        notes.append(f"{error}; the study's settings are unknown.")
+        notes.append(f"study.json is unreadable ({error}); the study's settings are unknown.")
     if not isinstance(study, dict):
         notes.append(
             f"study.json holds a {type(study).__name__}, not a study's record: the study's settings are unknown."

@@ -134,9 +134,13 @@ def test_a_failing_trial_is_retried_then_recorded_and_overwrite_replaces_a_study
     # device=cuda in a trial Ray gives no GPU (--gpus-per-trial 0) raises in the trial, on any machine
     space.write_text(SMALL + "dimensions: {device: {grid: [cpu, cuda]}}\nmax_epochs: 1\nasha: false\n")
     out = tmp_path / "study"
-    out.mkdir()
-    (out / "study.json").write_text("{}")
-    (out / "old-result.txt").write_text("from the study being replaced")
+    (out / "ray" / "tune").mkdir(parents=True)
+    # the study being replaced, and a file of the user's beside it (no study writes it: --overwrite keeps it)
+    old_study = {"command": ["python", "-m", "study.run"], "space": {}, "ray_experiment": str(out / "ray" / "tune")}
+    (out / "study.json").write_text(json.dumps(old_study))
+    (out / "trials.csv").write_text("trial_id,status\nold_trial,completed\n")
+    (out / "ray" / "tune" / "old-state.json").write_text("{}")
+    (out / "notes.txt").write_text("the user's own notes")
     result = run_module(
         "study.run",
         "--space",
@@ -151,9 +155,11 @@ def test_a_failing_trial_is_retried_then_recorded_and_overwrite_replaces_a_study
         "--no-dashboard",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "2 retries of a failing trial" in result.stdout and not (out / "old-result.txt").exists()
+    assert "2 retries of a failing trial" in result.stdout and not (out / "ray" / "tune" / "old-state.json").exists()
+    assert (out / "notes.txt").read_text() == "the user's own notes" and "--overwrite kept" in result.stdout
 
     trials = pd.read_csv(out / "trials.csv").set_index("status")
+    assert "old_trial" not in trials["trial_id"].tolist()
     assert sorted(trials.index) == ["completed", "error"] and trials.loc["completed", "device_used"] == "cpu"
     assert trials.loc["error", "error"].startswith("StudyError: device=cuda but Ray gave this trial no GPU")
     # Ray's record of the failed trial: the first run and two retries
