@@ -3,8 +3,9 @@
 One self-contained page (plotly.js embedded: it opens offline) with the views a
 decision needs: the Pareto fronts of validation accuracy against training time,
 trainable parameters and peak memory; the hypervolume of the accuracy-time front
-as trials finished; parallel coordinates of the searched dimensions; learning
-curves; accuracy per value of each dimension; dimension importance (Optuna's
+as trials finished; the early-stopping rungs (each rung's trials in the
+objective plane, which continued and which stopped); parallel coordinates of the
+searched dimensions; learning curves; accuracy per value of each dimension; dimension importance (Optuna's
 fANOVA); the front and every trial as tables; the study's settings.
 
 Every view is built by a function returning a `View` (a figure and/or a table,
@@ -42,6 +43,7 @@ from study.pareto import (
     quiet_optuna,
 )
 from study.results import Results, atomic_write, load_results, pareto_figure, trial_hover, varying_settings
+from study.rungs import RUNG_ACCURACY, RUNG_COST
 
 REPORT_FILE = "report.html"
 # fANOVA fits a random forest to the trials: with fewer, its importances are noise.
@@ -196,6 +198,7 @@ def trials_table_view(
         "status",
         *[m for m in MEASURES if m in table],
         "on fronts",
+        *(["stop_reason"] if "stop_reason" in table else []),
         *(["error"] if "error" in table else []),
     ]
     note = (
@@ -316,6 +319,63 @@ def curves_view(epochs: pd.DataFrame, trials: pd.DataFrame, dimensions: dict[str
     figure.update_xaxes(title_text="epoch", dtick=1)
     figure.update_layout(title=title, template="plotly_white", legend=dict(title="trial (click to hide)"))
     return View(title, figure=figure)
+
+
+def rungs_view(epochs: pd.DataFrame, trials: pd.DataFrame, dimensions: dict[str, str]) -> View:
+    """One panel per rung: every trial that reached it, at its accuracy and standalone training time there (what
+    multi-objective ASHA compares), marked by what the scheduler decided; hover: the decision's words."""
+    title = "Early-stopping rungs"
+    if "rung_decision" not in epochs:
+        return View(title, note="These results record no rung decisions (written before study recorded them).")
+    decided = epochs[epochs["trial_id"].isin(trials["trial_id"]) & epochs["rung_decision"].fillna("").ne("")]
+    if decided.empty:
+        return View(title, note="No trial reached a rung: the study ran without early stopping, or before one.")
+    rungs = sorted(decided["epoch"].astype(int).unique())
+    figure = make_subplots(
+        rows=1, cols=len(rungs), subplot_titles=[f"rung at epoch {epoch}" for epoch in rungs], shared_yaxes=True
+    )
+    labels = trials.set_index("trial_id")
+    for col, epoch in enumerate(rungs, start=1):
+        at = decided[decided["epoch"] == epoch]
+        for verb, name, symbol, color in (
+            ("passed", "continued", "circle", "#2a9d8f"),
+            ("stopped", "stopped", "x", "#d1495b"),
+        ):
+            part = at[at["rung_decision"].str.startswith(verb)]
+            texts = [
+                "<br>".join(
+                    [
+                        f"<b>{html.escape(str(row.trial_id))}</b>",
+                        *(f"{k} = {labels.at[row.trial_id, k]}" for k in dimensions if row.trial_id in labels.index),
+                        html.escape(row.rung_decision),
+                    ]
+                )
+                for row in part.itertuples()
+            ]
+            figure.add_trace(
+                go.Scatter(
+                    x=part[RUNG_COST],
+                    y=part[RUNG_ACCURACY],
+                    mode="markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    marker=dict(symbol=symbol, size=10, color=color),
+                    text=texts,
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=col,
+            )
+    figure.update_xaxes(title_text="standalone training time so far (s)")
+    figure.update_yaxes(title_text="validation accuracy at the rung", col=1)
+    figure.update_layout(title=title, template="plotly_white", hovermode="closest")
+    return View(
+        title,
+        figure=figure,
+        note="Multi-objective ASHA (asha.objectives: pareto) ranks the trials at a rung on both axes; single-metric "
+        "ASHA on its metric alone. Each trial's words are in its stop_reason.",
+    )
 
 
 def _palette(index: int) -> str:
@@ -542,6 +602,7 @@ def views(results: Results, include_stopped: bool = INCLUDE_STOPPED) -> list[Vie
         *(pareto_view(trials, cost, include_stopped=include_stopped) for cost in COSTS),
         front_table_view(trials, dimensions, include_stopped),
         hypervolume_view(trials, include_stopped),
+        rungs_view(results.epochs, trials, dimensions),
         parallel_view(trials, dimensions),
         curves_view(results.epochs, trials, dimensions),
         *dimension_views(trials, dimensions, include_stopped),

@@ -74,6 +74,9 @@ TRIAL_INFO = (
 # Where and when a trial ran, added to its reports by study/tuning.py: Ray's node, its address and host name,
 # the GPUs Ray gave it.
 PLACEMENT_INFO = ("node_id", "node_ip", "hostname", "gpu_ids", "gpu_name", "started_at")
+# The early-stopping scheduler's decision at this epoch, added by study/tuning.py: "passed rung epoch 2: ..." or
+# "stopped at rung epoch 2: ...", empty between rungs (study/rungs.py words the Pareto-aware ones).
+SCHEDULER_INFO = ("rung_decision",)
 FINAL_METRICS = (
     "val_acc",
     "val_loss",
@@ -94,6 +97,7 @@ def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     `history` is the list of epoch reports. Status: `error` if the trial raised,
     `completed` if it ran all `max_epochs`, else `stopped_early` (by ASHA).
+    `stop_reason` says why the trial ended where it did (see `stop_reason`).
     Final metrics are those of the last epoch run; `best_val_acc` is reported beside.
     `efficiency` is validation accuracy per second of training (document 004's
     accuracy / time, with evaluation excluded from the time); `finished_at` is
@@ -107,6 +111,7 @@ def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
             "error" if record["error"] else "completed" if len(history) >= record["max_epochs"] else "stopped_early"
         )
         row["error"] = record["error"] or ""
+        row["stop_reason"] = stop_reason(row["status"], history, record["max_epochs"])
         row.update(TrialConfig.from_dict(record["config"]).to_dict())  # every setting, defaults included
         row["epochs_run"] = len(history)
         last = history[-1] if history else {}
@@ -121,10 +126,32 @@ def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         row.update({key: last.get(key) for key in (*TRIAL_INFO, *PLACEMENT_INFO)})
         row["checkpoint"] = record.get("checkpoint") or ""  # the saved final model (save_checkpoint), for study.merge
         rows.append(row)
-        epochs += [{"trial_id": record["trial_id"], **{k: h.get(k) for k in EPOCH_METRICS}} for h in history]
+        epochs += [
+            {"trial_id": record["trial_id"], **{k: h.get(k) for k in EPOCH_METRICS}, **_decision(h)} for h in history
+        ]
     trials = pd.DataFrame(rows)
-    epoch_table = pd.DataFrame(epochs, columns=["trial_id", *EPOCH_METRICS])
+    epoch_table = pd.DataFrame(epochs, columns=["trial_id", *EPOCH_METRICS, *SCHEDULER_INFO])
     return _uniform_types(trials), epoch_table
+
+
+def _decision(report: dict) -> dict:
+    """The scheduler's decision in a report; Ray's result tables read an empty one back as NaN."""
+    decision = report.get("rung_decision")
+    return {"rung_decision": decision if isinstance(decision, str) else ""}
+
+
+def stop_reason(status: str, history: list[dict], max_epochs: int) -> str:
+    """Why a trial ended where it did: the rung that stopped it, or for a completed one every rung it passed."""
+    decisions = [decision for h in history if (decision := _decision(h)["rung_decision"])]
+    ran = f"{len(history)} epoch{'' if len(history) == 1 else 's'}"
+    if status == "error":
+        return f"failed after {ran} (see error)"
+    if status == "completed":
+        passed = f"; {'; '.join(decisions)}" if decisions else ""
+        return f"completed all {max_epochs} epochs{passed}"
+    if decisions and decisions[-1].startswith("stopped"):
+        return decisions[-1]
+    return f"stopped after {ran} without a rung decision"
 
 
 def _uniform_types(table: pd.DataFrame) -> pd.DataFrame:

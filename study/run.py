@@ -38,6 +38,7 @@ from study.data import DATA_NAMES, absolute_data, class_count, load_data
 from study.environment import hardware, package_versions
 from study.models import create_backbone, default_input_size, plan_for, structure_only, weight_layers
 from study.results import atomic_write, export, read_json, trials_table, varying_settings
+from study.rungs import RUNG_ACCURACY, RUNG_COST
 from study.space import SEARCHES, Dimension, Space, load_space
 
 DEFAULT_SPACE = "unfreeze_depth"
@@ -260,8 +261,12 @@ def dry_run(space: Space, seed: int) -> pd.DataFrame:
         )
     table = pd.DataFrame(rows)
     asha = (
-        f"ASHA on {space.metric} ({space.mode}), grace {space.asha['grace_period']}, reduction "
-        f"{space.asha['reduction_factor']}"
+        (
+            f"multi-objective ASHA on {RUNG_ACCURACY} x {RUNG_COST}"
+            if space.asha["objectives"] == "pareto"
+            else f"ASHA on {space.metric} ({space.mode})"
+        )
+        + f", grace {space.asha['grace_period']}, reduction {space.asha['reduction_factor']}"
         if space.asha
         else "no ASHA"
     )

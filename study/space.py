@@ -13,9 +13,17 @@ A space file (search_spaces/NAME.yaml):
     search: random    # grid | random | optuna | optuna_mo (below); default: grid if every dimension is one
     num_samples: 1    # draws of the sampled dimensions (grids repeat this often); Optuna: the number of trials
     max_epochs: 5     # every trial's epoch budget
-    asha: {grace_period: 1, reduction_factor: 2}   # or `asha: false` to run every trial out
+    asha: {grace_period: 1, reduction_factor: 2, objectives: pareto}   # or `asha: false` to run every trial out
     metric: val_acc
     mode: max
+
+Early stopping (`asha`, study/tuning.py builds the scheduler): rungs at grace_period x reduction_factor^k
+epochs below max_epochs; at each, a trial continues if it ranks in the top 1/reduction_factor of the
+results recorded there. `objectives` says how it ranks:
+- pareto (the default): multi-objective ASHA (study/rungs.py): non-dominated sorting on validation accuracy
+  against standalone training time, so the cheap trials that make the accuracy-time front are not stopped
+  for being less accurate;
+- metric: Ray's ASHA on `metric`/`mode` alone.
 
 Search algorithms (Ray Tune runs them all; study/tuning.py builds them):
 - grid: every combination of the grid dimensions, num_samples times; only grid dimensions allowed.
@@ -23,8 +31,9 @@ Search algorithms (Ray Tune runs them all; study/tuning.py builds them):
 - optuna: Optuna's TPE sampler (seeded) proposes num_samples trials, learning from finished ones, on
   `metric`/`mode`. Grids are not allowed (TPE samples every dimension): use `choice`.
 - optuna_mo: multi-objective TPE: maximise val_acc and minimise train_time_s together. `metric`/`mode`
-  are then ASHA's alone; the sampler learns only from trials that ran all max_epochs (a trial ASHA
-  stops is told to Optuna as pruned: its accuracy and time belong to a shorter budget).
+  are then those of `objectives: metric` alone; the sampler learns only from trials that ran all
+  max_epochs (a trial the scheduler stops is told to Optuna as pruned: its accuracy and time belong to a
+  shorter budget).
 
 Everything is validated when the file is read; mistakes name the file and the key. This module is plain
 Python: study/tuning.py translates a space into Ray Tune's (`param_space`).
@@ -50,7 +59,9 @@ SPACE_KEYS = ("description", "fixed", "dimensions", "search", "num_samples", "ma
 SEARCHES = ("grid", "random", "optuna", "optuna_mo")
 # optuna_mo's two objectives: the Pareto front of the results (study/pareto.py) is over the same pair.
 MULTI_OBJECTIVE = {"val_acc": "max", "train_time_s": "min"}
-ASHA_KEYS = ("grace_period", "reduction_factor")
+ASHA_KEYS = ("grace_period", "reduction_factor", "objectives")
+# How the rungs rank trials: pareto (multi-objective ASHA, study/rungs.py) or metric (Ray's ASHA on `metric`).
+ASHA_OBJECTIVES = ("pareto", "metric")
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 DIMENSION_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 MAX_SPACE_BYTES = 1_000_000  # a space is a few hundred bytes: anything this large is the wrong file
@@ -75,7 +86,9 @@ class Space:
     dimensions: dict[str, Dimension] = field(default_factory=dict)
     num_samples: int = 1
     max_epochs: int = 5
-    asha: dict | None = field(default_factory=lambda: {"grace_period": 1, "reduction_factor": 2})
+    asha: dict | None = field(
+        default_factory=lambda: {"grace_period": 1, "reduction_factor": 2, "objectives": ASHA_OBJECTIVES[0]}
+    )
     metric: str = "val_acc"
     mode: str = "max"
     search: str = "grid"
@@ -84,7 +97,10 @@ class Space:
     def from_record(cls, record: dict) -> Space:
         """The space as study.json records it (dataclasses.asdict), for --resume."""
         dimensions = {key: Dimension(**spec) for key, spec in record["dimensions"].items()}
-        space = cls(**{**record, "dimensions": dimensions})
+        asha = record.get("asha")
+        if asha is not None and "objectives" not in asha:
+            asha = {**asha, "objectives": "metric"}  # recorded before the choice existed: it ran Ray's ASHA
+        space = cls(**{**record, "dimensions": dimensions, "asha": asha})
         space.validate()
         return space
 
@@ -274,11 +290,17 @@ def _asha(raw: dict, where: str) -> dict | None:
         raise StudyError(f"{where}: 'asha' must be a mapping with {', '.join(ASHA_KEYS)}, or false")
     _check_keys(value, ASHA_KEYS, where, "asha.")
     grace, factor = value.get("grace_period", 1), value.get("reduction_factor", 2)
+    objectives = value.get("objectives", ASHA_OBJECTIVES[0])
+    if objectives not in ASHA_OBJECTIVES:
+        raise StudyError(
+            f"{where}: asha.objectives must be pareto (accuracy against training time) or metric (the space's "
+            f"`metric` alone), got {objectives!r}"
+        )
     if type(grace) is not int or grace < 1:
         raise StudyError(f"{where}: asha.grace_period must be an integer >= 1, got {grace!r}")
     if type(factor) not in (int, float) or not math.isfinite(factor) or factor <= 1:
         raise StudyError(f"{where}: asha.reduction_factor must be a number > 1, got {factor!r}")
-    return {"grace_period": grace, "reduction_factor": factor}
+    return {"grace_period": grace, "reduction_factor": factor, "objectives": objectives}
 
 
 def _dimension(key: str, spec, where: str) -> Dimension:

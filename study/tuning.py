@@ -6,11 +6,15 @@ authentication). Nothing else imports Ray.
 
 Search algorithms (the space's `search`, study/space.py): `grid` and `random`
 are Ray's variant generator (seeded); `optuna` and `optuna_mo` are Ray's
-OptunaSearch with Optuna's TPE sampler (seeded). ASHA is single-metric: with
-`optuna_mo` it stops trials on the space's `metric` while the sampler learns
-from both objectives (val_acc, train_time_s) of the trials that ran every epoch
-only: a trial ASHA stopped is told to Optuna as pruned, a failed one as failed
-(`FullBudgetOptunaSearch`).
+OptunaSearch with Optuna's TPE sampler (seeded). Early stopping (the space's
+`asha`): `objectives: pareto` is `ParetoASHAScheduler`, a Ray TrialScheduler
+over the rungs and decision rule of study/rungs.py (MO-ASHA: val_acc against
+standalone training time); `objectives: metric` is Ray's ASHAScheduler on the
+space's `metric`. Either way every rung decision is written into the trial's
+report of that epoch (`rung_decision`, by `RungDecisions`), from which the
+results tables derive each trial's `stop_reason`. The sampler learns only from
+trials that ran every epoch: a trial the scheduler stopped is told to Optuna as
+pruned, a failed one as failed (`FullBudgetOptunaSearch`).
 
 Results are exported while the study runs: after every trial that finishes or
 fails, `ExportCallback` rewrites the results tables (study/results.py, atomic
@@ -40,12 +44,13 @@ import numpy as np
 import ray
 import torch
 from ray import cloudpickle, tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.variant_generator import generate_variants
 
 from study.config import StudyError, TrialConfig
-from study.results import EPOCH_METRICS, PLACEMENT_INFO, TRIAL_INFO, trials_table, write_tables
+from study.results import EPOCH_METRICS, PLACEMENT_INFO, SCHEDULER_INFO, TRIAL_INFO, trials_table, write_tables
+from study.rungs import RUNG_ACCURACY, RUNG_COST, ParetoRungs
 from study.space import MULTI_OBJECTIVE, Dimension, Space
 from study.train import run_trial
 
@@ -58,7 +63,7 @@ STUDY_PACKAGE = Path(__file__).resolve().parent
 CHECKPOINT_PERIOD_S = "1"
 # TPE draws this many trials at random before it models results (Optuna's default n_startup_trials).
 OPTUNA_STARTUP_TRIALS = 10
-REPORT_KEYS = (*EPOCH_METRICS, *TRIAL_INFO, *PLACEMENT_INFO)
+REPORT_KEYS = (*EPOCH_METRICS, *TRIAL_INFO, *PLACEMENT_INFO, *SCHEDULER_INFO)
 
 
 # --- inside a trial ----------------------------------------------------------------------------------------------
@@ -312,6 +317,125 @@ def planned_trials(space: Space, seed: int) -> tuple[list[dict], int]:
     return configs, space.num_samples
 
 
+# --- early stopping ----------------------------------------------------------------------------------------------
+
+
+class ParetoASHAScheduler(FIFOScheduler):
+    """Multi-objective asynchronous successive halving (study/rungs.py) as a Ray Tune scheduler.
+
+    Ray asks it after every report (one per epoch) whether the trial continues; a trial at max_epochs has
+    completed and stops. It needs no metric from the Tuner: its objectives are fixed (val_acc, standalone
+    training time).
+    """
+
+    def __init__(self, max_epochs: int, grace_period: int, reduction_factor: float):
+        super().__init__()
+        self.max_epochs = max_epochs
+        self.rungs = ParetoRungs(grace_period, reduction_factor, max_epochs)
+        self.decisions: dict[str, dict[int, str]] = {}  # trial id -> rung epoch -> reason
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True  # the Tuner's metric is the searcher's; the rungs rank on their own two objectives
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        epoch = result["training_iteration"]
+        if epoch >= self.max_epochs:
+            return TrialScheduler.STOP
+        decision = self.rungs.on_result(
+            trial.trial_id, epoch, result.get(RUNG_ACCURACY, math.nan), result.get(RUNG_COST, math.nan)
+        )
+        if decision is None:
+            return TrialScheduler.CONTINUE
+        self.decisions.setdefault(trial.trial_id, {})[epoch] = decision.reason()
+        return TrialScheduler.CONTINUE if decision.continues else TrialScheduler.STOP
+
+    def decision(self, trial_id: str, epoch: int) -> str:
+        return self.decisions.get(trial_id, {}).get(epoch, "")
+
+    def debug_string(self) -> str:
+        return "MO-ASHA rungs at epochs " + ", ".join(
+            f"{epoch} ({len(self.rungs.recorded[epoch])} recorded)" for epoch in self.rungs.milestones
+        )
+
+
+class ExplainedASHAScheduler(ASHAScheduler):
+    """Ray's single-metric ASHA, saying why it stopped or passed a trial at each rung.
+
+    The cutoff is read from Ray's own bracket (its rungs and `cutoff`) just before Ray decides with it.
+    """
+
+    def __init__(self, max_epochs: int, grace_period: int, reduction_factor: float, **metric):
+        super().__init__(
+            time_attr="training_iteration",
+            max_t=max_epochs,
+            grace_period=grace_period,
+            reduction_factor=reduction_factor,
+            **metric,  # metric and mode: given here under optuna_mo, else by the Tuner (Ray refuses both)
+        )
+        self.decisions: dict[str, dict[int, str]] = {}
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        epoch, value = result.get("training_iteration"), result.get(self._metric)
+        rung = None
+        if epoch is not None and value is not None and epoch < self._max_t:
+            bracket = self._trial_info[trial.trial_id]
+            rung = next(((m, rec) for m, rec in bracket._rungs if epoch >= m), None)  # Ray's rungs, highest first
+            if rung and trial.trial_id in rung[1]:
+                rung = None
+            cutoff = bracket.cutoff(rung[1]) if rung else None
+            recorded = len(rung[1]) if rung else 0
+        action = super().on_trial_result(tune_controller, trial, result)
+        if rung:
+            verb = "stopped at rung" if action == TrialScheduler.STOP else "passed rung"
+            against = (
+                "alone at the rung"
+                if cutoff is None
+                else f"the cutoff is {cutoff:.4f}, the {1 - 1 / self._reduction_factor:.0%} quantile of "
+                f"{recorded} recorded"
+            )
+            self.decisions.setdefault(trial.trial_id, {})[int(epoch)] = (
+                f"{verb} epoch {int(rung[0])}: {self._metric} {value:.4f} ({self._mode}), {against}"
+            )
+        return action
+
+    def decision(self, trial_id: str, epoch: int) -> str:
+        return self.decisions.get(trial_id, {}).get(epoch, "")
+
+
+def scheduler_for(space: Space) -> TrialScheduler:
+    if not space.asha:
+        return FIFOScheduler()
+    settings = {key: space.asha[key] for key in ("grace_period", "reduction_factor")}
+    if space.asha["objectives"] == "pareto":
+        return ParetoASHAScheduler(space.max_epochs, **settings)
+    metric = {"metric": space.metric, "mode": space.mode} if space.search == "optuna_mo" else {}
+    return ExplainedASHAScheduler(space.max_epochs, **settings, **metric)
+
+
+class RungDecisions(tune.Callback):
+    """Writes the scheduler's decision at this epoch into the trial's report (`rung_decision`, empty between
+    rungs), so that Ray's result files, the exported tables and a resumed study all keep it. Ray passes the
+    report to the callbacks after the scheduler has decided on it, and lets them change it in place."""
+
+    def __init__(self, scheduler: TrialScheduler):
+        self.scheduler = scheduler
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        decision = getattr(self.scheduler, "decision", None)
+        result["rung_decision"] = decision(trial.trial_id, result.get("training_iteration")) if decision else ""
+
+    # Ray saves callbacks' state with the experiment, not the scheduler's: the rungs' records travel here, so that
+    # after --resume a trial reaching a rung is ranked among the results recorded before the interruption too.
+    def get_state(self) -> dict:
+        rungs = getattr(self.scheduler, "rungs", None)
+        return {"recorded": rungs.recorded, "decisions": self.scheduler.decisions} if rungs else {}
+
+    def set_state(self, state: dict) -> None:
+        if state and isinstance(self.scheduler, ParetoASHAScheduler):
+            self.scheduler.rungs.recorded = state["recorded"]
+            self.scheduler.decisions = state["decisions"]
+
+
 # --- running -----------------------------------------------------------------------------------------------------
 
 
@@ -394,16 +518,8 @@ def run_study(
     KeyboardInterrupt at once."""
     _ray_settings()
     scheme = storage.split("://")[0] if "://" in storage else None
-    if space.asha:
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=space.max_epochs,
-            **space.asha,
-            **({"metric": space.metric, "mode": space.mode} if space.search == "optuna_mo" else {}),
-        )
-    else:
-        scheduler = FIFOScheduler()
-    single = space.search != "optuna_mo"  # multi-objective: the searcher and ASHA carry their own metrics
+    scheduler = scheduler_for(space)
+    single = space.search != "optuna_mo"  # multi-objective: the searcher and the scheduler carry their own metrics
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources.per_trial()),
         param_space=param_space(space),
@@ -425,7 +541,8 @@ def run_study(
             verbose=1,
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
             # Ray Client runs Tune's loop on the head node, whose disk is not this machine's: tables at the end only.
-            callbacks=[] if cluster.client else [ExportCallback(out, space.max_epochs, scheme)],
+            callbacks=[RungDecisions(scheduler)]
+            + ([] if cluster.client else [ExportCallback(out, space.max_epochs, scheme)]),
         ),
     )
     with GracefulStop() as stop:

@@ -397,3 +397,37 @@ def test_report_renders_in_a_real_browser_offline_without_errors(browser, result
     print(f"report screenshot: {screenshot}")
     not_white, coloured = drawn(screenshot.read_bytes())
     assert not_white > 0.02 and coloured > 0.001
+
+
+def test_the_rungs_view_shows_each_rungs_trials_in_the_objective_plane_continued_or_stopped():
+    from study.report import rungs_view
+
+    def decided(accs, seconds, decisions):
+        rows = history(accs, seconds)
+        for row, decision in zip(rows, decisions):
+            row["standalone_train_time_s"] = row["train_time_s"] + 1.0
+            row["rung_decision"] = decision
+        return rows
+
+    passed, stopped = "passed rung epoch {}: rank 1 of 1", "stopped at rung epoch {}: rank 2 of 2"
+    records = [
+        {"trial_id": "a", "history": decided([0.5, 0.6, 0.7], 1.0, [passed.format(1), "", passed.format(3)])},
+        {"trial_id": "b", "history": decided([0.4], 2.0, [stopped.format(1)])},
+        {"trial_id": "c", "history": decided([0.6, 0.6, 0.5], 1.5, [passed.format(1), "", stopped.format(3)])},
+    ]
+    trials, epochs = trials_table(
+        [
+            {**r, "config": {"unfreeze_depth": i, "epochs": 4}, "error": None, "max_epochs": 4}
+            for i, r in enumerate(records)
+        ]
+    )
+    view = rungs_view(epochs, trials, {"unfreeze_depth": "grid"})
+    points = {(trace.name, trace.xaxis): sorted(zip(trace.x, trace.y)) for trace in view.figure.data if len(trace.x)}
+    assert points == {
+        ("continued", "x"): [(2.0, 0.5), (2.5, 0.6)],  # rung at epoch 1: a and c continued, b stopped
+        ("stopped", "x"): [(3.0, 0.4)],
+        ("continued", "x2"): [(4.0, 0.7)],  # rung at epoch 3: a continued, c stopped
+        ("stopped", "x2"): [(5.5, 0.5)],
+    }
+    assert "rung at epoch 3" in [a.text for a in view.figure.layout.annotations]
+    assert rungs_view(epochs.assign(rung_decision=""), trials, {}).note.startswith("No trial reached a rung")

@@ -131,6 +131,30 @@ def test_load_results_errors_name_the_directory_and_the_fix(tmp_path):
         load_results(tmp_path)
 
 
+def test_every_trial_says_why_it_ended_where_it_did():
+    passed = "passed rung epoch 1: rank 1 of 2, front 1 of 1, on val_acc x standalone_train_time_s; the top 1 continue"
+    stopped = (
+        "stopped at rung epoch 1: rank 2 of 2, front 2 of 2, on val_acc x standalone_train_time_s; the top 1 continue"
+    )
+    records = [
+        {
+            **RECORDS[0],
+            "history": [{**epoch(1, 0.5, 1.0), "rung_decision": passed}, epoch(2, 0.6, 2.0), epoch(3, 0.7, 3.0)],
+        },
+        {**RECORDS[1], "history": [{**epoch(1, 0.4, 5.0), "rung_decision": stopped}]},
+        {**RECORDS[1], "trial_id": "t2", "error": "RuntimeError: boom"},
+        {**RECORDS[0], "trial_id": "t3", "history": [{**epoch(1, 0.5, 1.0), "rung_decision": float("nan")}]},
+    ]
+    trials, epochs = trials_table(records)
+    assert trials["stop_reason"].tolist() == [
+        f"completed all 3 epochs; {passed}",
+        stopped,
+        "failed after 1 epoch (see error)",
+        "stopped after 1 epoch without a rung decision",  # e.g. a study that ran without the scheduler's callback
+    ]
+    assert epochs.loc[epochs["trial_id"] == "t0", "rung_decision"].tolist() == [passed, "", ""]
+
+
 def test_no_reported_name_is_a_setting():
     """A report key named like a setting would overwrite that setting's column in the trials table."""
     assert not set(FIELD_TYPES) & {*EPOCH_METRICS, *TRIAL_INFO, *PLACEMENT_INFO}

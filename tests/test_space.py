@@ -1,4 +1,5 @@
 import ast
+import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -94,6 +95,17 @@ def test_default_space_is_the_depth_grid():
     assert space.asha["grace_period"] >= 1 and space.metric == "val_acc" and space.mode == "max"
 
 
+def test_the_front_spaces_stop_trials_by_pareto_rank_and_single_metric_asha_stays_available(tmp_path):
+    for name in ("unfreeze_depth", "full", "backbone", "smoke"):
+        assert load_space(name).asha["objectives"] == "pareto", name
+    assert load_space("optimizer").asha["objectives"] == "metric"  # single-objective TPE on val_acc
+    minimal = "fixed: {backbone: tf_efficientnet_lite0, data: digits}\nasha: {grace_period: 1}\n"
+    assert load_space(write_space(tmp_path, minimal)).asha["objectives"] == "pareto"  # the default
+    recorded = dataclasses.asdict(load_space("smoke"))
+    recorded["asha"].pop("objectives")  # a study.json written before the choice existed ran Ray's ASHA
+    assert Space.from_record(recorded).asha["objectives"] == "metric"
+
+
 def test_param_space_maps_every_kind_to_ray(tmp_path):
     space = load_space(
         write_space(
@@ -156,7 +168,8 @@ def test_only_the_ray_layer_imports_ray():
         ("num_samples: 0\n", r"num_samples=0 must be at least 1"),
         ("max_epochs: two\n", r"'max_epochs' must be int"),
         ("max_epochs: 2\nasha: {grace_period: 3}\n", r"asha.grace_period=3 exceeds max_epochs=2"),
-        ("asha: {grace: 1}\n", r"unknown key 'asha.grace' \(valid: grace_period, reduction_factor\)"),
+        ("asha: {grace: 1}\n", r"unknown key 'asha.grace' \(valid: grace_period, objectives, reduction_factor\)"),
+        ("asha: {objectives: hypervolume}\n", r"asha.objectives must be pareto .* or metric"),
         ("asha: {reduction_factor: 1}\n", r"reduction_factor must be a number > 1"),
         ("metric: val_accuracy\n", r"metric 'val_accuracy' is unknown \(did you mean 'val_acc'\?\)"),
         ("fixed: [1, 2]\n", r"'fixed' must be a mapping"),

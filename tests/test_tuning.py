@@ -160,3 +160,60 @@ def test_storage_is_the_results_directory_or_a_fresh_experiment_under_a_shared_l
     storage, name = tuning.experiment_location(tmp_path / "out", "s3://bucket/studies")
     assert storage == "s3://bucket/studies" and name.startswith("out-")
     assert tuning.experiment_location(tmp_path / "out", str(tmp_path / "nfs"))[0] == str(tmp_path / "nfs")
+
+
+def report(trial: str, epoch: int, accuracy: float, cost: float) -> dict:
+    return {"training_iteration": epoch, "epoch": epoch, "val_acc": accuracy, "standalone_train_time_s": cost}
+
+
+def test_the_pareto_scheduler_stops_by_rank_completes_at_the_budget_and_writes_its_reasons_into_the_reports():
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    scheduler = tuning.scheduler_for(load_space("smoke"))  # rung at epoch 1, budget 2 epochs, reduction factor 2
+    assert isinstance(scheduler, tuning.ParetoASHAScheduler) and scheduler.set_search_properties("val_acc", "max")
+    callback = tuning.RungDecisions(scheduler)
+    decisions = {}
+    for name, accuracy, cost in (("accurate", 0.75, 1.7), ("dominated", 0.53, 7.4), ("cheap", 0.60, 1.0)):
+        trial = SimpleNamespace(trial_id=name)
+        result = report(name, 1, accuracy, cost)
+        decisions[name] = scheduler.on_trial_result(None, trial, result)
+        callback.on_trial_result(0, [], trial, result)
+        assert result["rung_decision"] == scheduler.decision(name, 1) != ""
+    assert decisions == {"accurate": "CONTINUE", "dominated": "STOP", "cheap": "CONTINUE"}
+    assert scheduler.decision("cheap", 1).startswith("passed rung epoch 1: rank 2 of 3, front 1 of 2")
+    final = report("cheap", 2, 0.7, 1.1)
+    assert scheduler.on_trial_result(None, SimpleNamespace(trial_id="cheap"), final) == TrialScheduler.STOP
+    callback.on_trial_result(0, [], SimpleNamespace(trial_id="cheap"), final)
+    assert final["rung_decision"] == ""  # the budget is not a rung
+    resumed = tuning.scheduler_for(load_space("smoke"))  # after --resume: Ray restores callbacks, not schedulers
+    tuning.RungDecisions(resumed).set_state(callback.get_state())
+    assert resumed.rungs.recorded == scheduler.rungs.recorded and len(resumed.rungs.recorded[1]) == 3
+    assert resumed.decision("cheap", 1) == scheduler.decision("cheap", 1)
+
+
+def test_single_metric_asha_is_rays_and_says_which_cutoff_stopped_a_trial(tmp_path):
+    from types import SimpleNamespace
+
+    space = load_space(
+        write(
+            tmp_path,
+            """
+            fixed: {backbone: tf_efficientnet_lite0, data: digits}
+            max_epochs: 2
+            asha: {grace_period: 1, reduction_factor: 2, objectives: metric}
+            """,
+        )
+    )
+    scheduler = tuning.scheduler_for(space)
+    assert isinstance(scheduler, tuning.ExplainedASHAScheduler)
+    scheduler.set_search_properties("val_acc", "max")  # as the Tuner does for a single-objective search
+    for name, accuracy in (("a", 0.75), ("b", 0.53), ("c", 0.60)):
+        trial = SimpleNamespace(trial_id=name)
+        scheduler.on_trial_add(None, trial)
+        scheduler.on_trial_result(None, trial, report(name, 1, accuracy, 1.0))
+    assert scheduler.decision("a", 1) == "passed rung epoch 1: val_acc 0.7500 (max), alone at the rung"
+    assert scheduler.decision("c", 1) == (
+        "stopped at rung epoch 1: val_acc 0.6000 (max), the cutoff is 0.6400, the 50% quantile of 2 recorded"
+    )
