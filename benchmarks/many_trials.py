@@ -7,7 +7,8 @@
 The study users run by the hundred: a linear probe on cached features (tf_efficientnet_lite0 with its real
 ImageNet weights, the built-in digits at 32 px, 2 epochs, batch 128), the learning rate searched (random,
 log-uniform 1e-4..1e-1), no ASHA, through `python -m study.run` as a user runs it (its own Ray, one CPU per
-trial: two trials at a time on two cores). From the trials table and study.json:
+trial: two trials at a time on two cores; without the dashboard, a fixed start-up cost that fails to start in time
+on an overloaded machine). From the trials table and study.json:
 - trials per second: N over the trial phase (the first trial's start to the last trial's last report);
 - where a trial's wall time goes (its start in the worker to its last report): data loading, model build with
   weights and freezing, the cache's cut check, training, evaluation, and the rest (reports, Ray's per-iteration
@@ -69,7 +70,7 @@ def run_study(space: Path, trials: int, work: Path) -> dict:
     out = work / f"study-{trials}"
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "study.run", "--space", str(space), "--num-samples", str(trials)]
-    command += ["--data-root", str(work / "data-root"), "--out", str(out)]
+    command += ["--data-root", str(work / "data-root"), "--out", str(out), "--no-dashboard"]
     load_before = load_average()
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=environment(), cwd=REPO)

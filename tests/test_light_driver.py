@@ -10,7 +10,7 @@ from conftest import REPO
 
 def imported_after(code: str) -> set[str]:
     probe = f"import sys; {code}; print(' '.join(m for m in ('plotly', 'optuna') if m in sys.modules))"
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     return set(result.stdout.split())
 
