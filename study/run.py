@@ -3,8 +3,8 @@
 Everything a user can get wrong is checked before Ray starts (one line on
 stderr, exit code 2); then Ray Tune runs the trials (on this machine, or on a
 Ray cluster with --address), and the results directory receives
-trials.csv/.parquet, epochs.parquet and pareto.csv (rewritten after every
-finished trial), pareto.html, study.json (resolved space, command line,
+trials.csv/.parquet, epochs.parquet and pareto.csv (rewritten as trials
+finish, at most once a second), pareto.html, study.json (resolved space, command line,
 versions, hardware, resources, seed) and report.html (study/report.py).
 `--resume DIR` continues an interrupted study; `--dry-run` lists the trials
 without running them. Ctrl-C stops the study gracefully: the finished trials
@@ -14,6 +14,7 @@ are exported (tables, Pareto front, report) and the exit status is 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import fcntl
 import ipaddress
@@ -558,14 +559,39 @@ def fail(error: StudyError) -> int:
     return 2
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc: its start in clock ticks after boot), else None."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(uptime - ticks / os.sysconf("SC_CLK_TCK"), 2)
+
+
+class Phases(dict):
+    """Where a study's wall time went, recorded in study.json's `phases` (seconds): imports (the process's start
+    to the command line parsed), preflight (the input checked), ray_import, ray_start, first_trial_start (Ray
+    started to the first trial running in its worker), trials (Tune's run), export (tables, front, report)."""
+
+    @contextlib.contextmanager
+    def timed(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[phase] = round(time.perf_counter() - start, 2)
+
+
 def main(argv: list[str] | None = None) -> int:
+    phases = Phases(imports=process_age())
     args = parse_args(argv)
     command = ["python", "-m", "study.run", *(sys.argv[1:] if argv is None else argv)]
     stop_on_sigterm()
     try:
         if args.resume is not None:
             return resume(args, command)
-        return run(args, command)
+        return run(args, command, phases)
     except KeyboardInterrupt as stop:  # a signal before the study's results directory exists: nothing to record
         print("\ninterrupted before the study started: nothing was written", file=sys.stderr)
         return exit_code(stop)
@@ -591,7 +617,7 @@ def exit_code(stop: BaseException | int | None) -> int:
     return 128 + int(stop or signal.Signals.SIGINT)
 
 
-def run(args: argparse.Namespace, command: list[str]) -> int:
+def run(args: argparse.Namespace, command: list[str], phases: Phases | None = None) -> int:
     """A new study. Everything that can fail is checked before anything is written: the input, the resources, the
     results directory, then Ray (started or joined); the results directory is created last."""
     try:
@@ -601,19 +627,24 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         if args.dry_run:
             dry_run(space, seed)
             return 0
-        check_resource_options(args)
-        preflight(space)
-        out = check_out(args.out, space, args.overwrite)
-        check_storage(args.storage)
+        phases = Phases() if phases is None else phases
+        with phases.timed("preflight"):
+            check_resource_options(args)
+            preflight(space)
+            out = check_out(args.out, space, args.overwrite)
+            check_storage(args.storage)
     except StudyError as error:
         return fail(error)
 
-    from study import tuning  # Ray is imported only once the input is known to be good
+    with phases.timed("ray_import"):
+        from study import tuning  # Ray is imported only once the input is known to be good
 
     storage, name = tuning.experiment_location(out, args.storage)
     started = time.perf_counter()
     try:
-        cluster = start(tuning, args)
+        with phases.timed("ray_start"):
+            cluster = start(tuning, args)
+        ray_started = time.time()
         resources = tuning.Resources(
             args.cpus_per_trial or 1.0,
             args.gpus_per_trial if args.gpus_per_trial is not None else float(cluster.gpus > 0),
@@ -649,6 +680,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         "versions": package_versions(),
         "hardware": hardware(),
         "started": datetime.now().isoformat(timespec="seconds"),
+        "phases": phases,
     }
     write_json(out / "study.json", record)
     print(
@@ -660,7 +692,10 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         flush=True,
     )
     try:
-        records, unfinished, signum = tuning.run_study(space, out, storage, name, resources, seed, cluster)
+        with phases.timed("trials"):
+            records, unfinished, signum = tuning.run_study(space, out, storage, name, resources, seed, cluster)
+        first = min((h["started_at"] for r in records for h in r["history"] if "started_at" in h), default=None)
+        phases["first_trial_start"] = round(first - ray_started, 2) if first is not None else None
         return finish(out, space, record, records, started, unfinished, signum)
     except KeyboardInterrupt as stop:
         return interrupted(out, record, exit_code(stop))
@@ -824,6 +859,7 @@ def finish(
 
     if unfinished and not records:
         return interrupted(out, record, exit_code(signum), f"no trial finished, {unfinished} to run")
+    export_started = time.perf_counter()
     trials, epochs = trials_table(records)
     front = export(out, trials, epochs, title=f"{space.name}: validation accuracy vs training time")
     counts = trials["status"].value_counts().to_dict()
@@ -841,6 +877,9 @@ def finish(
     )
     write_json(out / "study.json", record)
     report = write_report(out)
+    if "phases" in record and "resumed" not in record:
+        record["phases"]["export"] = round(time.perf_counter() - export_started, 2)
+        write_json(out / "study.json", record)
     print_summary(out, trials, front, record["wall_time_s"])
     print(f"Report: {report.resolve()}")
     return 0 if (trials["status"] != "error").any() else 1
@@ -851,7 +890,7 @@ def interrupted(
 ) -> int:
     """Record the interruption in study.json (no `finished`: it stays resumable) and say how to continue; return the
     exit code. Without `kept`: a second signal stopped Tune at once; the tables hold what finished before (written
-    after every trial)."""
+    as trials finish)."""
     record.setdefault("interrupted", []).append(datetime.now().isoformat(timespec="seconds"))
     record.setdefault("interrupted_by", []).append(signal.Signals(code - 128).name)
     write_json(out / "study.json", record)

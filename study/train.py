@@ -42,7 +42,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm.data
@@ -85,6 +85,9 @@ class Trial:
     cache: FeatureCache | None  # the frozen prefix's features (study/features.py)
     cache_off: str  # why there is no cache ("" when there is one)
     rows: torch.utils.data.DataLoader | None  # with a cache: shuffled row positions, the image batches' order
+    # seconds of set-up (data_load_s, model_build_s: backbone, weights, freezing, optimizer; cut_check_s: finding
+    # and checking the cache's cut): where a cheap trial's time goes besides training (benchmarks/many_trials.py)
+    setup: dict = field(default_factory=dict)
 
     @property
     def network(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -127,6 +130,7 @@ class Trial:
             "channels_last": self.channels_last,
             **(self.cache.report() if self.cache is not None else off_report(self.cache_off)),
             **self.data.info(),
+            **self.setup,
         }
 
 
@@ -144,8 +148,10 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN time its algorithms once
     size = config.img_size or default_input_size(config.backbone)
+    start = time.perf_counter()
     if data is None:
         data = load_data(config.data, config.split_seed, size, config.data_root, config.train_fraction)
+    loaded = time.perf_counter()
     backbone, weights_used = create_backbone(
         config.backbone, config.weights, data.num_classes, config.seed, size, config.head
     )
@@ -185,7 +191,13 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
         cache_off="",
         rows=None,
     )
+    built = time.perf_counter()
     trial.cache, trial.cache_off = feature_cache(trial, data_config)
+    trial.setup = {
+        "data_load_s": loaded - start,
+        "model_build_s": built - loaded,
+        "cut_check_s": time.perf_counter() - built,
+    }
     if trial.cache is not None:
         # an equally seeded generator: the same sampler draws the same batches as the image loader would
         trial.rows = rows_loader(

@@ -16,9 +16,11 @@ results tables derive each trial's `stop_reason`. The sampler learns only from
 trials that ran every epoch: a trial the scheduler stopped is told to Optuna as
 pruned, a failed one as failed (`FullBudgetOptunaSearch`).
 
-Results are exported while the study runs: after every trial that finishes or
-fails, `ExportCallback` rewrites the results tables (study/results.py, atomic
-files), so a study whose driver dies has already saved every finished trial.
+Results are exported while the study runs: when trials finish or fail,
+`ExportCallback` rewrites the results tables (study/results.py, atomic files),
+at most every EXPORT_PERIOD_S (a rewrite costs time in proportion to the
+finished trials: one per trial would grow with the study), so a study whose
+driver dies has already saved its finished trials but those of its last second.
 The callback's record of finished trials is part of Ray's experiment state,
 which Ray saves (every CHECKPOINT_PERIOD_S) together with the trials'
 statuses: `--resume` restores both from the same snapshot, so the tables and
@@ -61,6 +63,10 @@ STUDY_PACKAGE = Path(__file__).resolve().parent
 # less than this before the driver died is not in the saved state and runs again on --resume (never lost).
 # Ray's default ("auto") is 10 s or more; the state of a study is small, so saving it every second costs little.
 CHECKPOINT_PERIOD_S = "1"
+# How often, at most, the results tables are rewritten while trials finish (the first finished trial at once, all at
+# the end). A trial that finished in the last period before the driver died may be missing from the tables: it is
+# in Ray's saved state (kept, and exported by --resume) or not (run again): never lost.
+EXPORT_PERIOD_S = 1.0
 # TPE draws this many trials at random before it models results (Optuna's default n_startup_trials).
 OPTUNA_STARTUP_TRIALS = 10
 REPORT_KEYS = (*EPOCH_METRICS, *TRIAL_INFO, *PLACEMENT_INFO, *SCHEDULER_INFO)
@@ -451,7 +457,10 @@ class Resources:
 
 
 class ExportCallback(tune.Callback):
-    """Rewrites the results tables after every trial that finishes or fails (module docstring)."""
+    """Rewrites the results tables after trials finish or fail, at most every EXPORT_PERIOD_S (module docstring)."""
+
+    pending = False  # finished trials not in the tables yet
+    written = -math.inf  # time.monotonic() of the last rewrite
 
     def __init__(self, out: Path, max_epochs: int, storage_scheme: str | None = None):
         self.out = out
@@ -486,11 +495,25 @@ class ExportCallback(tune.Callback):
             "checkpoint": checkpoint and with_scheme(checkpoint, self.storage_scheme),
             "max_epochs": self.max_epochs,
         }
-        trials, epochs = trials_table(sorted(self.finished.values(), key=lambda r: r["trial_id"]))
-        try:
-            write_tables(self.out, trials, epochs)
-        except StudyError as error:  # out of disk space: the study goes on; its end writes the tables again
-            print(f"warning: {error}", flush=True)
+        self.pending = True
+        self.flush()
+
+    def on_step_end(self, iteration, trials, **info):
+        self.flush()
+
+    def on_experiment_end(self, trials, **info):
+        self.flush(now=True)
+
+    def flush(self, now: bool = False) -> None:
+        """Rewrite the tables if trials finished since the last rewrite and EXPORT_PERIOD_S has passed (or `now`):
+        a rewrite costs time in proportion to the finished trials, so one per trial would grow with the study."""
+        if self.pending and (now or time.monotonic() - self.written >= EXPORT_PERIOD_S):
+            trials, epochs = trials_table(sorted(self.finished.values(), key=lambda r: r["trial_id"]))
+            self.pending, self.written = False, time.monotonic()
+            try:
+                write_tables(self.out, trials, epochs)
+            except StudyError as error:  # out of disk space: the study goes on; its end writes the tables again
+                print(f"warning: {error}", flush=True)
 
     def get_state(self) -> dict:
         return {"finished": self.finished}

@@ -1,5 +1,6 @@
 """The driver imports what a phase needs when it needs it: no Plotly before the export, no Optuna for a grid."""
 
+import json
 import pickle
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from conftest import REPO
 
 def imported_after(code: str) -> set[str]:
     probe = f"import sys; {code}; print(' '.join(m for m in ('plotly', 'optuna') if m in sys.modules))"
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     return set(result.stdout.split())
 
@@ -25,3 +26,11 @@ def test_the_optuna_searcher_class_pickles_by_name_as_rays_experiment_state_need
     searcher_class = tuning.FullBudgetOptunaSearch
     assert pickle.loads(pickle.dumps(searcher_class)) is searcher_class
     assert searcher_class.__module__ == "study.tuning" and searcher_class.__qualname__ == "FullBudgetOptunaSearch"
+
+
+def test_study_json_records_where_the_studys_time_went(smoke_study):
+    phases = json.loads((smoke_study.out / "study.json").read_text())["phases"]
+    names = ("imports", "preflight", "ray_import", "ray_start", "first_trial_start", "trials", "export")
+    assert set(phases) == set(names)
+    assert all(isinstance(phases[name], float) and phases[name] >= 0 for name in names), phases
+    assert phases["trials"] > phases["first_trial_start"] > 0

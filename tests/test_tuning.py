@@ -217,3 +217,34 @@ def test_single_metric_asha_is_rays_and_says_which_cutoff_stopped_a_trial(tmp_pa
     assert scheduler.decision("c", 1) == (
         "stopped at rung epoch 1: val_acc 0.6000 (max), the cutoff is 0.6400, the 50% quantile of 2 recorded"
     )
+
+
+def test_the_tables_are_rewritten_at_most_once_a_period_while_trials_finish_and_all_at_the_end(tmp_path, monkeypatch):
+    """One rewrite per finished trial would cost in proportion to the study's size for every trial."""
+    import pandas as pd
+    from ray.tune.experiment import Trial
+
+    callback = tuning.ExportCallback(tmp_path, max_epochs=1)
+    report = {"epoch": 1, "val_acc": 0.5, "train_time_s": 1.0, "eval_time_s": 0.1, "images_per_s": 10.0}
+
+    def finish(number: int) -> None:
+        trial = Trial("trainable", config={"lr": 0.1 * number}, trial_id=f"t{number}", stub=True)
+        callback.on_trial_start(0, [], trial)
+        callback.on_trial_result(0, [], trial, report)
+        callback.on_trial_complete(0, [], trial)
+
+    rows = lambda: len(pd.read_csv(tmp_path / "trials.csv"))
+    monkeypatch.setattr(tuning, "EXPORT_PERIOD_S", 3600.0)
+    finish(1)
+    assert rows() == 1  # the first finished trial at once
+    finish(2)
+    finish(3)
+    callback.on_step_end(0, [])
+    assert rows() == 1  # within the period: not yet
+    monkeypatch.setattr(tuning, "EXPORT_PERIOD_S", 0.0)
+    callback.on_step_end(0, [])
+    assert rows() == 3  # the period passed: Tune's next loop step writes them
+    monkeypatch.setattr(tuning, "EXPORT_PERIOD_S", 3600.0)
+    finish(4)
+    callback.on_experiment_end([])
+    assert rows() == 4 and callback.get_state()["finished"].keys() == {"t1", "t2", "t3", "t4"}
