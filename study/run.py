@@ -270,6 +270,12 @@ def dry_run(space: Space, seed: int) -> pd.DataFrame:
         f"{space.max_epochs} epochs each, {asha}."
     )
     print("Nothing is trained; no weights or data are read (structure-only models).")
+    if space.prescreen is not None:
+        print(
+            f"Pre-screen: the study would first rank the {len(space.dimensions['backbone'].values)} backbones by "
+            f"{space.prescreen['score']} and search the top {space.prescreen['keep']} (that needs weights and data: "
+            "not done in a dry run); the trials of every backbone are listed."
+        )
     if space.fixed:
         print("Fixed: " + ", ".join(f"{key}={value}" for key, value in space.fixed.items()))
     formats = {"trainable_params": "{:,}".format, "total_params": "{:,}".format}
@@ -416,6 +422,11 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         check_resource_options(args)
         preflight(space)
         out = check_out(args.out, space, args.overwrite)
+        screened = None
+        if space.prescreen is not None:  # before Ray: the ranking is plain PyTorch in this process
+            from study.rank import prescreen
+
+            space, screened = prescreen(space)
     except StudyError as error:
         return fail(error)
 
@@ -461,6 +472,8 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         "hardware": hardware(),
         "started": datetime.now().isoformat(timespec="seconds"),
     }
+    if screened is not None:
+        record["prescreen"] = screened
     write_json(out / "study.json", record)
     print(
         f"Study {space.name}: search {space.search} (seed {seed}), up to {space.max_epochs} epochs per trial; "
