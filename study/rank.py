@@ -485,7 +485,7 @@ def _plain(value):
 # --- command line ----------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.rank", description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="dataset: digits, a torchvision dataset name, or folder:PATH")
     parser.add_argument("--backbones", help="comma-separated timm model names")
@@ -507,7 +507,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="RESULTS_DIR",
         help="score the backbones of a finished study and compare with its accuracies",
     )
-    return parser.parse_args(argv)
+    return parser
 
 
 def candidates_from(backbones: str | None, weights: str) -> list[Candidate]:
@@ -526,7 +526,7 @@ def candidates_from(backbones: str | None, weights: str) -> list[Candidate]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.compare is not None:
             if args.backbones or args.data:
