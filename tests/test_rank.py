@@ -187,11 +187,17 @@ def assert_real_above_random(table: pd.DataFrame) -> None:
 
 
 @pytest.mark.slow
-def test_real_weights_rank_above_random_ones_on_digits(tmp_path):
+def test_on_digits_logme_ranks_real_weights_above_random_ones(tmp_path):
+    """Digits are 8x8 scans: a random-init network's features serve k-NN and a linear probe as well as ImageNet's
+    (measured at 64 and 96 px: docs/backbone-ranking.md), so only LogME is asked to tell them apart here."""
     base = TrialConfig(data="digits", img_size=64, train_fraction=0.3, data_root=str(tmp_path))
-    table, summary = rank.rank(REAL + RANDOM, base, echo=lambda text: None)
-    assert_real_above_random(table)
-    assert (table["feature_dim"] == 1280).all() and (table["train_images"] == 323).all()
+    candidates = [
+        rank.Candidate("tf_efficientnet_lite0", "imagenet"),
+        rank.Candidate("tf_efficientnet_lite0", "random"),
+    ]
+    table, summary = rank.rank(candidates, base, echo=lambda text: None)
+    assert table.set_index("weights")["rank_logme"].to_dict() == {"imagenet": 1, "random": 2}
+    assert (table["feature_dim"] == 1280).all() and (table["train_images"] == 324).all()
     assert summary["scoring_s"] > 0 and (table["feature_status"] == "built").all()
 
 
