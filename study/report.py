@@ -568,6 +568,130 @@ def settings_view(study: dict) -> View:
     return View(title, table=table)
 
 
+SCORE_NAMES = ("logme", "knn", "probe")  # study/rank.py's scores, higher is better
+
+
+def candidate_accuracies(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per backbone (and weights) the best validation accuracy any finished trial reached with it."""
+    finished = trials[(trials["status"] != "error") & trials["best_val_acc"].notna()] if len(trials) else trials
+    if "backbone" not in finished or finished.empty:
+        return pd.DataFrame(columns=["backbone", "weights", "best_val_acc", "trials"])
+    keys = ["backbone", "weights"] if "weights" in finished else ["backbone"]
+    grouped = finished.groupby(keys, sort=False)["best_val_acc"]
+    return pd.concat([grouped.max(), grouped.size().rename("trials")], axis=1).reset_index()
+
+
+def score_record(study: dict) -> tuple[dict | None, str]:
+    """The scores of the study's backbones, and where they come from: `python -m study.rank --compare` (study.json's
+    `scores`) or the study's pre-screen."""
+    if study.get("scores"):
+        return study["scores"], "python -m study.rank --compare"
+    if study.get("prescreen"):
+        return study["prescreen"], f"the pre-screen ({study['prescreen'].get('score')})"
+    return None, ""
+
+
+def score_agreement(trials: pd.DataFrame, study: dict) -> tuple[pd.DataFrame, dict]:
+    """Each score against the best validation accuracy per backbone, and Kendall's tau (tau-b, scipy) of each score's
+    ranking against the study's: {score: {tau, p_value, backbones, top_is_best}}."""
+    from scipy.stats import kendalltau
+
+    best = candidate_accuracies(trials)
+    record, _ = score_record(study)
+    if record is None or best.empty:
+        return best, {}
+    scores = pd.DataFrame(record.get("table", []))
+    keys = [key for key in ("backbone", "weights") if key in best and key in scores]
+    shown = [name for name in SCORE_NAMES if name in scores]
+    table = best.merge(scores[[*keys, *shown]], on=keys, how="inner")
+    table.insert(len(keys), "study_rank", table["best_val_acc"].rank(ascending=False, method="min").astype(int))
+    agreement = {}
+    for name in shown:
+        table[f"rank_{name}"] = table[name].rank(ascending=False, method="min").astype(int)
+        tau, p_value = kendalltau(table[name], table["best_val_acc"]) if len(table) >= 2 else (math.nan, math.nan)
+        agreement[name] = {
+            "tau": float(tau),
+            "p_value": float(p_value),
+            "backbones": len(table),
+            "top_is_best": bool(len(table) and table[name].idxmax() == table["best_val_acc"].idxmax()),
+        }
+    return table, agreement
+
+
+def prediction(trials: pd.DataFrame, study: dict) -> View:
+    """'Did the scores predict the study?': per backbone each score against the best validation accuracy reached."""
+    title = "Did the scores predict the study?"
+    table, agreement = score_agreement(trials, study)
+    record, source = score_record(study)
+    if record is None:
+        note = (
+            "No transferability scores for these backbones yet: python -m study.rank --compare RESULTS_DIR computes "
+            "LogME, k-NN and linear-probe scores on the study's data and adds them here."
+        )
+        return View(title, table=table, note=note)
+    if table.empty:
+        return View(title, note=f"The scores from {source} name none of the backbones these trials trained.")
+    figure = make_subplots(rows=1, cols=len(agreement), subplot_titles=list(agreement))
+    labels = [" ".join(str(v) for v in row) for row in table[[c for c in ("backbone", "weights") if c in table]].values]
+    for col, name in enumerate(agreement, 1):
+        figure.add_trace(
+            go.Scatter(
+                x=table[name],
+                y=table["best_val_acc"],
+                mode="markers+text",
+                text=labels,
+                textposition="top center",
+                marker=dict(size=10, color="#2e86ab"),
+                showlegend=False,
+                hovertemplate="%{text}<br>score %{x:.4f}<br>best val acc %{y:.4f}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        figure.update_xaxes(title_text=name, row=1, col=col)
+    figure.update_yaxes(title_text="best validation accuracy", row=1, col=1)
+    figure.update_layout(title=title, template="plotly_white")
+    taus = "; ".join(
+        f"{name} {a['tau']:.2f} (p={a['p_value']:.2g}{', picks the best' if a['top_is_best'] else ''})"
+        for name, a in agreement.items()
+    )
+    note = (
+        f"Scores from {source}; accuracy: the best validation accuracy any trial reached with each backbone. Kendall "
+        f"tau (tau-b) of each score's ranking against the study's over {len(table)} backbones: {taus}. With few "
+        "backbones tau moves in large steps and its p-value stays high: read it as this study's evidence, not a "
+        "general verdict."
+    )
+    return View(title, figure=figure, table=table, note=note)
+
+
+def prescreen_view(study: dict) -> View:
+    record = study["prescreen"]
+    summary = record.get("summary", {})
+    table = pd.DataFrame(record.get("table", []))
+    columns = [
+        c
+        for c in (
+            "backbone",
+            "kept",
+            *SCORE_NAMES,
+            *(f"rank_{s}" for s in SCORE_NAMES),
+            "feature_dim",
+            "train_images",
+            "feature_status",
+            "feature_s",
+            "scoring_s",
+        )
+        if c in table
+    ]
+    note = (
+        f"Before the search, the {len(record.get('backbones', []))} backbones of the space were ranked by "
+        f"{record.get('score')} and the top {record.get('keep')} searched: {', '.join(record.get('kept', []))}. "
+        f"Features {summary.get('feature_s', math.nan):.1f} s (from the feature cache a linear probe shares), scoring "
+        f"{summary.get('scoring_s', math.nan):.1f} s, {summary.get('total_s', math.nan):.1f} s in all."
+    )
+    return View("Pre-screen of the backbones", table=table[columns], note=note)
+
+
 def _text(value) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, default=str)
@@ -607,6 +731,8 @@ def views(results: Results, include_stopped: bool = INCLUDE_STOPPED) -> list[Vie
         curves_view(results.epochs, trials, dimensions),
         *dimension_views(trials, dimensions, include_stopped),
         importance_view(trials, dimensions, include_stopped),
+        *([prescreen_view(study)] if study.get("prescreen") else []),
+        *([prediction(trials, study)] if len(candidate_accuracies(trials)) >= 2 else []),
         trials_table_view(trials, dimensions, include_stopped),
         settings_view(study),
     ]

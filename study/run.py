@@ -282,6 +282,12 @@ def dry_run(space: Space, seed: int) -> pd.DataFrame:
         f"{space.max_epochs} epochs each, {asha}."
     )
     print("Nothing is trained; no weights or data are read (structure-only models).")
+    if space.prescreen is not None:
+        print(
+            f"Pre-screen: the study would first rank the {len(space.dimensions['backbone'].values)} backbones by "
+            f"{space.prescreen['score']} and search the top {space.prescreen['keep']} (that needs weights and data: "
+            "not done in a dry run); the trials of every backbone are listed."
+        )
     if space.fixed:
         print("Fixed: " + ", ".join(f"{key}={value}" for key, value in space.fixed.items()))
     formats = {"trainable_params": "{:,}".format, "total_params": "{:,}".format}
@@ -572,7 +578,8 @@ def process_age() -> float | None:
 class Phases(dict):
     """Where a study's wall time went, recorded in study.json's `phases` (seconds): imports (the process's start
     to the command line parsed), preflight (the input checked), ray_import, ray_start, first_trial_start (Ray
-    started to the first trial running in its worker), trials (Tune's run), export (tables, front, report)."""
+    started to the first trial running in its worker), trials (Tune's run), export (tables, front, report); with
+    a `prescreen:` space, prescreen (the backbones scored before Ray starts)."""
 
     @contextlib.contextmanager
     def timed(self, phase: str):
@@ -633,6 +640,12 @@ def run(args: argparse.Namespace, command: list[str], phases: Phases | None = No
             preflight(space)
             out = check_out(args.out, space, args.overwrite)
             check_storage(args.storage)
+        screened = None
+        if space.prescreen is not None:  # before Ray: the ranking is plain PyTorch in this process
+            from study.rank import prescreen
+
+            with phases.timed("prescreen"):
+                space, screened = prescreen(space)
     except StudyError as error:
         return fail(error)
 
@@ -682,6 +695,8 @@ def run(args: argparse.Namespace, command: list[str], phases: Phases | None = No
         "started": datetime.now().isoformat(timespec="seconds"),
         "phases": phases,
     }
+    if screened is not None:
+        record["prescreen"] = screened
     write_json(out / "study.json", record)
     print(
         f"Study {space.name}: search {space.search} (seed {seed}), up to {space.max_epochs} epochs per trial; "

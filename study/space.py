@@ -55,7 +55,18 @@ SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 # Trial settings that are paths study WRITES to: only the command line may set them, never a space file (which
 # may come from someone else); every other path in a space (weights, folder data) is only read.
 COMMAND_LINE_ONLY = ("data_root",)
-SPACE_KEYS = ("description", "fixed", "dimensions", "search", "num_samples", "max_epochs", "asha", "metric", "mode")
+SPACE_KEYS = (
+    "description",
+    "fixed",
+    "dimensions",
+    "search",
+    "num_samples",
+    "max_epochs",
+    "asha",
+    "metric",
+    "mode",
+    "prescreen",
+)
 SEARCHES = ("grid", "random", "optuna", "optuna_mo")
 # optuna_mo's two objectives: the Pareto front of the results (study/pareto.py) is over the same pair.
 MULTI_OBJECTIVE = {"val_acc": "max", "train_time_s": "min"}
@@ -64,6 +75,8 @@ ASHA_KEYS = ("grace_period", "reduction_factor", "objectives")
 ASHA_OBJECTIVES = ("pareto", "metric")
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 DIMENSION_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+PRESCREEN_KEYS = ("score", "keep")
+PRESCREEN_SCORES = ("logme", "knn", "probe")  # study/rank.py computes them
 MAX_SPACE_BYTES = 1_000_000  # a space is a few hundred bytes: anything this large is the wrong file
 
 
@@ -92,6 +105,9 @@ class Space:
     metric: str = "val_acc"
     mode: str = "max"
     search: str = "grid"
+    # Rank the backbone dimension's values by a transferability score before the search; search the top `keep`
+    # (study/rank.py). None once applied: study.json keeps the narrowed space and, apart, the ranking.
+    prescreen: dict | None = None
 
     @classmethod
     def from_record(cls, record: dict) -> Space:
@@ -164,7 +180,43 @@ class Space:
         both = set(self.fixed) & set(self.dimensions)
         if both:
             raise StudyError(f"{where}: '{sorted(both)[0]}' is both fixed and a dimension: keep one")
+        self.check_prescreen()
         self.example_configs()
+
+    def check_prescreen(self) -> None:
+        if self.prescreen is None:
+            return
+        where, rule = self.source, self.prescreen
+        if not isinstance(rule, dict):
+            raise StudyError(f"{where}: 'prescreen' must be a mapping {{score: logme|knn|probe, keep: K}}")
+        _check_keys(rule, PRESCREEN_KEYS, where, "prescreen.")
+        score, keep = rule.get("score"), rule.get("keep")
+        if score not in PRESCREEN_SCORES:
+            hint = closest_hint(score, PRESCREEN_SCORES) if isinstance(score, str) else ""
+            raise StudyError(
+                f"{where}: prescreen.score {score!r} is unknown{hint}: use one of {', '.join(PRESCREEN_SCORES)}"
+            )
+        if type(keep) is not int or keep < 1:
+            raise StudyError(f"{where}: prescreen.keep must be an integer >= 1 (backbones searched), got {keep!r}")
+        backbones = self.dimensions.get("backbone")
+        if backbones is None:
+            raise StudyError(
+                f"{where}: prescreen ranks the values of a backbone dimension, but the space has none"
+                + (" (--backbone fixed it)" if "backbone" in self.fixed else "")
+                + ": add dimensions.backbone: {grid: [...]}, or remove prescreen"
+            )
+        if len(backbones.values) <= keep:
+            raise StudyError(
+                f"{where}: prescreen.keep={keep} keeps all {len(backbones.values)} backbones of the dimension: "
+                f"lower keep below {len(backbones.values)}, or remove prescreen"
+            )
+        if len(set(backbones.values)) != len(backbones.values):
+            raise StudyError(f"{where}: dimensions.backbone lists a backbone twice: list each once to prescreen")
+        if "weights" in self.dimensions:
+            raise StudyError(
+                f"{where}: prescreen ranks backbones under one weights source, but weights is a dimension: fix "
+                "weights, or rank backbone x weights with python -m study.rank --weights A,B"
+            )
 
 
 def available_spaces() -> list[str]:
@@ -242,6 +294,7 @@ def load_space(name_or_path: str) -> Space:
         metric=_typed(raw, "metric", str, where, "val_acc"),
         mode=_typed(raw, "mode", str, where, "max"),
         search=_typed(raw, "search", str, where, default_search),
+        prescreen=raw.get("prescreen"),
     )
     space.validate()
     return space
