@@ -25,6 +25,7 @@ from study.pareto import ACCURACY, COSTS, INCLUDE_STOPPED, MAIN_COST, pareto_fro
 # What a trial reports every epoch (study/train.py); the rest of a report is static trial information.
 EPOCH_METRICS = (
     "epoch",
+    "phase",  # study/models.py: head_warmup or main
     "train_loss",
     "train_acc",
     "val_loss",
