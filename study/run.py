@@ -33,7 +33,7 @@ import torch
 from study.config import WEIGHT_SOURCES, StudyError, TrialConfig, parse_assignment, weights_source
 from study.data import DATA_NAMES, absolute_data, class_count, load_data
 from study.environment import hardware, package_versions
-from study.models import create_backbone, default_input_size, plan_for, structure_only, weight_layers
+from study.models import create_backbone, default_input_size, phase_plans, plan_for, structure_only, weight_layers
 from study.report import write_report
 from study.results import atomic_write, export, trials_table, varying_settings
 from study.space import SEARCHES, Dimension, Space, load_space
@@ -241,7 +241,8 @@ def dry_run(space: Space, seed: int) -> pd.DataFrame:
         if key not in models:
             model = structure_only(config.backbone, key[3], config.head, size)
             models[key] = (model, weight_layers(model))
-        plan = plan_for(models[key][0], config, layers=models[key][1])
+        phases = phase_plans(models[key][0], config, layers=models[key][1])
+        plan = phases[-1].plan
         rows.append(
             {
                 "trial": number,
@@ -250,9 +251,13 @@ def dry_run(space: Space, seed: int) -> pd.DataFrame:
                 "inserted_bn": len(plan.inserted_bn),
                 "trainable_params": plan.trainable_params,
                 "total_params": plan.total_params,
+                # per phase where a head warm-up comes first: epochs and trainable parameters of each
+                "phases": " then ".join(f"{p.epochs} {p.name} ({p.plan.trainable_params:,})" for p in phases),
             }
         )
     table = pd.DataFrame(rows)
+    if not any(" then " in phases for phases in table["phases"]):
+        table = table.drop(columns="phases")
     asha = (
         f"ASHA on {space.metric} ({space.mode}), grace {space.asha['grace_period']}, reduction "
         f"{space.asha['reduction_factor']}"
