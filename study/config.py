@@ -69,7 +69,7 @@ class TrialConfig:
     optimizer: str = "adamw"
     lr: float = 1e-3
     momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # on weights only: norm parameters and biases are exempt (study/train.py)
     batch_size: int = 64
     epochs: int = 5
     # Fine-tuning protocol (study/train.py). The first head_warmup_epochs epochs train the new head alone (every

@@ -643,7 +643,7 @@ def batches(data: ImageSet, batch_size: int) -> Iterator[tuple[torch.Tensor, tor
 # --- command line -----------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m study.data",
         description="Fetch a dataset into the data root, for machines without internet access.",
@@ -652,7 +652,11 @@ def main(argv: list[str] | None = None) -> int:
     download = commands.add_parser("download", help="download (or copy Debian's files of) a torchvision dataset")
     download.add_argument("name", choices=sorted(TORCHVISION_SETS))
     download.add_argument("--data-root", type=Path, default=None, help=f"default: {default_data_root()}")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     root = resolve_data_root(str(args.data_root) if args.data_root else None)
     try:
         ensure_downloaded(args.name, root)

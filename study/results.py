@@ -22,7 +22,9 @@ import plotly.graph_objects as go
 from study.config import FIELD_TYPES, StudyError, TrialConfig
 from study.pareto import ACCURACY, COSTS, INCLUDE_STOPPED, MAIN_COST, pareto_front
 
-# What a trial reports every epoch (study/train.py); the rest of a report is static trial information.
+# What a trial reports every epoch (study/train.py); the rest of a report is static trial information. None of
+# these names is a setting (TrialConfig field): the trials table holds every setting as set and, beside it, what the
+# trial measured or resolved it to (img_size_used, device_used, amp_dtype, loader_workers_used).
 EPOCH_METRICS = (
     "epoch",
     "phase",  # study/models.py: head_warmup or main
@@ -48,17 +50,17 @@ TRIAL_INFO = (
     "total_params",
     "inserted_bn",
     "effective",
-    "img_size",
-    "device",
+    "img_size_used",
+    "device_used",
     "memory_measure",
-    "amp",
+    "amp_dtype",
     "channels_last",
     "cache",
     "cache_cut",
     "cache_note",
     "cache_build_s",
     "cache_cost_s",
-    "loader_workers",
+    "loader_workers_used",
     "train_images",
     "val_images",
     "test_images",

@@ -64,7 +64,7 @@ ADDRESS_TIMEOUT_S = 5
 INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT (128 + 2)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--space", help=f"a name from search_spaces/ or a path to a .yaml file (default: {DEFAULT_SPACE})"
@@ -150,7 +150,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="address the Ray dashboard listens on (default 127.0.0.1: this machine only)",
     )
     monitoring.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def resolve_space(args: argparse.Namespace) -> Space:

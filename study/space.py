@@ -26,7 +26,8 @@ Search algorithms (Ray Tune runs them all; study/tuning.py builds them):
   are then ASHA's alone; the sampler learns only from trials that ran all max_epochs (a trial ASHA
   stops is told to Optuna as pruned: its accuracy and time belong to a shorter budget).
 
-Everything is validated when the file is read; mistakes name the file and the key.
+Everything is validated when the file is read; mistakes name the file and the key. This module is plain
+Python: study/tuning.py translates a space into Ray Tune's (`param_space`).
 """
 
 from __future__ import annotations
@@ -58,19 +59,6 @@ class Dimension:
     kind: str
     values: list  # the listed values (grid, choice) or [low, high]
 
-    def to_tune(self):
-        from ray import tune
-
-        if self.kind == "grid":
-            return tune.grid_search(self.values)
-        if self.kind == "choice":
-            return tune.choice(self.values)
-        if self.kind == "uniform":
-            return tune.uniform(*self.values)
-        if self.kind == "loguniform":
-            return tune.loguniform(*self.values)
-        return tune.randint(self.values[0], self.values[1] + 1)  # Ray excludes the upper end; spaces include it
-
     def examples(self) -> list:
         """Values that stand for this dimension in validation: all listed values, or both ends of a range."""
         return list(self.values)
@@ -97,10 +85,6 @@ class Space:
         space = cls(**{**record, "dimensions": dimensions})
         space.validate()
         return space
-
-    def param_space(self) -> dict:
-        """Ray Tune's param_space: every trial setting, sampled or fixed."""
-        return {**self.fixed, **{k: d.to_tune() for k, d in self.dimensions.items()}, "epochs": self.max_epochs}
 
     def override(self, settings: dict, **study) -> Space:
         """Fixed settings from the CLI replace the space's value or dimension; study keys replace study settings."""

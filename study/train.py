@@ -17,6 +17,11 @@ Batches leave the data store as uint8 and are preprocessed on the trial's device
 the mixed class probabilities, and train accuracy is NaN: a mixed image has no
 single correct class.
 
+Weight decay applies to weights only (timm's parameter groups): norm parameters
+(inserted BatchNorm and a frozen part's trained affine included) and biases are
+exempt, so a BatchNorm study does not also decay what it studies. `effective`
+says how many trained tensors are decayed.
+
 Speed. Where the frozen prefix of the network is deterministic, its output is
 computed once and only the rest trains (study/features.py: the feature cache;
 its build is part of the first epoch and recorded as `cache_build_s`).
@@ -42,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm.data
+import timm.optim
 import torch
 from torch import nn
 from torchvision.transforms import v2
@@ -121,7 +127,9 @@ class Trial:
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last and batch.dim() == 4 else batch
 
     def info(self) -> dict:
-        """What a trial is, beside what it measures: reported with every epoch (the current phase's plan)."""
+        """What a trial is, beside what it measures: reported with every epoch (the current phase's plan). What a
+        setting resolved to (`img_size_used`, `device_used`, `amp_dtype`, `loader_workers_used`) is named apart from
+        the setting, so the trials table keeps both."""
         return {
             "weights_used": self.weights_used,
             "num_layers": len(self.plan.layers),
@@ -129,12 +137,12 @@ class Trial:
             "trainable_params": self.plan.trainable_params,
             "total_params": self.plan.total_params,
             "inserted_bn": len(self.plan.inserted_bn),
-            "effective": self.plan.effective,
-            "img_size": self.img_size,
-            "device": self.device.type,
+            "effective": f"{self.plan.effective}; {weight_decay_summary(self.optimizer)}",
+            "img_size_used": self.img_size,
+            "device_used": self.device.type,
             "memory_measure": memory_measure(self.device),
-            "loader_workers": 0 if self.cache is not None else self.loader.num_workers,
-            "amp": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype is not None else "off",
+            "loader_workers_used": 0 if self.cache is not None else self.loader.num_workers,
+            "amp_dtype": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype is not None else "off",
             "channels_last": self.channels_last,
             **self.cache_report(),
             **self.data.info(),
@@ -230,19 +238,25 @@ def start_phase(trial: Trial, phase: Phase) -> None:
         trial.phase = phase
         trial.model = apply_freeze(trial.model.backbone, phase.plan).to(trial.device)
         trial.cache = None
-    trial.optimizer = make_optimizer(trial.config, param_groups(trial.model.backbone, phase.plan, trial.config))
+    trial.optimizer = make_optimizer(trial.config, trial.model, phase.plan)
     trial.scheduler = lr_scheduler(trial.optimizer, trial.config, phase.epochs, len(trial.rows))
     trial.cache, trial.cache_off = feature_cache(trial, trial.data_config)
 
 
-def param_groups(backbone: nn.Module, plan: FreezePlan, config: TrialConfig) -> list[dict]:
-    """The trainable parameters grouped by learning rate: lr * layer_lr_decay ** (their unit's distance from the
-    head), in the backbone's parameter order within a group."""
-    groups: dict[float, list[nn.Parameter]] = {}
-    for name, parameter in backbone.named_parameters():
-        if parameter.requires_grad:
-            groups.setdefault(config.lr * plan.lr_scale(name, config.layer_lr_decay), []).append(parameter)
-    return [{"params": params, "lr": lr} for lr, params in sorted(groups.items(), reverse=True)]
+def layer_lr_decay_groups(
+    groups: list[dict], model: TransferModel, plan: FreezePlan, config: TrialConfig
+) -> list[dict]:
+    """timm's weight-decay groups split by learning rate: lr * layer_lr_decay ** (the parameter's unit's distance
+    from the head, study/models.py's numbering), the head at lr; each keeps its group's weight_decay."""
+    names = {id(parameter): name for name, parameter in model.backbone.named_parameters()}
+    split = []
+    for group in groups:
+        by_lr: dict[float, list[nn.Parameter]] = {}
+        for parameter in group["params"]:
+            rate = config.lr * plan.lr_scale(names[id(parameter)], config.layer_lr_decay)
+            by_lr.setdefault(rate, []).append(parameter)
+        split += [{**group, "params": params, "lr": rate} for rate, params in sorted(by_lr.items(), reverse=True)]
+    return split
 
 
 def lr_scheduler(
@@ -502,12 +516,32 @@ def peak_memory_mib(device: torch.device) -> float:
     return math.nan
 
 
-def make_optimizer(config: TrialConfig, params: list[nn.Parameter] | list[dict]) -> torch.optim.Optimizer:
+def make_optimizer(config: TrialConfig, model: nn.Module, plan: FreezePlan | None = None) -> torch.optim.Optimizer:
+    """The trial's optimizer over the model's trained parameters. Weight decay applies to weights only: norm
+    parameters (BatchNorm/LayerNorm gamma and beta, inserted BatchNorm included) and biases are exempt, as in timm
+    (`param_groups_weight_decay`: every tensor of one dimension or named `.bias`), so a BatchNorm study does not
+    also pull its affine parameters towards zero. With `plan`, each of timm's two groups is split by learning
+    rate (`layer_lr_decay_groups`)."""
+    groups = timm.optim.param_groups_weight_decay(model, config.weight_decay)
+    if plan is not None:
+        groups = layer_lr_decay_groups(groups, model, plan, config)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def weight_decay_summary(optimizer: torch.optim.Optimizer) -> str:
+    """Which trained tensors the optimizer decays, in words (part of the results' `effective` column)."""
+    counts = [0, 0]  # exempt, decayed
+    rate = 0.0
+    for group in optimizer.param_groups:
+        counts[group["weight_decay"] > 0] += len(group["params"])
+        rate = max(rate, group["weight_decay"])
+    if not counts[1]:
+        return "weight_decay none"
+    return f"weight_decay {rate:g} on {counts[1]}/{sum(counts)} trained tensors (norm and bias exempt)"
 
 
 @torch.inference_mode()

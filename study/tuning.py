@@ -45,7 +45,7 @@ from ray.tune.search.variant_generator import generate_variants
 
 from study.config import StudyError, TrialConfig
 from study.results import EPOCH_METRICS, PLACEMENT_INFO, TRIAL_INFO, trials_table, write_tables
-from study.space import MULTI_OBJECTIVE, Space
+from study.space import MULTI_OBJECTIVE, Dimension, Space
 from study.train import run_trial
 
 RAY_DIR = "ray"  # under the study's results directory: Ray Tune's own experiment files (without --storage)
@@ -249,13 +249,32 @@ def search_algorithm(space: Space, seed: int, max_concurrent: int | None = None)
     return FullBudgetOptunaSearch(space.max_epochs, sampler=sampler)
 
 
+def tune_domain(dimension: Dimension):
+    """A space's dimension as Ray Tune's search domain."""
+    if dimension.kind == "grid":
+        return tune.grid_search(dimension.values)
+    if dimension.kind == "choice":
+        return tune.choice(dimension.values)
+    if dimension.kind == "uniform":
+        return tune.uniform(*dimension.values)
+    if dimension.kind == "loguniform":
+        return tune.loguniform(*dimension.values)
+    return tune.randint(dimension.values[0], dimension.values[1] + 1)  # Ray excludes the upper end; spaces include it
+
+
+def param_space(space: Space) -> dict:
+    """Ray Tune's param_space: every trial setting, sampled or fixed."""
+    dimensions = {key: tune_domain(dimension) for key, dimension in space.dimensions.items()}
+    return {**space.fixed, **dimensions, "epochs": space.max_epochs}
+
+
 def planned_trials(space: Space, seed: int) -> tuple[list[dict], int]:
     """The trial configs a study would run, without Ray running: (configs known now, trials in all).
 
     grid/random: every trial, drawn as Ray's variant generator draws them with the same seed. optuna: the first
     ones TPE proposes before any result (its seeded random start-up draws); the later ones depend on results.
     """
-    params = space.param_space()
+    params = param_space(space)
     if space.search in ("grid", "random"):
         rng = np.random.default_rng(seed)  # what BasicVariantGenerator(random_state=seed) draws from
         configs = [
@@ -367,7 +386,7 @@ def run_study(
     single = space.search != "optuna_mo"  # multi-objective: the searcher and ASHA carry their own metrics
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources.per_trial()),
-        param_space=space.param_space(),
+        param_space=param_space(space),
         tune_config=tune.TuneConfig(
             metric=space.metric if single else None,
             mode=space.mode if single else None,

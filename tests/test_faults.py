@@ -105,7 +105,7 @@ def test_a_failing_trial_is_retried_then_recorded_and_overwrite_replaces_a_study
     assert "2 retries of a failing trial" in result.stdout and not (out / "old-result.txt").exists()
 
     trials = pd.read_csv(out / "trials.csv").set_index("status")
-    assert sorted(trials.index) == ["completed", "error"] and trials.loc["completed", "device"] == "cpu"
+    assert sorted(trials.index) == ["completed", "error"] and trials.loc["completed", "device_used"] == "cpu"
     assert trials.loc["error", "error"].startswith("StudyError: device=cuda but Ray gave this trial no GPU")
     # Ray's record of the failed trial: the first run and two retries
     errors = (out / "ray" / "tune" / trials.loc["error", "trial_id"] / "error.txt").read_text()

@@ -89,11 +89,12 @@ def test_frozen_means_frozen_after_a_training_epoch(small_digits):
     assert not backbone.bn1.training and backbone.bn2.training and backbone.training
 
 
-def test_packaged_weights_are_real_imagenet_weights():
-    """The offline default backbone classifies real photos correctly with its ImageNet head."""
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_packaged_weights_are_real_imagenet_weights(name):
+    """The offline backbones classify real photos correctly with their ImageNet heads (at their own input sizes)."""
     skimage_data = pytest.importorskip("skimage.data")
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    load_packaged_weights(model, "tf_efficientnet_lite0")
+    model = timm.create_model(name, pretrained=False)
+    load_packaged_weights(model, name)
     model.eval()
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
     with torch.inference_mode():

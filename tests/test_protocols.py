@@ -88,9 +88,8 @@ def test_cached_and_uncached_head_warmup_give_the_same_numbers(small_digits, tmp
 @pytest.mark.parametrize("unit", ["layer", "block"])
 def test_layer_lr_decay_groups_follow_the_layer_numbering(small_digits, tmp_path, unit):
     decay, lr = 0.5, 0.1
-    trial = build_trial(
-        config(tmp_path, unfreeze_depth=3, unfreeze_unit=unit, layer_lr_decay=decay, lr=lr), small_digits
-    )
+    settings = config(tmp_path, unfreeze_depth=3, unfreeze_unit=unit, layer_lr_decay=decay, lr=lr, weight_decay=0.01)
+    trial = build_trial(settings, small_digits)
     backbone = trial.model.backbone
     layers = weight_layers(backbone)
     number = (lambda layer: layer.index) if unit == "layer" else (lambda layer: layer.block)
@@ -104,7 +103,11 @@ def test_layer_lr_decay_groups_follow_the_layer_numbering(small_digits, tmp_path
     assert got.keys() == expected.keys()
     for name, rate in expected.items():
         assert got[name] == pytest.approx(rate), name
-    assert len(trial.optimizer.param_groups) == 4  # the head and three units
+    # timm's weight-decay rule still holds in every group: weights decay, BatchNorm and biases do not
+    for group in trial.optimizer.param_groups:
+        decays = {p.ndim > 1 and not names[id(p)].endswith(".bias") for p in group["params"]}
+        assert decays == {group["weight_decay"] > 0}
+    assert len(trial.optimizer.param_groups) == 8  # the head and three units, each split by weight decay
 
 
 def test_layers_cli_prints_each_trained_layer_s_learning_rate(capsys):
