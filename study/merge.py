@@ -114,6 +114,9 @@ def find_checkpoint_file(path: Path) -> Path:
     )
 
 
+CHECKPOINT_KEYS = ("state_dict", "config", "data", "classes", "weights_used", "img_size")
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     file = find_checkpoint_file(path)
     try:
@@ -128,6 +131,13 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise StudyError(
             f"{file} is not a study checkpoint (format {CHECKPOINT_FORMAT}): pass a model.pt saved by a trial with "
             "save_checkpoint: true"
+        )
+    missing = [key for key in CHECKPOINT_KEYS if key not in payload]
+    if missing or not isinstance(payload["config"], dict) or not isinstance(payload["state_dict"], dict):
+        problem = f"no {missing[0]!r}" if missing else "config or state_dict is no mapping"
+        raise StudyError(
+            f"{file} is a damaged study checkpoint ({problem}): save it again (a trial with save_checkpoint: true), "
+            "or pass another model.pt"
         )
     config = TrialConfig.from_dict(payload["config"], where=str(file))
     return Checkpoint(

@@ -1,8 +1,9 @@
 """The README and docs/ stay true: every relative link and anchor resolves, and every command line they show parses.
 
-Links: each relative link `[text](path#anchor)` outside code must name a file of the repository, and an anchor must
-be one of the target page's headings, turned into an anchor as GitHub does (or an explicit `<a id=...>`).
-Commands: every line of a fenced block of README.md (and of a `bash`/`sh`/`console` block in docs/) that runs
+Links (README.md, BENCHMARKS.md, docs/*.md): each relative link `[text](path#anchor)` outside code must name a file
+of the repository, and an anchor must be one of the target page's headings, turned into an anchor as GitHub does
+(or an explicit `<a id=...>`).
+Commands: every line of a fenced block of README.md (and of a `bash`/`sh`/`console` block elsewhere) that runs
 `python -m MODULE` must name a module that exists; a `study.*` module's arguments are parsed by its own argparse
 parser (`build_parser()`), so a renamed or misspelt option fails here, and `--space NAME` must be a shipped space.
 """
@@ -22,7 +23,7 @@ import pytest
 from study.space import available_spaces
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^\s*(```|~~~)\s*([\w+-]*)")
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 CODE_SPAN = re.compile(r"(`+)(?:.+?)\1")
@@ -165,7 +166,7 @@ def shown_commands() -> list[tuple[str, str, list[str]]]:
     """(line, module, arguments) of the commands README.md shows, and those of docs/' shell blocks."""
     shown = []
     for page in PAGES:
-        languages = None if page.name == "README.md" else COMMAND_BLOCKS_IN_DOCS
+        languages = None if page.name == "README.md" else COMMAND_BLOCKS_IN_DOCS  # elsewhere: usage synopses
         for line in command_lines(page, languages):
             if RUNS_PYTHON_MODULE.search(line):  # output lines and other programs are not parsed
                 shown += [(f"{page.relative_to(ROOT)}: {line}", *found) for found in python_modules(line)]
