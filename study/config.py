@@ -33,6 +33,7 @@ HEADS = ("linear", "single_linear")
 UNFREEZE_UNITS = ("layer", "block", "stage")
 BN_INSERTS = ("none", "before_retrained_conv")
 FROZEN_BN_MODES = ("eval", "train")
+LR_SCHEDULES = ("constant", "cosine", "step")  # study/train.py: lr_scheduler
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ NUMBER_LIMITS = {
     ),
     "max_concurrent": Limit(1, rule="must be at least 1"),
     "max_failures": Limit(0, rule="is negative: use 0 (no retry) or the number of retries"),
+    "layer_lr_decay": Limit(0, 1, low_open=True, rule="is outside (0, 1]: use e.g. 0.9, or 1 for no decay"),
 }
 
 
@@ -118,6 +120,8 @@ class TrialConfig:
     bn_insert: str = "none"
     train_bn_affine: bool = False
     frozen_bn: str = "eval"
+    # BitFit: the biases of the frozen part train too (a frozen layer without a bias stays frozen).
+    train_bias: bool = False
     # Data (study/data.py)
     data: str = "digits"  # digits, a torchvision dataset name, or folder:PATH
     data_root: str | None = None  # downloads and decoded caches; None: ~/.cache/study/data on each node
@@ -133,6 +137,15 @@ class TrialConfig:
     weight_decay: float = 0.0  # on weights only: norm parameters and biases are exempt (study/train.py)
     batch_size: int = 64
     epochs: int = 5
+    # Fine-tuning protocol (study/train.py). The first head_warmup_epochs epochs train the new head alone (every
+    # other parameter frozen, no surgery), the rest the trial's unfreeze depth and surgery, with a new optimizer.
+    head_warmup_epochs: int = 0
+    # The learning rate per batch over each phase: constant, cosine (to 0) or step (x STEP_GAMMA at each third),
+    # after a linear warm-up of warmup_epochs epochs (a fraction of an epoch is allowed) at the phase's start.
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    # Layer-wise lr decay: a trained unit (as unfreeze_unit counts) d units from the head trains at lr * decay**d.
+    layer_lr_decay: float = 1.0
     seed: int = 0
     device: str = "auto"
     # Speed (study/train.py, study/features.py): mixed precision (autocast) on CUDA; CPU trials run in float32.
@@ -146,6 +159,7 @@ class TrialConfig:
         for field in dataclasses.fields(self):
             object.__setattr__(self, field.name, _coerce(field.name, getattr(self, field.name)))
             check_number(field.name, getattr(self, field.name))
+        self._check_protocol()
         depth = self.unfreeze_depth
         if isinstance(depth, str) and depth != ALL_LAYERS:
             raise StudyError(f"unfreeze_depth={depth!r} is invalid: use an integer >= 0 or '{ALL_LAYERS}'")
@@ -157,6 +171,24 @@ class TrialConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("augment", self.augment, AUGMENTATIONS)
         _check_choice("device", self.device, DEVICES)
+
+    def _check_protocol(self) -> None:
+        if not 0 <= self.head_warmup_epochs < self.epochs:
+            raise StudyError(
+                f"head_warmup_epochs={self.head_warmup_epochs} must be in 0..{self.epochs - 1} (epochs={self.epochs} "
+                "counts the warm-up too): lower it or raise the epoch budget"
+            )
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        shortest = min(length for length in self.phase_epochs() if length > 0)
+        if not 0 <= self.warmup_epochs < shortest:
+            raise StudyError(
+                f"warmup_epochs={self.warmup_epochs} must be >= 0 and shorter than each training phase "
+                f"({shortest} epochs): lower it"
+            )
+
+    def phase_epochs(self) -> tuple[int, int]:
+        """Epochs of the head warm-up and of the trial's own training after it."""
+        return self.head_warmup_epochs, self.epochs - self.head_warmup_epochs
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "trial config") -> TrialConfig:

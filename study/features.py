@@ -194,6 +194,7 @@ class Cut:
     feature_shape: tuple[int, ...]  # per image
     dtype: torch.dtype
     suffix: torch.fx.GraphModule
+    limit: str = ""  # what ends the frozen prefix (FreezePlan.prefix_end): the first thing that trains or moves
 
     @property
     def name(self) -> str:
@@ -210,6 +211,7 @@ class Cut:
             f"cut after {self.name}: {self.prefix_layers}/{self.num_layers} layers frozen before it, "
             f"{self.prefix_share:.0%} of the forward multiply-accumulates; features {list(self.feature_shape)} "
             f"{str(self.dtype).removeprefix('torch.')}"
+            + (f" (the frozen prefix ends at {self.limit})" if self.limit else "")
         )
 
 
@@ -219,7 +221,7 @@ def find_cut(
     """The trial's cut (module docstring), or why there is none. `backbone` must be in eval mode; `example` is an
     input batch on its device (a few images: the split is checked on it)."""
     if plan.frozen_prefix_layers == 0:
-        return "the first layer trains or updates BatchNorm statistics: nothing frozen to cache"
+        return f"the first layer trains or updates BatchNorm statistics: nothing frozen to cache ({plan.prefix_end()})"
     try:
         graph_module = trace(backbone)
     except (
@@ -262,6 +264,7 @@ def find_cut(
         shape,
         dtype,
         segment(graph_module, node, None),
+        plan.prefix_end(),
     )
     with torch.inference_mode(), autocast():
         split = cut.suffix(cut.prefix_from(None)(example))

@@ -6,7 +6,9 @@ with each, the head, `total params: N`, and the trainable parameter count at
 every depth in layers (`trainable params at depth K: N`). Surgery settings
 (`--set head=single_linear --set unfreeze_depth=1 --set bn_insert=before_retrained_conv`,
 any trial setting) describe one configuration, for which it then prints
-`trainable params: N`, `inserted BN layers: M` and what the settings did.
+`trainable params: N`, `inserted BN layers: M` and what the settings did; with
+`head_warmup_epochs` each training phase and its trainable parameters; with
+`layer_lr_decay` below 1 the learning rate of each trained layer (`--set lr=...`).
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ import argparse
 import sys
 
 from study.config import StudyError, TrialConfig, parse_assignment
-from study.models import default_input_size, head_modules, plan_for, structure_only
+from study.models import default_input_size, head_modules, phase_plans, structure_only, weight_layers
 
 
 def describe(backbone: str, num_classes: int, settings: dict | None = None) -> str:
     config = TrialConfig.from_dict({**(settings or {}), "backbone": backbone}, where="--set")
     size = config.img_size or default_input_size(backbone)
     model = structure_only(backbone, num_classes, config.head, size)  # meta device: no weights, no memory
-    plan = plan_for(model, config)
+    phases = phase_plans(model, config, weight_layers(model))
+    plan = phases[-1].plan
     blocks, stages = ({getattr(layer, unit) for layer in plan.layers} - {None} for unit in ("block", "stage"))
     width = max(len(layer.name) for layer in plan.layers)
     lines = [
@@ -46,7 +49,17 @@ def describe(backbone: str, num_classes: int, settings: dict | None = None) -> s
     ]
     surgery = ", ".join(
         f"{key}={getattr(config, key)}"
-        for key in ("head", "unfreeze_depth", "unfreeze_unit", "bn_insert", "train_bn_affine", "frozen_bn")
+        for key in (
+            "head",
+            "unfreeze_depth",
+            "unfreeze_unit",
+            "bn_insert",
+            "train_bn_affine",
+            "frozen_bn",
+            "train_bias",
+            "head_warmup_epochs",
+            "layer_lr_decay",
+        )
     )
     lines += [
         f"configuration: {surgery}",
@@ -54,7 +67,33 @@ def describe(backbone: str, num_classes: int, settings: dict | None = None) -> s
         f"inserted BN layers: {len(plan.inserted_bn)}",
         f"effective: {plan.effective}",
     ]
+    if len(phases) > 1:
+        lines += [f"phase {phase.describe()}" for phase in phases]
+    if config.layer_lr_decay < 1:
+        lines += learning_rates(plan, config, width)
     return "\n".join(lines)
+
+
+def learning_rates(plan, config: TrialConfig, width: int) -> list[str]:
+    """Each trained layer's learning rate, lr * layer_lr_decay ** (its unit's distance from the head)."""
+    unit = config.unfreeze_unit
+    lines = [
+        f"learning rates (lr={config.lr:g} x layer_lr_decay={config.layer_lr_decay:g} ** distance from the head in "
+        f"{unit}s): head {config.lr:.6g}"
+    ]
+    for layer in reversed(plan.trained_layers):
+        number = plan.param_unit[f"{layer.name}.weight"]
+        distance = plan.num_units - number + 1
+        rate = config.lr * plan.lr_scale(f"{layer.name}.weight", config.layer_lr_decay)
+        lines.append(f"{layer.index:>4}  {layer.name:<{width}}  {unit} {number}, distance {distance}: lr {rate:.6g}")
+    extra = plan.bias_params + sorted(p for p in plan.trainable if p.rpartition(".")[0] in plan.affine_norms)
+    if extra:
+        rates = [config.lr * plan.lr_scale(name, config.layer_lr_decay) for name in extra]
+        lines.append(
+            f"frozen part's trained parameters (train_bias, train_bn_affine): {len(extra)} tensors at their layers' "
+            f"{unit}s, lr {min(rates):.3g} to {max(rates):.3g}"
+        )
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

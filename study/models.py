@@ -518,6 +518,10 @@ class FreezePlan:
     frozen_stat_norms: list[str] = field(default_factory=list)  # frozen-part BatchNorm with running statistics
     frozen_bn: str = "eval"
     train_bn_affine: bool = False
+    train_bias: bool = False
+    bias_params: list[str] = field(default_factory=list)  # frozen-part biases trained (train_bias)
+    # backbone parameter -> its unit (unfreeze_unit's numbering, 1..num_units); the head's are absent
+    param_unit: dict[str, int] = field(default_factory=dict)
 
     @property
     def trainable_params(self) -> int:
@@ -546,6 +550,30 @@ class FreezePlan:
                 return position
         return len(self.layers)
 
+    def prefix_end(self) -> str:
+        """What ends the frozen prefix, in words (the feature cache's note), or "" when everything is frozen."""
+        if self.frozen_prefix_layers == len(self.layers):
+            return ""
+        layer = self.layers[self.frozen_prefix_layers]
+        moving = set(self.frozen_stat_norms) - set(self.eval_norms)
+        trained = [p for p in layer.params if p in self.trainable]
+        if layer in self.trained_layers:
+            why = f"unfreeze_depth trains it ({layer.name})"
+        elif set(trained) & set(self.bias_params):
+            why = f"train_bias=true trains {next(p for p in trained if p in self.bias_params)}"
+        elif trained:
+            why = f"train_bn_affine=true trains {trained[0]}"
+        else:
+            why = f"frozen_bn=train updates {next(n for n in layer.norms if n in moving)}"
+        return f"layer {layer.index}: {why}"
+
+    def lr_scale(self, name: str, decay: float) -> float:
+        """The factor of the trial's lr for parameter `name`: decay ** (its unit's distance from the head), the
+        head (and anything outside the units) at 1. Inserted BatchNorm trains with its conv's unit."""
+        conv = name.partition(f".{INSERTED_BN}.")[0] if f".{INSERTED_BN}." in name else None
+        unit = self.param_unit.get(f"{conv}.weight" if conv else name)
+        return 1.0 if unit is None else decay ** (self.num_units - unit + 1)
+
     def fixed(self, name: str, module: nn.Module) -> bool:
         """Whether module `name` of the backbone (sub-modules included) stays the same function while training:
         none of its parameters trains and none of its BatchNorm updates running statistics (a BatchNorm stays
@@ -568,6 +596,8 @@ class FreezePlan:
         if self.unit != "layer":
             parts[0] += f" (last {self.unit_depth}/{self.num_units} {self.unit}s)"
         parts.append(f"bn_inserted {len(self.inserted_bn)}")
+        if self.train_bias:
+            parts.append(f"bias {len(self.bias_params)} tensors in the frozen part")
         if self.train_bn_affine:
             kinds = Counter(self.affine_norms.values())
             trained = ", ".join(f"{count} {kind}" for kind, count in kinds.items())
@@ -592,6 +622,7 @@ def freeze_plan(
     bn_insert: str = "none",
     train_bn_affine: bool = False,
     frozen_bn: str = "eval",
+    train_bias: bool = False,
     layers: list[Layer] | None = None,
 ) -> FreezePlan:
     """Decide what trains (module docstring); `layers` = weight_layers(model) when already known."""
@@ -646,6 +677,12 @@ def freeze_plan(
             if names:
                 affine[norm] = type(modules[norm]).__name__
                 trainable.update(names)
+    bias_params = []
+    if train_bias:
+        # BitFit: every bias tensor of the backbone's frozen part (conv, linear and norm biases)
+        bias_params = [name for name in layer_of if name.rpartition(".")[2] == "bias" and name not in trainable]
+        trainable.update(bias_params)
+    param_unit = {name: units.get(name, layer_of[name]) for name in layer_of}
     stat_norms = [
         norm
         for norm in frozen_norms
@@ -666,11 +703,14 @@ def freeze_plan(
         stat_norms,
         frozen_bn,
         train_bn_affine,
+        train_bias,
+        bias_params,
+        param_unit,
     )
 
 
 def plan_for(model: nn.Module, config: TrialConfig, layers: list[Layer] | None = None) -> FreezePlan:
-    """The freeze plan of a trial's settings."""
+    """The freeze plan of a trial's settings (after its head warm-up, if any)."""
     return freeze_plan(
         model,
         config.unfreeze_depth,
@@ -679,8 +719,46 @@ def plan_for(model: nn.Module, config: TrialConfig, layers: list[Layer] | None =
         bn_insert=config.bn_insert,
         train_bn_affine=config.train_bn_affine,
         frozen_bn=config.frozen_bn,
+        train_bias=config.train_bias,
         layers=layers,
     )
+
+
+def phase_plans(model: nn.Module, config: TrialConfig, layers: list[Layer] | None = None) -> list[Phase]:
+    """The trial's training phases in order: the head warm-up (if head_warmup_epochs > 0: only the new head trains,
+    no surgery, the frozen part's BatchNorm as frozen_bn says), then the trial's own plan."""
+    layers = layers or weight_layers(model)
+    phases = []
+    warmup, rest = config.phase_epochs()
+    if warmup:
+        head_only = freeze_plan(
+            model, 0, config.backbone, unit=config.unfreeze_unit, frozen_bn=config.frozen_bn, layers=layers
+        )
+        phases.append(Phase(HEAD_WARMUP, 1, warmup, head_only))
+    phases.append(Phase(MAIN_PHASE, warmup + 1, warmup + rest, plan_for(model, config, layers)))
+    return phases
+
+
+HEAD_WARMUP = "head_warmup"
+MAIN_PHASE = "main"
+
+
+@dataclass
+class Phase:
+    """Epochs first..last (1-based, inclusive) of a trial, trained as `plan` says."""
+
+    name: str  # HEAD_WARMUP or MAIN_PHASE
+    first: int
+    last: int
+    plan: FreezePlan
+
+    @property
+    def epochs(self) -> int:
+        return self.last - self.first + 1
+
+    def describe(self) -> str:
+        what = "head only" if self.name == HEAD_WARMUP else self.plan.effective.split(";")[0]
+        return f"epochs {self.first}-{self.last} ({self.name}): {what}, {self.plan.trainable_params:,} trainable"
 
 
 def apply_freeze(model: nn.Module, plan: FreezePlan) -> TransferModel:

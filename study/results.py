@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # Plotly is imported where a figure is drawn: a study's drive
 # trial measured or resolved it to (img_size_used, device_used, amp_dtype, loader_workers_used).
 EPOCH_METRICS = (
     "epoch",
+    "phase",  # study/models.py: head_warmup or main
     "train_loss",
     "train_acc",
     "val_loss",

@@ -37,7 +37,7 @@ import torch
 from study.config import WEIGHT_SOURCES, StudyError, TrialConfig, check_number, parse_assignment, weights_source
 from study.data import DATA_NAMES, absolute_data, class_count, load_data
 from study.environment import hardware, package_versions
-from study.models import create_backbone, default_input_size, plan_for, structure_only, weight_layers
+from study.models import create_backbone, default_input_size, phase_plans, plan_for, structure_only, weight_layers
 from study.results import atomic_write, export, read_json, trials_table, varying_settings
 from study.rungs import RUNG_ACCURACY, RUNG_COST
 from study.space import SEARCHES, Dimension, Space, load_space
@@ -249,7 +249,8 @@ def dry_run(space: Space, seed: int) -> pd.DataFrame:
         if key not in models:
             model = structure_only(config.backbone, key[3], config.head, size)
             models[key] = (model, weight_layers(model))
-        plan = plan_for(models[key][0], config, layers=models[key][1])
+        phases = phase_plans(models[key][0], config, layers=models[key][1])
+        plan = phases[-1].plan
         rows.append(
             {
                 "trial": number,
@@ -258,9 +259,13 @@ def dry_run(space: Space, seed: int) -> pd.DataFrame:
                 "inserted_bn": len(plan.inserted_bn),
                 "trainable_params": plan.trainable_params,
                 "total_params": plan.total_params,
+                # per phase where a head warm-up comes first: epochs and trainable parameters of each
+                "phases": " then ".join(f"{p.epochs} {p.name} ({p.plan.trainable_params:,})" for p in phases),
             }
         )
     table = pd.DataFrame(rows)
+    if not any(" then " in phases for phases in table["phases"]):
+        table = table.drop(columns="phases")
     asha = (
         (
             f"multi-objective ASHA on {RUNG_ACCURACY} x {RUNG_COST}"

@@ -39,10 +39,11 @@ run slower there, out of the processor's caches).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm.data
@@ -55,7 +56,16 @@ from study.augment import batch_mix, preprocessor, sample_transform
 from study.config import StudyError, TrialConfig
 from study.data import Splits, batches, load_data, train_loader
 from study.features import FeatureCache, FeatureStore, family_key, find_cut, off_report, rows_loader
-from study.models import FreezePlan, TransferModel, apply_freeze, create_backbone, default_input_size, plan_for
+from study.models import (
+    FreezePlan,
+    Phase,
+    TransferModel,
+    apply_freeze,
+    create_backbone,
+    default_input_size,
+    phase_plans,
+    weight_layers,
+)
 
 CUDA_EVAL_BATCH_SIZE = (
     256  # on CPU, evaluation uses the training batch size: larger batches leave the caches and run slower
@@ -64,6 +74,7 @@ PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 CHECKPOINT_FILE = "model.pt"
 CHECKPOINT_FORMAT = 1
+STEP_GAMMA = 0.1  # lr_schedule=step: the lr's factor at each third of a phase (after its warm-up)
 
 
 @dataclass
@@ -71,11 +82,13 @@ class Trial:
     config: TrialConfig
     data: Splits
     model: TransferModel
-    plan: FreezePlan
+    phases: list[Phase]  # the head warm-up (if any), then the trial's own plan
+    phase: Phase  # the one training now
     preprocess: v2.Transform  # uint8 batch -> normalised float batch at the input size
     loader: torch.utils.data.DataLoader  # shuffled, per-sample augmented uint8 training batches
     mix: v2.Transform | None  # CutMix/MixUp on preprocessed batches
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer  # a new one (and schedule) for each phase
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped after every batch
     device: torch.device
     img_size: int
     weights_used: str
@@ -84,10 +97,17 @@ class Trial:
     scaler: torch.amp.GradScaler | None  # float16 only
     cache: FeatureCache | None  # the frozen prefix's features (study/features.py)
     cache_off: str  # why there is no cache ("" when there is one)
-    rows: torch.utils.data.DataLoader | None  # with a cache: shuffled row positions, the image batches' order
-    # seconds of set-up (data_load_s, model_build_s: backbone, weights, freezing, optimizer; cut_check_s: finding
-    # and checking the cache's cut): where a cheap trial's time goes besides training (benchmarks/many_trials.py)
-    setup: dict = field(default_factory=dict)
+    rows: torch.utils.data.DataLoader  # shuffled row positions for a cache: the image batches' order (one generator)
+    data_config: dict  # timm's: preprocessing
+    earlier_caches: list[tuple[Phase, dict]] = dataclasses.field(default_factory=list)  # phases done: cache report
+    # seconds of set-up (data_load_s, model_build_s: backbone, weights, freezing; cut_check_s: the first phase's
+    # optimizer and finding and checking its cache's cut): where a cheap trial's time goes besides training
+    # (benchmarks/many_trials.py)
+    setup: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def plan(self) -> FreezePlan:
+        return self.phase.plan
 
     @property
     def network(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -111,9 +131,9 @@ class Trial:
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last and batch.dim() == 4 else batch
 
     def info(self) -> dict:
-        """What a trial is, beside what it measures: reported with every epoch. What a setting resolved to
-        (`img_size_used`, `device_used`, `amp_dtype`, `loader_workers_used`) is named apart from the setting, so the
-        trials table keeps both."""
+        """What a trial is, beside what it measures: reported with every epoch (the current phase's plan). What a
+        setting resolved to (`img_size_used`, `device_used`, `amp_dtype`, `loader_workers_used`) is named apart from
+        the setting, so the trials table keeps both."""
         return {
             "weights_used": self.weights_used,
             "num_layers": len(self.plan.layers),
@@ -128,9 +148,26 @@ class Trial:
             "loader_workers_used": 0 if self.cache is not None else self.loader.num_workers,
             "amp_dtype": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype is not None else "off",
             "channels_last": self.channels_last,
-            **(self.cache.report() if self.cache is not None else off_report(self.cache_off)),
+            **self.cache_report(),
             **self.data.info(),
             **self.setup,
+        }
+
+    def cache_report(self) -> dict:
+        """The cache of the current phase; with a head warm-up before it, its build times and cost added and its
+        note in front."""
+        report = self.cache.report() if self.cache is not None else off_report(self.cache_off)
+        if not self.earlier_caches:
+            return report
+        notes = [f"epochs {p.first}-{p.last} ({p.name}): {r['cache_note']}" for p, r in self.earlier_caches]
+        notes.append(f"epochs {self.phase.first}-{self.phase.last} ({self.phase.name}): {report['cache_note']}")
+        return {
+            **report,
+            "cache_note": "; ".join(notes),
+            **{
+                key: report[key] + sum(r[key] for _, r in self.earlier_caches)
+                for key in ("cache_build_s", "cache_cost_s")
+            },
         }
 
 
@@ -155,8 +192,8 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
     backbone, weights_used = create_backbone(
         config.backbone, config.weights, data.num_classes, config.seed, size, config.head
     )
-    plan = plan_for(backbone, config)
-    model = apply_freeze(backbone, plan).to(device)
+    phases = phase_plans(backbone, config, weight_layers(backbone))
+    model = apply_freeze(backbone, phases[0].plan).to(device)
     channels_last = all(p.dim() != 5 for p in model.parameters()) and any(
         isinstance(m, nn.Conv2d) for m in model.modules()
     )
@@ -167,20 +204,24 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
     data_config = timm.data.resolve_data_config({}, model=backbone)
     preprocess = preprocessor(size, data_config["mean"], data_config["std"], data_config["interpolation"])
     per_sample = sample_transform(config.augment, size, data_config["interpolation"])
+    # one generator for images and cached rows: the same sampler draws the same batches from either, also when
+    # a phase's cache differs from the previous phase's
     shuffle = torch.Generator().manual_seed(config.seed)
     workers = loader_workers(config.loader_workers, per_sample is not None, device)
     loader = train_loader(data.train, config.batch_size, per_sample, shuffle, workers, pin_memory=device.type == "cuda")
-    optimizer = make_optimizer(config, model)
+    rows = rows_loader(len(data.train), config.batch_size, shuffle, device.type == "cuda")
     mix = batch_mix(config.augment, data.num_classes)
     trial = Trial(
         config,
         data,
         model,
-        plan,
+        phases,
+        phases[0],
         preprocess,
         loader,
         mix,
-        optimizer,
+        None,
+        None,
         device,
         size,
         weights_used,
@@ -189,21 +230,69 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
         scaler,
         cache=None,
         cache_off="",
-        rows=None,
+        rows=rows,
+        data_config=data_config,
     )
     built = time.perf_counter()
-    trial.cache, trial.cache_off = feature_cache(trial, data_config)
+    start_phase(trial, phases[0])
     trial.setup = {
         "data_load_s": loaded - start,
         "model_build_s": built - loaded,
         "cut_check_s": time.perf_counter() - built,
     }
-    if trial.cache is not None:
-        # an equally seeded generator: the same sampler draws the same batches as the image loader would
-        trial.rows = rows_loader(
-            len(data.train), config.batch_size, torch.Generator().manual_seed(config.seed), device.type == "cuda"
-        )
     return trial
+
+
+def start_phase(trial: Trial, phase: Phase) -> None:
+    """Freeze as the phase's plan says (the head warm-up's surgery-free model gets the trial's surgery now), and
+    give it a new optimizer, learning-rate schedule and feature cache (its own cut, or none)."""
+    if phase is not trial.phase:
+        trial.earlier_caches.append((trial.phase, trial.cache_report()))
+        trial.phase = phase
+        trial.model = apply_freeze(trial.model.backbone, phase.plan).to(trial.device)
+        trial.cache = None
+    trial.optimizer = make_optimizer(trial.config, trial.model, phase.plan)
+    trial.scheduler = lr_scheduler(trial.optimizer, trial.config, phase.epochs, len(trial.rows))
+    trial.cache, trial.cache_off = feature_cache(trial, trial.data_config)
+
+
+def layer_lr_decay_groups(
+    groups: list[dict], model: TransferModel, plan: FreezePlan, config: TrialConfig
+) -> list[dict]:
+    """timm's weight-decay groups split by learning rate: lr * layer_lr_decay ** (the parameter's unit's distance
+    from the head, study/models.py's numbering), the head at lr; each keeps its group's weight_decay."""
+    names = {id(parameter): name for name, parameter in model.backbone.named_parameters()}
+    split = []
+    for group in groups:
+        by_lr: dict[float, list[nn.Parameter]] = {}
+        for parameter in group["params"]:
+            rate = config.lr * plan.lr_scale(names[id(parameter)], config.layer_lr_decay)
+            by_lr.setdefault(rate, []).append(parameter)
+        split += [{**group, "params": params, "lr": rate} for rate, params in sorted(by_lr.items(), reverse=True)]
+    return split
+
+
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrialConfig, epochs: int, batches_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's schedulers over one phase of `epochs`, stepped per batch: a linear warm-up over the first
+    `warmup_epochs` (batch t of W at lr * (t + 1) / (W + 1)), then constant, cosine (CosineAnnealingLR to 0 at the
+    phase's end) or step (x STEP_GAMMA at one and two thirds of the batches after the warm-up). Every parameter
+    group keeps its own lr's proportion (layer_lr_decay)."""
+    total = epochs * batches_per_epoch
+    warmup = round(config.warmup_epochs * batches_per_epoch)
+    rest = total - warmup
+    schedules = torch.optim.lr_scheduler
+    if config.lr_schedule == "cosine":
+        main = schedules.CosineAnnealingLR(optimizer, T_max=rest, eta_min=0.0)
+    elif config.lr_schedule == "step":
+        main = schedules.MultiStepLR(optimizer, milestones=[round(rest / 3), round(2 * rest / 3)], gamma=STEP_GAMMA)
+    else:
+        main = schedules.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if not warmup:
+        return main
+    ramp = schedules.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
+    return schedules.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
 def mixed_precision(enabled: bool, device: torch.device) -> torch.dtype | None:
@@ -214,7 +303,7 @@ def mixed_precision(enabled: bool, device: torch.device) -> torch.dtype | None:
 
 
 def feature_cache(trial: Trial, data_config: dict) -> tuple[FeatureCache | None, str]:
-    """The trial's frozen-prefix cache (study/features.py), or None and why not."""
+    """The current phase's frozen-prefix cache (study/features.py), or None and why not."""
     config = trial.config
     if not config.feature_cache:
         return None, "feature_cache=false"
@@ -298,6 +387,9 @@ def train_epochs(config: TrialConfig, data: Splits | None, checkpoint_dir: Path 
     train_time = 0.0
     peak_memory = math.nan
     for epoch in range(1, config.epochs + 1):
+        phase = next(phase for phase in trial.phases if phase.first <= epoch <= phase.last)
+        if phase is not trial.phase:
+            start_phase(trial, phase)
         measurable = reset_peak_memory(trial.device)
         train_loss, train_acc, epoch_time = train_epoch(trial)
         train_time += epoch_time
@@ -316,6 +408,7 @@ def train_epochs(config: TrialConfig, data: Splits | None, checkpoint_dir: Path 
         info = trial.info()
         yield {
             "epoch": epoch,
+            "phase": phase.name,
             "train_loss": train_loss,
             "train_acc": train_acc,
             "val_loss": val_loss,
@@ -381,6 +474,7 @@ def train_epoch(trial: Trial) -> tuple[float, float, float]:
         else:
             loss.backward()
             trial.optimizer.step()
+        trial.scheduler.step()
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
     seconds = clock(device) - start
@@ -435,12 +529,15 @@ def peak_memory_mib(device: torch.device) -> float:
     return math.nan
 
 
-def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: TrialConfig, model: nn.Module, plan: FreezePlan | None = None) -> torch.optim.Optimizer:
     """The trial's optimizer over the model's trained parameters. Weight decay applies to weights only: norm
     parameters (BatchNorm/LayerNorm gamma and beta, inserted BatchNorm included) and biases are exempt, as in timm
     (`param_groups_weight_decay`: every tensor of one dimension or named `.bias`), so a BatchNorm study does not
-    also pull its affine parameters towards zero."""
+    also pull its affine parameters towards zero. With `plan`, each of timm's two groups is split by learning
+    rate (`layer_lr_decay_groups`)."""
     groups = timm.optim.param_groups_weight_decay(model, config.weight_decay)
+    if plan is not None:
+        groups = layer_lr_decay_groups(groups, model, plan, config)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adam":

@@ -82,7 +82,13 @@ def test_the_document_spaces_are_the_documents_experiments():
         "cutmix_mixup",
     }
     k = load_space("paper_004_unfreeze_k")
-    assert (k.fixed["backbone"], k.fixed["data"], k.max_epochs) == ("mobilenetv2_100", "oxford_pets_binary", 3)
+    # the document's protocol: the head alone for 3 epochs, then the top K layers with it for 3 more
+    assert (k.fixed["backbone"], k.fixed["data"], k.max_epochs, k.fixed["head_warmup_epochs"]) == (
+        "mobilenetv2_100",
+        "oxford_pets_binary",
+        6,
+        3,
+    )
     assert k.dimensions["train_fraction"].values == [0.1, 0.2]
     # the document's K (Keras layers, 154) as conv layers of the same MobileNetV2 (study/models.py's layers)
     assert k.dimensions["unfreeze_depth"].values == [0, 1, 2, 3, 5, 6, 7, 8, 10, 20, 34]
