@@ -2,7 +2,7 @@
 
 Everything here works on plain records and DataFrames (no Ray), so results can
 be rebuilt, tested and analysed without a cluster. Files are written atomically
-(temporary file, then rename): an interrupted export never leaves half a file.
+(study/files.py: temporary file, then rename): an interrupted export never leaves half a file.
 `load_results` reads a results directory back, whatever part of it exists.
 """
 
@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from study.config import FIELD_TYPES, StudyError, TrialConfig
+from study.files import atomic_write
 from study.pareto import ACCURACY, COSTS, INCLUDE_STOPPED, MAIN_COST, pareto_front
 
 # What a trial reports every epoch (study/train.py); the rest of a report is static trial information. None of
@@ -80,8 +78,6 @@ FINAL_METRICS = (
     "standalone_train_time_s",
     "peak_memory_mib",
 )
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -153,19 +149,6 @@ def write_tables(out: Path, trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.Da
     atomic_write(out / "epochs.parquet", lambda p: epochs.to_parquet(p, index=False))
     atomic_write(out / "pareto.csv", lambda p: front.to_csv(p, index=False))
     return front
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from the user's group
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

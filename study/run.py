@@ -33,10 +33,12 @@ import torch
 from study.config import WEIGHT_SOURCES, StudyError, TrialConfig, parse_assignment, weights_source
 from study.data import DATA_NAMES, absolute_data, class_count, load_data
 from study.environment import hardware, package_versions
+from study.files import atomic_write
 from study.models import create_backbone, default_input_size, plan_for, structure_only, weight_layers
+from study.registry import SCHEDULERS, SEARCHES
 from study.report import write_report
-from study.results import atomic_write, export, trials_table, varying_settings
-from study.space import SEARCHES, Dimension, Space, load_space
+from study.results import export, trials_table, varying_settings
+from study.space import Dimension, Space, load_space
 
 DEFAULT_SPACE = "unfreeze_depth"
 # What defines a study: --resume takes all of it from the study's study.json.
@@ -97,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="fix a trial setting (repeatable)"
     )
-    parser.add_argument("--search", choices=SEARCHES, help="search algorithm, replacing the space's")
+    parser.add_argument("--search", choices=SEARCHES.names(), help="search algorithm, replacing the space's")
     parser.add_argument(
         "--seed",
         type=int,
@@ -268,6 +270,11 @@ def dry_run(space: Space, seed: int) -> pd.DataFrame:
     print(
         f"Dry run of {space.name} ({space.source}): search {space.search}, seed {seed}, {shown}; up to "
         f"{space.max_epochs} epochs each, {asha}."
+    )
+    scheduler = tuning.scheduler_name(space)
+    print(
+        f"search {space.search}: {SEARCHES.describe(space.search)}; scheduler {scheduler}: "
+        f"{SCHEDULERS.describe(scheduler)}."
     )
     print("Nothing is trained; no weights or data are read (structure-only models).")
     if space.fixed:

@@ -17,7 +17,7 @@ A space file (search_spaces/NAME.yaml):
     metric: val_acc
     mode: max
 
-Search algorithms (Ray Tune runs them all; study/tuning.py builds them):
+Search algorithms (registered in study/registry.py SEARCHES; Ray Tune runs them all, study/tuning.py builds them):
 - grid: every combination of the grid dimensions, num_samples times; only grid dimensions allowed.
 - random: Ray's variant generator: grids crossed, sampled dimensions drawn num_samples times (seeded).
 - optuna: Optuna's TPE sampler (seeded) proposes num_samples trials, learning from finished ones, on
@@ -40,13 +40,13 @@ from pathlib import Path
 import yaml
 
 from study.config import FIELD_TYPES, StudyError, TrialConfig, closest_hint, load_yaml
+from study.registry import SEARCHES
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 # Trial settings that are paths study WRITES to: only the command line may set them, never a space file (which
 # may come from someone else); every other path in a space (weights, folder data) is only read.
 COMMAND_LINE_ONLY = ("data_root",)
 SPACE_KEYS = ("description", "fixed", "dimensions", "search", "num_samples", "max_epochs", "asha", "metric", "mode")
-SEARCHES = ("grid", "random", "optuna", "optuna_mo")
 # optuna_mo's two objectives: the Pareto front of the results (study/pareto.py) is over the same pair.
 MULTI_OBJECTIVE = {"val_acc": "max", "train_time_s": "min"}
 ASHA_KEYS = ("grace_period", "reduction_factor")
@@ -118,7 +118,8 @@ class Space:
         if self.mode not in ("max", "min"):
             raise StudyError(f"{where}: mode '{self.mode}' must be max or min")
         if self.search not in SEARCHES:
-            raise StudyError(f"{where}: search '{self.search}' is unknown{closest_hint(self.search, SEARCHES)}")
+            hint = closest_hint(self.search, SEARCHES.names())
+            raise StudyError(f"{where}: search '{self.search}' is unknown{hint}")
         grids = [key for key, d in self.dimensions.items() if d.kind == "grid"]
         sampled = [key for key, d in self.dimensions.items() if d.kind != "grid"]
         if self.search == "grid" and sampled:

@@ -56,6 +56,7 @@ from study.config import StudyError, TrialConfig
 from study.data import Splits, batches, load_data, train_loader
 from study.features import FeatureCache, FeatureStore, family_key, find_cut, off_report, rows_loader
 from study.models import FreezePlan, TransferModel, apply_freeze, create_backbone, default_input_size, plan_for
+from study.registry import OPTIMIZERS
 
 CUDA_EVAL_BATCH_SIZE = (
     256  # on CPU, evaluation uses the training batch size: larger batches leave the caches and run slower
@@ -429,11 +430,20 @@ def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimiz
     (`param_groups_weight_decay`: every tensor of one dimension or named `.bias`), so a BatchNorm study does not
     also pull its affine parameters towards zero."""
     groups = timm.optim.param_groups_weight_decay(model, config.weight_decay)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return OPTIMIZERS.get(config.optimizer)(groups, config)
+
+
+# The optimizers of study/registry.py OPTIMIZERS: (param_groups, config) -> optimizer; the groups carry weight decay.
+def sgd(groups: list[dict], config: TrialConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+
+
+def adam(groups: list[dict], config: TrialConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=config.lr)
+
+
+def adamw(groups: list[dict], config: TrialConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=config.lr)
 
 
 def weight_decay_summary(optimizer: torch.optim.Optimizer) -> str:

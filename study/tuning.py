@@ -44,6 +44,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.variant_generator import generate_variants
 
 from study.config import StudyError, TrialConfig
+from study.registry import SCHEDULERS, SEARCHES
 from study.results import EPOCH_METRICS, PLACEMENT_INFO, TRIAL_INFO, trials_table, write_tables
 from study.space import MULTI_OBJECTIVE, Dimension, Space
 from study.train import run_trial
@@ -234,10 +235,18 @@ class FullBudgetOptunaSearch(OptunaSearch):
 
 
 def search_algorithm(space: Space, seed: int, max_concurrent: int | None = None):
-    if space.search in ("grid", "random"):
-        # Its own limit: Ray ignores TuneConfig.max_concurrent_trials for a variant generator passed in (and a
-        # resumed study restores the generator with its limit).
-        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
+    """The space's search algorithm (study/registry.py SEARCHES)."""
+    return SEARCHES.get(space.search)(space, seed, max_concurrent)
+
+
+def variant_generator(space: Space, seed: int, max_concurrent: int | None) -> BasicVariantGenerator:
+    # Its own limit: Ray ignores TuneConfig.max_concurrent_trials for a variant generator passed in (and a
+    # resumed study restores the generator with its limit).
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
+
+
+def optuna_tpe(space: Space, seed: int, max_concurrent: int | None) -> FullBudgetOptunaSearch:
+    """Optuna's TPE (seeded); optuna_mo: on both objectives of MULTI_OBJECTIVE."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial from Optuna besides Ray's table: noise
@@ -266,6 +275,25 @@ def param_space(space: Space) -> dict:
     """Ray Tune's param_space: every trial setting, sampled or fixed."""
     dimensions = {key: tune_domain(dimension) for key, dimension in space.dimensions.items()}
     return {**space.fixed, **dimensions, "epochs": space.max_epochs}
+
+
+def scheduler_name(space: Space) -> str:
+    """The space's trial scheduler (study/registry.py SCHEDULERS)."""
+    return "asha" if space.asha else "fifo"
+
+
+def asha_scheduler(space: Space) -> ASHAScheduler:
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=space.max_epochs,
+        **space.asha,
+        # multi-objective search: the Tuner has no metric, so ASHA carries the space's own
+        **({"metric": space.metric, "mode": space.mode} if space.search == "optuna_mo" else {}),
+    )
+
+
+def fifo_scheduler(space: Space) -> FIFOScheduler:
+    return FIFOScheduler()
 
 
 def planned_trials(space: Space, seed: int) -> tuple[list[dict], int]:
@@ -374,15 +402,7 @@ def run_study(
     KeyboardInterrupt at once."""
     _ray_settings()
     scheme = storage.split("://")[0] if "://" in storage else None
-    if space.asha:
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=space.max_epochs,
-            **space.asha,
-            **({"metric": space.metric, "mode": space.mode} if space.search == "optuna_mo" else {}),
-        )
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = SCHEDULERS.get(scheduler_name(space))(space)
     single = space.search != "optuna_mo"  # multi-objective: the searcher and ASHA carry their own metrics
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources.per_trial()),
