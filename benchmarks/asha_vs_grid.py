@@ -24,14 +24,17 @@ from pathlib import Path
 
 import pandas as pd
 from common import (
+    Goal,
     benchmark_parser,
     cifar_subset,
+    finish,
     forget_features,
     load_average,
     read_trials,
     save,
     study_command,
     timed,
+    verdicts,
     warm_images,
 )
 
@@ -40,6 +43,10 @@ DEPTHS = [8, 4, 2, 1, 0]  # deepest first: each stretch of the frozen network is
 LRS = [3e-4, 1e-3, 3e-3, 1e-2]
 MAX_EPOCHS = 9
 ASHA = {"grace_period": 1, "reduction_factor": 3}
+GOALS = [
+    Goal("ratio", ">=", 0.95, "ASHA's front keeps at least 95% of the grid's hypervolume (training time)"),
+    Goal("trial_epoch_share", "<=", 0.35, "with at most 35% of the grid's trial-epochs"),
+]
 
 
 def space_file(path: Path, depths: list, lrs: list, asha: dict | bool) -> Path:
@@ -129,8 +136,13 @@ def main() -> None:
         "cache",
     ]
     table = pd.concat([t[columns].assign(run=label) for label, t in trials.items()])
-    path = save(NAME, table, summary)
-    ratio = summary["hypervolume_ratio_train_time_s"]
+    measured = {
+        "ratio": summary["hypervolume_ratio_train_time_s"],
+        "trial_epoch_share": summary["trial_epoch_share"],
+        "ratio_including_stopped": summary["hypervolume_ratio_including_stopped"],
+    }
+    summary["goals"] = verdicts(GOALS, measured)
+    path = save(NAME, table, summary, args)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(
         f"ASHA ran {epochs['asha']} of the grid's {epochs['grid']} trial-epochs ({summary['trial_epoch_share']:.0%}); "
@@ -141,7 +153,7 @@ def main() -> None:
         f"{summary['hypervolume_ratio_including_stopped']:.2f}); wall {walls['asha']:.0f} s vs {walls['grid']:.0f} s; "
         f"load average {load_before} -> {summary['load_average_after']}; table: {path}"
     )
-    print(f"{NAME}: ratio={ratio:.2f}")
+    finish(NAME, GOALS, measured)
 
 
 if __name__ == "__main__":
