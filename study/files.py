@@ -9,6 +9,7 @@ directory stays readable by the user's group.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -32,6 +33,15 @@ def atomic_write(path: Path, write: Callable[[str], None], before_publish: Calla
         if before_publish is not None:
             before_publish(temporary)
         publish(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):  # the earlier version of `path` is still there, whole
+            raise StudyError(
+                f"out of disk space writing {path}: every file written before is kept as it was (the previous "
+                f"{path.name}, if any, included); free space in {path.parent}, then run the same command with "
+                "--resume if a study was running"
+            ) from None
+        raise
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
