@@ -18,10 +18,11 @@ whole network over the same images, alternately BUILD_REPEATS times, the fastest
 from __future__ import annotations
 
 import pandas as pd
-from common import benchmark_parser, cifar_subset, forget_features, load_average, save
+from common import Goal, benchmark_parser, cifar_subset, finish, forget_features, load_average, save, verdicts
 
 NAME = "cache_speedup"
 DEPTHS = [0, 2, 8]
+GOALS = [Goal("ratio", ">=", 10.0, "cached epochs at depth 0 at least 10x faster than uncached ones")]
 BUILD_REPEATS = 3
 BUILD_GOAL = 1.1  # building the features costs at most this much of one uncached forward pass over the same images
 
@@ -116,6 +117,7 @@ def main() -> None:
         }
     )
     ratio = float(speedups.loc[0, "speedup_from_epoch_2"])
+    measured = {"ratio": ratio}
     summary = {
         "speedups": speedups.reset_index().to_dict("records"),
         "epochs": epochs,
@@ -126,12 +128,13 @@ def main() -> None:
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "quick": args.quick,
+        "goals": verdicts(GOALS, measured),
         "build_vs_forward": build,
     }
-    path = save(NAME, table.drop(columns=["cache_note"]), summary)
+    path = save(NAME, table.drop(columns=["cache_note"]), summary, args)
     print(speedups.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"load average {load_before} -> {summary['load_average_after']}; table: {path}")
-    print(f"{NAME}: ratio={ratio:.2f}")
+    finish(NAME, GOALS, measured)
 
 
 if __name__ == "__main__":

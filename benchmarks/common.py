@@ -2,14 +2,24 @@
 
 Every benchmark times whole processes (`python -m study.run ...` against `python benchmarks/bare_loop.py ...`),
 imports and start-up included, as a user would wait for them. Each writes its table to
-benchmarks/results/NAME.csv and NAME.json (the settings, the machine, the load average before and after)
-and prints its headline as its last line: `NAME: ratio=X.XX`.
+benchmarks/results/NAME.csv and NAME.json (the settings, the machine, the load average before and after, each goal
+and whether it was met); a `--quick` run writes them under its --work directory instead (WORK/quick-results), so it
+never overwrites the committed full-run results.
+
+Each benchmark writes its goals in the script (GOALS, a list of `Goal`) and ends with `finish`, which prints the
+headline as the last line, every measured number beside its goal and the verdict:
+
+    naive_vs_study: ratio=2.53 (goal >= 5: missed), accuracy_gap=0.008 (goal <= 0.01: met)
+
+and exits non-zero when a goal marked `required` is missed (a number that makes the others meaningless, e.g. two
+sides that no longer train to the same accuracy).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import operator
 import os
 import platform
 import shutil
@@ -17,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -177,11 +188,67 @@ def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
-def save(name: str, table: pd.DataFrame, meta: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    table.to_csv(RESULTS / f"{name}.csv", index=False)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine(), **meta}, indent=2, default=str) + "\n")
-    return RESULTS / f"{name}.csv"
+def results_dir(args: argparse.Namespace) -> Path:
+    """Where a run's tables go: benchmarks/results/ for a full run, WORK/quick-results for --quick."""
+    return args.work / "quick-results" if args.quick else RESULTS
+
+
+def save(name: str, table: pd.DataFrame, meta: dict, args: argparse.Namespace) -> Path:
+    directory = results_dir(args)
+    directory.mkdir(parents=True, exist_ok=True)
+    table.to_csv(directory / f"{name}.csv", index=False)
+    (directory / f"{name}.json").write_text(json.dumps({"machine": machine(), **meta}, indent=2, default=str) + "\n")
+    return directory / f"{name}.csv"
+
+
+COMPARISONS = {">=": operator.ge, "<=": operator.le}
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What a benchmark promises about one of its numbers: `measure` `op` `target` (op is >= or <=)."""
+
+    measure: str
+    op: str
+    target: float
+    what: str  # the promise in words
+    required: bool = False  # missed: the benchmark exits non-zero
+
+    def met(self, value: float) -> bool:
+        return value == value and COMPARISONS[self.op](value, self.target)  # NaN never meets a goal
+
+
+def verdicts(goals: list[Goal], measured: dict[str, float]) -> list[dict]:
+    """Each goal with its measured value and `met`, as the JSON records them."""
+    return [
+        {
+            "measure": goal.measure,
+            "value": measured[goal.measure],
+            "goal": f"{goal.op} {goal.target:g}",
+            "what": goal.what,
+            "met": goal.met(measured[goal.measure]),
+            "required": goal.required,
+        }
+        for goal in goals
+    ]
+
+
+def headline(name: str, goals: list[Goal], measured: dict[str, float]) -> str:
+    """`NAME: measure=value (goal OP target: met|missed), ...`: the goals' measures first, then the other numbers."""
+    parts = [
+        f"{v['measure']}={v['value']:.4g} (goal {v['goal']}: {'met' if v['met'] else 'missed'})"
+        for v in verdicts(goals, measured)
+    ]
+    parts += [f"{key}={value:.4g}" for key, value in measured.items() if key not in {g.measure for g in goals}]
+    return f"{name}: " + ", ".join(parts)
+
+
+def finish(name: str, goals: list[Goal], measured: dict[str, float]) -> None:
+    """Print the headline as the last line; exit 1 when a required goal is missed."""
+    print(headline(name, goals, measured))
+    missed = [goal for goal in goals if goal.required and not goal.met(measured[goal.measure])]
+    if missed:
+        sys.exit(f"{name}: required goal missed: " + "; ".join(g.what for g in missed))
 
 
 def read_trials(out: Path) -> pd.DataFrame:

@@ -21,8 +21,8 @@ import time
 import torch
 
 from study.augment import batch_mix, preprocessor, sample_transform
-from study.config import AUGMENTATIONS
 from study.data import load_data, train_loader
+from study.registry import AUGMENTATIONS
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2048, help="images per policy for the batch rate")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--policies", nargs="+", default=list(AUGMENTATIONS))
+    parser.add_argument("--policies", nargs="+", default=list(AUGMENTATIONS.names()))
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)

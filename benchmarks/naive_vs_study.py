@@ -27,21 +27,28 @@ from pathlib import Path
 
 import pandas as pd
 from common import (
+    Goal,
     bare_command,
     benchmark_parser,
     cifar_subset,
+    finish,
     forget_features,
     load_average,
     read_trials,
     save,
     study_command,
     timed,
+    verdicts,
     warm_images,
 )
 
 NAME = "naive_vs_study"
 GRID = ["all", 32, 16, 8, 4, 2, 1, 0]  # deepest first
 SETTINGS = dict(img_size=64, batch_size=64, lr=1e-3, epochs=3)
+GOALS = [
+    Goal("ratio", ">=", 5.0, "the study at least 5x faster than the naive loop"),
+    Goal("accuracy_gap", "<=", 0.01, "the best validation accuracies within 1 point", required=True),
+]
 
 
 def space_file(path: Path, epochs: int) -> Path:
@@ -109,13 +116,14 @@ def main() -> None:
     table = naive.merge(study, on="unfreeze_depth", suffixes=("_naive", "_study"))
     best_naive = naive["val_acc"].max()
     best_study = trials.loc[trials["status"] == "completed", "val_acc"].max()
+    measured = {"ratio": naive_s / study_s, "accuracy_gap": abs(best_naive - best_study)}
     summary = {
         "naive_wall_s": round(naive_s, 1),
         "study_wall_s": round(study_s, 1),
         "ratio": round(naive_s / study_s, 2),
         "best_val_acc_naive": best_naive,
         "best_val_acc_study": best_study,
-        "accuracies_agree_within_1_point": bool(abs(best_naive - best_study) <= 0.01),
+        "goals": verdicts(GOALS, measured),
         "images": {"train_per_class": train_per_class, "test_per_class": test_per_class},
         "grid": GRID,
         **SETTINGS,
@@ -124,13 +132,13 @@ def main() -> None:
         "quick": args.quick,
         "run": str(run),
     }
-    path = save(NAME if args.train_per_class is None else f"{NAME}-{train_per_class}-per-class", table, summary)
+    path = save(NAME if args.train_per_class is None else f"{NAME}-{train_per_class}-per-class", table, summary, args)
     print(table.drop(columns=["cache_note"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(
         f"naive {naive_s:.1f} s, study {study_s:.1f} s; best val acc naive {best_naive:.4f}, study {best_study:.4f}; "
         f"load average {load_before} -> {summary['load_average_after']}; table: {path}"
     )
-    print(f"{NAME}: ratio={naive_s / study_s:.2f}")
+    finish(NAME, GOALS, measured)
 
 
 if __name__ == "__main__":

@@ -26,19 +26,23 @@ from pathlib import Path
 
 import pandas as pd
 from common import (
+    Goal,
     bare_command,
     benchmark_parser,
     cifar_subset,
+    finish,
     load_average,
     read_trials,
     save,
     study_command,
     study_wall_time,
     timed,
+    verdicts,
     warm_images,
 )
 
 NAME = "trial_overhead"
+GOALS = [Goal("ratio", "<=", 1.10, "a trial through study.run costs at most 1.10x the bare loop's wall time")]
 
 
 def space_file(path: Path, epochs: int) -> Path:
@@ -152,8 +156,10 @@ def main() -> None:
     fastest = table.groupby("run")["wall_s"].min()
     table["ratio"] = table["wall_s"] / fastest["bare loop"]
     ratio = fastest["study, own Ray"] / fastest["bare loop"]
+    measured = {"ratio": ratio, "ratio_running_ray": fastest["study, running Ray"] / fastest["bare loop"]}
     summary = {
         "ratio": ratio,
+        "goals": verdicts(GOALS, measured),
         "ratio_running_ray": fastest["study, running Ray"] / fastest["bare loop"],
         "repeats": args.repeats,
         "epochs": epochs,
@@ -164,11 +170,11 @@ def main() -> None:
         "quick": args.quick,
         "run": str(run),
     }
-    path = save(NAME, table, summary)
+    path = save(NAME, table, summary, args)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"load average {load_before} -> {summary['load_average_after']}; table: {path}")
     print(f"fastest of {args.repeats}: bare loop {fastest['bare loop']:.1f} s, study {fastest['study, own Ray']:.1f} s")
-    print(f"{NAME}: ratio={ratio:.2f}")
+    finish(NAME, GOALS, measured)
 
 
 if __name__ == "__main__":

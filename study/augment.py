@@ -11,7 +11,7 @@ Training batches go through two stages:
 
 Evaluation batches get stage 2's preprocessing only: they are never augmented.
 
-Policies:
+Policies (registered in study/registry.py, built here):
 - none: no augmentation.
 - basic: random resized crop (scale 0.08-1, torchvision's defaults) to the input
   size and a horizontal flip.
@@ -32,14 +32,18 @@ their pixel sizes (blur kernel, crops) mean the same for every dataset.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torchvision.transforms import v2
+
+from study.registry import AUGMENTATIONS
 
 PSPNET_SCALE = (0.5, 2.0)
 PSPNET_DEGREES = 10
 PSPNET_BLUR_KERNEL = 5
 PSPNET_BLUR_PROBABILITY = 0.5
-BATCH_POLICIES = ("cutmix_mixup",)
 
 
 def preprocessor(img_size: int, mean, std, interpolation: str) -> v2.Transform:
@@ -59,35 +63,57 @@ def preprocessor(img_size: int, mean, std, interpolation: str) -> v2.Transform:
     )
 
 
+@dataclass(frozen=True)
+class Policy:
+    """An augmentation policy (study/registry.py AUGMENTATIONS): its per-sample part, (img_size, interpolation) ->
+    transform of one uint8 image, and its per-batch part, num_classes -> transform of (images, labels); either may
+    be None."""
+
+    sample: Callable[[int, v2.InterpolationMode], v2.Transform] | None = None
+    batch: Callable[[int], v2.Transform] | None = None
+
+
+def _to_input_size(img_size: int, mode: v2.InterpolationMode) -> list[v2.Transform]:
+    return [v2.Resize(img_size, mode, antialias=True), v2.CenterCrop(img_size)]
+
+
+def _basic(img_size: int, mode: v2.InterpolationMode) -> v2.Transform:
+    return v2.Compose([v2.RandomResizedCrop(img_size, interpolation=mode, antialias=True), v2.RandomHorizontalFlip()])
+
+
+def _pspnet(img_size: int, mode: v2.InterpolationMode) -> v2.Transform:
+    low, high = (round(img_size * scale) for scale in PSPNET_SCALE)
+    return v2.Compose(
+        [
+            *_to_input_size(img_size, mode),
+            v2.RandomResize(low, high + 1, interpolation=mode, antialias=True),
+            v2.RandomRotation(PSPNET_DEGREES, interpolation=v2.InterpolationMode.BILINEAR),
+            v2.RandomCrop(img_size, pad_if_needed=True),
+            v2.RandomApply([v2.GaussianBlur(PSPNET_BLUR_KERNEL)], p=PSPNET_BLUR_PROBABILITY),
+            v2.RandomHorizontalFlip(),
+        ]
+    )
+
+
+def _cutmix_or_mixup(num_classes: int) -> v2.Transform:
+    return v2.RandomChoice([v2.CutMix(num_classes=num_classes), v2.MixUp(num_classes=num_classes)])
+
+
+NONE = Policy()
+BASIC = Policy(sample=_basic)
+PSPNET = Policy(sample=_pspnet)
+AUGMIX = Policy(sample=lambda size, mode: v2.Compose([*_to_input_size(size, mode), v2.AugMix()]))
+TRIVIAL_AUGMENT = Policy(sample=lambda size, mode: v2.Compose([*_to_input_size(size, mode), v2.TrivialAugmentWide()]))
+CUTMIX_MIXUP = Policy(batch=_cutmix_or_mixup)
+
+
 def sample_transform(policy: str, img_size: int, interpolation: str) -> v2.Transform | None:
     """The per-sample random transforms of `policy` (uint8 C x H x W -> uint8 C x img_size x img_size), or None."""
-    mode = v2.InterpolationMode(interpolation)
-    if policy == "basic":
-        return v2.Compose(
-            [v2.RandomResizedCrop(img_size, interpolation=mode, antialias=True), v2.RandomHorizontalFlip()]
-        )
-    to_input_size = [v2.Resize(img_size, mode, antialias=True), v2.CenterCrop(img_size)]
-    if policy == "pspnet":
-        low, high = (round(img_size * scale) for scale in PSPNET_SCALE)
-        return v2.Compose(
-            [
-                *to_input_size,
-                v2.RandomResize(low, high + 1, interpolation=mode, antialias=True),
-                v2.RandomRotation(PSPNET_DEGREES, interpolation=v2.InterpolationMode.BILINEAR),
-                v2.RandomCrop(img_size, pad_if_needed=True),
-                v2.RandomApply([v2.GaussianBlur(PSPNET_BLUR_KERNEL)], p=PSPNET_BLUR_PROBABILITY),
-                v2.RandomHorizontalFlip(),
-            ]
-        )
-    if policy == "augmix":
-        return v2.Compose([*to_input_size, v2.AugMix()])
-    if policy == "trivialaugment":
-        return v2.Compose([*to_input_size, v2.TrivialAugmentWide()])
-    return None  # none, and the batch policies
+    sample = AUGMENTATIONS.get(policy).sample
+    return sample(img_size, v2.InterpolationMode(interpolation)) if sample is not None else None
 
 
 def batch_mix(policy: str, num_classes: int) -> v2.Transform | None:
     """The per-batch transform of `policy`: (images, int labels) -> (mixed images, class probabilities), or None."""
-    if policy == "cutmix_mixup":
-        return v2.RandomChoice([v2.CutMix(num_classes=num_classes), v2.MixUp(num_classes=num_classes)])
-    return None
+    batch = AUGMENTATIONS.get(policy).batch
+    return batch(num_classes) if batch is not None else None

@@ -17,20 +17,18 @@ from dataclasses import dataclass
 
 import yaml
 
+from study.registry import AUGMENTATIONS, HEADS, OPTIMIZERS, UNFREEZE_UNITS
+
 
 class StudyError(Exception):
     """A user-facing problem: the message is one line naming the problem and the fix."""
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-AUGMENTATIONS = ("none", "basic", "pspnet", "augmix", "cutmix_mixup", "trivialaugment")  # study/augment.py
 DEVICES = ("auto", "cpu", "cuda")
 ALL_LAYERS = "all"
 # Named weight sources; anything else must be a path to one of WEIGHT_FILE_SUFFIXES (study/models.py loads it).
 WEIGHT_SOURCES = ("imagenet", "random")
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".safetensors")
-HEADS = ("linear", "single_linear")
-UNFREEZE_UNITS = ("layer", "block", "stage")
 BN_INSERTS = ("none", "before_retrained_conv")
 FROZEN_BN_MODES = ("eval", "train")
 LR_SCHEDULES = ("constant", "cosine", "step")  # study/train.py: lr_scheduler
@@ -164,12 +162,12 @@ class TrialConfig:
         if isinstance(depth, str) and depth != ALL_LAYERS:
             raise StudyError(f"unfreeze_depth={depth!r} is invalid: use an integer >= 0 or '{ALL_LAYERS}'")
         object.__setattr__(self, "weights", weights_source(self.weights))
-        _check_choice("head", self.head, HEADS)
-        _check_choice("unfreeze_unit", self.unfreeze_unit, UNFREEZE_UNITS)
+        _check_choice("head", self.head, HEADS.names())
+        _check_choice("unfreeze_unit", self.unfreeze_unit, UNFREEZE_UNITS.names())
         _check_choice("bn_insert", self.bn_insert, BN_INSERTS)
         _check_choice("frozen_bn", self.frozen_bn, FROZEN_BN_MODES)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("augment", self.augment, AUGMENTATIONS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS.names())
+        _check_choice("augment", self.augment, AUGMENTATIONS.names())
         _check_choice("device", self.device, DEVICES)
 
     def _check_protocol(self) -> None:

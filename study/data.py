@@ -48,7 +48,6 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +59,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from study.config import StudyError
+from study.files import atomic_write, data_lock, publish
 
 VAL_FRACTION = 0.2  # of the training split, when a dataset has no validation split
 TEST_FRACTION = 0.2  # of all images, when a dataset has no split at all
@@ -76,8 +76,6 @@ FASHION_MNIST_FILES = (
 )
 DECODE_BATCH = 64
 SHOWN_SKIPS = 3
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -573,25 +571,6 @@ def decode_files(dataset, classes: list[str], img_size: int, where: str, describ
 # --- the node's cache -------------------------------------------------------------------
 
 
-@contextmanager
-def data_lock(root: Path, name: str) -> Iterator[None]:
-    """An inter-process lock in the data root: one process downloads or decodes, the others wait and reuse."""
-    from filelock import FileLock
-
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(root / f".{name}.lock"))
-        lock.acquire()
-    except OSError as error:
-        raise StudyError(
-            f"data root {root} is not writable ({error.strerror}): pass --data-root DIR on a writable disk"
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def cached(root: Path, key: str, build: Callable[[], dict]) -> dict:
     """The decoded split `key` from the node's cache, built once (by whichever process takes the lock first)."""
     path = root / CACHE_DIR / f"{key}.pt"
@@ -601,7 +580,8 @@ def cached(root: Path, key: str, build: Callable[[], dict]) -> dict:
             decoded = _load(path)
             if decoded is None:
                 print(f"decoding {key} into {path} (once for this node)", flush=True)
-                _atomic_save(build(), path)
+                decoded = build()
+                atomic_write(path, lambda temporary: torch.save(decoded, temporary))
                 decoded = _load(path)
     return decoded
 
@@ -614,23 +594,6 @@ def _load(path: Path) -> dict | None:
     except Exception as error:  # a damaged file: torch raises RuntimeError, pickle and zip errors
         print(f"decoded cache {path} is unreadable ({type(error).__name__}): decoding again", flush=True)
         return None
-
-
-def _atomic_save(decoded: dict, path: Path) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(decoded, temporary)
-        publish(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def publish(temporary: str, path: Path) -> None:
-    """Rename a finished file into place (readers never see half a file), readable as the umask allows."""
-    os.chmod(temporary, 0o666 & ~_UMASK)  # temporary files are created 0600
-    os.replace(temporary, path)
 
 
 def from_cache(decoded: dict, where: str) -> tuple[ImageSet, list[str], int]:

@@ -56,7 +56,6 @@ import inspect
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -69,7 +68,8 @@ import torch.fx
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from study.data import ImageSet, Splits, batches, data_lock, drops_last_batch, publish, resolve_data_root
+from study.data import ImageSet, Splits, batches, drops_last_batch, resolve_data_root
+from study.files import atomic_write, data_lock
 from study.models import NORM_TYPES, WEIGHT_LAYER_TYPES, FreezePlan
 
 CACHE_DIR = "features-v1"  # under the data root; bump the version when what a cache file holds changes
@@ -324,16 +324,11 @@ class FeatureStore:
 
     def save(self, key: str, record: dict) -> None:
         """Write atomically, first evicting least recently used files until the new one fits the budget."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.save(record, temporary)
-            self.evict(keep=os.path.getsize(temporary))
-            publish(temporary, self.path(key))
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_write(
+            self.path(key),
+            lambda temporary: torch.save(record, temporary),
+            before_publish=lambda temporary: self.evict(keep=os.path.getsize(temporary)),
+        )
 
     def evict(self, keep: int) -> list[Path]:
         """Remove least recently used files until `keep` more bytes fit. A trial reading a removed file keeps its

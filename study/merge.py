@@ -49,8 +49,8 @@ from study.augment import preprocessor
 from study.config import DEVICES, StudyError, TrialConfig
 from study.data import ImageSet, Splits, batches, load_data
 from study.environment import hardware, package_versions
+from study.files import atomic_write
 from study.models import INSERTED_BN, apply_freeze, create_backbone, head_modules, in_head, plan_for, weight_layers
-from study.results import atomic_write
 from study.similarity import ORDERS, conv_weight, filter_similarity, similarity_figures
 from study.train import CHECKPOINT_FILE, CHECKPOINT_FORMAT, pick_device
 

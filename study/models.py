@@ -80,6 +80,7 @@ from timm.models.vgg import VGG
 from torch import nn
 
 from study.config import ALL_LAYERS, WEIGHT_FILE_SUFFIXES, StudyError, TrialConfig
+from study.registry import HEADS, UNFREEZE_UNITS
 
 WEIGHT_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 NORM_TYPES = (
@@ -354,10 +355,15 @@ def _load_in_order(model: nn.Module, state: dict, path, name: str) -> None:
 
 
 def attach_head(model: nn.Module, head: str, num_classes: int, backbone: str) -> None:
-    """Replace the classifier by a new one for `num_classes` (module docstring: Heads)."""
-    if head == "linear":
-        model.reset_classifier(num_classes)
-        return
+    """Replace the classifier by a new one for `num_classes` (module docstring: Heads; study/registry.py HEADS)."""
+    HEADS.get(head)(model, num_classes, backbone)
+
+
+def linear_head(model: nn.Module, num_classes: int, backbone: str) -> None:
+    model.reset_classifier(num_classes)
+
+
+def single_linear_head(model: nn.Module, num_classes: int, backbone: str) -> None:
     if not isinstance(model, VGG):
         raise StudyError(
             f"head=single_linear replaces VGG's three fully connected layers by one linear layer (document 000), "
@@ -465,6 +471,19 @@ def param_units(model: nn.Module, layers: list[Layer], unit: str) -> dict[str, i
         return None
     numbers = {group: number for number, group in enumerate(dict.fromkeys(layer_groups), 1)}
     return {name: numbers[group] for name, group in group_of.items() if group in numbers}
+
+
+# The units of study/registry.py UNFREEZE_UNITS: (model, layers) -> parameter name -> unit number, or None.
+def layer_units(model: nn.Module, layers: list[Layer]) -> dict[str, int]:
+    return {name: layer.index for layer in layers for name in layer.params}
+
+
+def block_units(model: nn.Module, layers: list[Layer]) -> dict[str, int] | None:
+    return param_units(model, layers, "block")
+
+
+def stage_units(model: nn.Module, layers: list[Layer]) -> dict[str, int] | None:
+    return param_units(model, layers, "stage")
 
 
 def resolve_depth(depth: int | str, count: int, backbone: str, unit: str = "layer") -> int:
@@ -627,14 +646,11 @@ def freeze_plan(
 ) -> FreezePlan:
     """Decide what trains (module docstring); `layers` = weight_layers(model) when already known."""
     layers = layers or weight_layers(model)
-    if unit == "layer":
-        units = {name: layer.index for layer in layers for name in layer.params}
-    else:
-        units = param_units(model, layers, unit)
-        if units is None:
-            raise StudyError(
-                f"timm defines no {unit}s for {backbone} that follow its forward pass: use unfreeze_unit=layer"
-            )
+    units = UNFREEZE_UNITS.get(unit)(model, layers)
+    if units is None:
+        raise StudyError(
+            f"timm defines no {unit}s for {backbone} that follow its forward pass: use unfreeze_unit=layer"
+        )
     layer_units = [units[f"{layer.name}.weight"] for layer in layers]
     num_units = layer_units[-1]
     unit_depth = resolve_depth(depth, num_units, backbone, unit)

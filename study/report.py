@@ -32,6 +32,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from study.config import StudyError
+from study.files import atomic_write
 from study.pareto import (
     ACCURACY,
     COSTS,
@@ -42,7 +43,7 @@ from study.pareto import (
     pareto_front,
     quiet_optuna,
 )
-from study.results import Results, atomic_write, load_results, pareto_figure, trial_hover, varying_settings
+from study.results import Results, load_results, pareto_figure, trial_hover, varying_settings
 from study.rungs import RUNG_ACCURACY, RUNG_COST
 
 REPORT_FILE = "report.html"

@@ -2,18 +2,14 @@
 
 Everything here works on plain records and DataFrames (no Ray), so results can
 be rebuilt, tested and analysed without a cluster. Files are written atomically
-(temporary file, then rename): an interrupted export never leaves half a file.
+(study/files.py: temporary file, then rename): an interrupted export never leaves half a file.
 `load_results` reads a results directory back, whatever part of it exists.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +17,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from study.config import FIELD_TYPES, StudyError, TrialConfig
+from study.files import atomic_write
 from study.pareto import ACCURACY, COSTS, INCLUDE_STOPPED, MAIN_COST, pareto_front
 
 if TYPE_CHECKING:  # Plotly is imported where a figure is drawn: a study's driver and its trials need it only then
@@ -92,8 +89,6 @@ FINAL_METRICS = (
     "standalone_train_time_s",
     "peak_memory_mib",
 )
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -189,28 +184,6 @@ def write_tables(out: Path, trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.Da
     atomic_write(out / "epochs.parquet", lambda p: epochs.to_parquet(p, index=False))
     atomic_write(out / "pareto.csv", lambda p: front.to_csv(p, index=False))
     return front
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from the user's group
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):  # the earlier version of `path` is still there, whole
-            raise StudyError(
-                f"out of disk space writing {path}: every file written before is kept as it was (the previous "
-                f"{path.name}, if any, included); free space in {path.parent}, then run the same command with "
-                "--resume if a study was running"
-            ) from None
-        raise
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

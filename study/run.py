@@ -37,10 +37,12 @@ import torch
 from study.config import WEIGHT_SOURCES, StudyError, TrialConfig, check_number, parse_assignment, weights_source
 from study.data import DATA_NAMES, absolute_data, class_count, load_data
 from study.environment import hardware, package_versions
+from study.files import atomic_write
 from study.models import create_backbone, default_input_size, phase_plans, plan_for, structure_only, weight_layers
-from study.results import atomic_write, export, read_json, trials_table, varying_settings
+from study.registry import SCHEDULERS, SEARCHES
+from study.results import export, read_json, trials_table, varying_settings
 from study.rungs import RUNG_ACCURACY, RUNG_COST
-from study.space import SEARCHES, Dimension, Space, load_space
+from study.space import Dimension, Space, load_space
 
 DEFAULT_SPACE = "unfreeze_depth"
 # What defines a study: --resume takes all of it from the study's study.json.
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="fix a trial setting (repeatable)"
     )
-    parser.add_argument("--search", choices=SEARCHES, help="search algorithm, replacing the space's")
+    parser.add_argument("--search", choices=SEARCHES.names(), help="search algorithm, replacing the space's")
     parser.add_argument(
         "--seed",
         type=int,
@@ -285,6 +287,11 @@ def dry_run(space: Space, seed: int) -> pd.DataFrame:
     print(
         f"Dry run of {space.name} ({space.source}): search {space.search}, seed {seed}, {shown}; up to "
         f"{space.max_epochs} epochs each, {asha}."
+    )
+    scheduler = tuning.scheduler_name(space)
+    print(
+        f"search {space.search}: {SEARCHES.describe(space.search)}; scheduler {scheduler}: "
+        f"{SCHEDULERS.describe(scheduler)}."
     )
     print("Nothing is trained; no weights or data are read (structure-only models).")
     if space.prescreen is not None:

@@ -25,7 +25,7 @@ results recorded there. `objectives` says how it ranks:
   for being less accurate;
 - metric: Ray's ASHA on `metric`/`mode` alone.
 
-Search algorithms (Ray Tune runs them all; study/tuning.py builds them):
+Search algorithms (registered in study/registry.py SEARCHES; Ray Tune runs them all, study/tuning.py builds them):
 - grid: every combination of the grid dimensions, num_samples times; only grid dimensions allowed.
 - random: Ray's variant generator: grids crossed, sampled dimensions drawn num_samples times (seeded).
 - optuna: Optuna's TPE sampler (seeded) proposes num_samples trials, learning from finished ones, on
@@ -50,6 +50,7 @@ from pathlib import Path
 import yaml
 
 from study.config import FIELD_TYPES, StudyError, TrialConfig, check_number, closest_hint, load_yaml
+from study.registry import SEARCHES
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 # Trial settings that are paths study WRITES to: only the command line may set them, never a space file (which
@@ -67,7 +68,6 @@ SPACE_KEYS = (
     "mode",
     "prescreen",
 )
-SEARCHES = ("grid", "random", "optuna", "optuna_mo")
 # optuna_mo's two objectives: the Pareto front of the results (study/pareto.py) is over the same pair.
 MULTI_OBJECTIVE = {"val_acc": "max", "train_time_s": "min"}
 ASHA_KEYS = ("grace_period", "reduction_factor", "objectives")
@@ -153,7 +153,8 @@ class Space:
         if self.mode not in ("max", "min"):
             raise StudyError(f"{where}: mode '{self.mode}' must be max or min")
         if self.search not in SEARCHES:
-            raise StudyError(f"{where}: search '{self.search}' is unknown{closest_hint(self.search, SEARCHES)}")
+            hint = closest_hint(self.search, SEARCHES.names())
+            raise StudyError(f"{where}: search '{self.search}' is unknown{hint}")
         grids = [key for key, d in self.dimensions.items() if d.kind == "grid"]
         sampled = [key for key, d in self.dimensions.items() if d.kind != "grid"]
         if self.search == "grid" and sampled:

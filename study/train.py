@@ -66,6 +66,7 @@ from study.models import (
     phase_plans,
     weight_layers,
 )
+from study.registry import OPTIMIZERS
 
 CUDA_EVAL_BATCH_SIZE = (
     256  # on CPU, evaluation uses the training batch size: larger batches leave the caches and run slower
@@ -538,11 +539,20 @@ def make_optimizer(config: TrialConfig, model: nn.Module, plan: FreezePlan | Non
     groups = timm.optim.param_groups_weight_decay(model, config.weight_decay)
     if plan is not None:
         groups = layer_lr_decay_groups(groups, model, plan, config)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return OPTIMIZERS.get(config.optimizer)(groups, config)
+
+
+# The optimizers of study/registry.py OPTIMIZERS: (param_groups, config) -> optimizer; the groups carry weight decay.
+def sgd(groups: list[dict], config: TrialConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+
+
+def adam(groups: list[dict], config: TrialConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=config.lr)
+
+
+def adamw(groups: list[dict], config: TrialConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=config.lr)
 
 
 def weight_decay_summary(optimizer: torch.optim.Optimizer) -> str:

@@ -51,6 +51,7 @@ from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.variant_generator import generate_variants
 
 from study.config import StudyError, TrialConfig
+from study.registry import SCHEDULERS, SEARCHES
 from study.results import EPOCH_METRICS, PLACEMENT_INFO, SCHEDULER_INFO, TRIAL_INFO, trials_table, write_tables
 from study.rungs import RUNG_ACCURACY, RUNG_COST, ParetoRungs
 from study.space import MULTI_OBJECTIVE, Dimension, Space
@@ -261,10 +262,18 @@ def __getattr__(name: str):
 
 
 def search_algorithm(space: Space, seed: int, max_concurrent: int | None = None):
-    if space.search in ("grid", "random"):
-        # Its own limit: Ray ignores TuneConfig.max_concurrent_trials for a variant generator passed in (and a
-        # resumed study restores the generator with its limit).
-        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
+    """The space's search algorithm (study/registry.py SEARCHES)."""
+    return SEARCHES.get(space.search)(space, seed, max_concurrent)
+
+
+def variant_generator(space: Space, seed: int, max_concurrent: int | None) -> BasicVariantGenerator:
+    # Its own limit: Ray ignores TuneConfig.max_concurrent_trials for a variant generator passed in (and a
+    # resumed study restores the generator with its limit).
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
+
+
+def optuna_tpe(space: Space, seed: int, max_concurrent: int | None):
+    """Optuna's TPE (seeded); optuna_mo: on both objectives of MULTI_OBJECTIVE."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial from Optuna besides Ray's table: noise
@@ -293,6 +302,33 @@ def param_space(space: Space) -> dict:
     """Ray Tune's param_space: every trial setting, sampled or fixed."""
     dimensions = {key: tune_domain(dimension) for key, dimension in space.dimensions.items()}
     return {**space.fixed, **dimensions, "epochs": space.max_epochs}
+
+
+def scheduler_name(space: Space) -> str:
+    """The space's trial scheduler (study/registry.py SCHEDULERS)."""
+    if not space.asha:
+        return "fifo"
+    return "pareto_asha" if space.asha["objectives"] == "pareto" else "asha"
+
+
+def scheduler_for(space: Space) -> TrialScheduler:
+    return SCHEDULERS.get(scheduler_name(space))(space)
+
+
+def pareto_asha_scheduler(space: Space) -> ParetoASHAScheduler:
+    settings = {key: space.asha[key] for key in ("grace_period", "reduction_factor")}
+    return ParetoASHAScheduler(space.max_epochs, **settings)
+
+
+def asha_scheduler(space: Space) -> ExplainedASHAScheduler:
+    settings = {key: space.asha[key] for key in ("grace_period", "reduction_factor")}
+    # multi-objective search: the Tuner has no metric, so ASHA carries the space's own
+    metric = {"metric": space.metric, "mode": space.mode} if space.search == "optuna_mo" else {}
+    return ExplainedASHAScheduler(space.max_epochs, **settings, **metric)
+
+
+def fifo_scheduler(space: Space) -> FIFOScheduler:
+    return FIFOScheduler()
 
 
 def planned_trials(space: Space, seed: int) -> tuple[list[dict], int]:
@@ -406,16 +442,6 @@ class ExplainedASHAScheduler(ASHAScheduler):
 
     def decision(self, trial_id: str, epoch: int) -> str:
         return self.decisions.get(trial_id, {}).get(epoch, "")
-
-
-def scheduler_for(space: Space) -> TrialScheduler:
-    if not space.asha:
-        return FIFOScheduler()
-    settings = {key: space.asha[key] for key in ("grace_period", "reduction_factor")}
-    if space.asha["objectives"] == "pareto":
-        return ParetoASHAScheduler(space.max_epochs, **settings)
-    metric = {"metric": space.metric, "mode": space.mode} if space.search == "optuna_mo" else {}
-    return ExplainedASHAScheduler(space.max_epochs, **settings, **metric)
 
 
 class RungDecisions(tune.Callback):

@@ -7,12 +7,13 @@ import timm.data
 import torch
 
 from study.augment import batch_mix, preprocessor, sample_transform
-from study.config import AUGMENTATIONS, TrialConfig
+from study.config import TrialConfig
 from study.data import ImageSet, Splits, batches, train_loader
+from study.registry import AUGMENTATIONS
 from study.train import build_trial, evaluate, run_trial, train_epoch
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-PER_SAMPLE = [p for p in AUGMENTATIONS if sample_transform(p, 32, "bicubic") is not None]
+PER_SAMPLE = [p for p in AUGMENTATIONS.names() if sample_transform(p, 32, "bicubic") is not None]
 
 
 def photos(count: int = 48, size: int = 40) -> ImageSet:
@@ -31,7 +32,7 @@ def images(request, small_digits) -> ImageSet:
     return small_digits.train if request.param == "digits" else photos()
 
 
-@pytest.mark.parametrize("policy", AUGMENTATIONS)
+@pytest.mark.parametrize("policy", AUGMENTATIONS.names())
 def test_every_policy_gives_normalised_rgb_batches_at_the_input_size_with_the_right_labels(policy, images):
     per_sample = sample_transform(policy, 32, "bicubic")
     loader = train_loader(images, 16, per_sample, torch.Generator().manual_seed(0), workers=0, pin_memory=False)
@@ -81,7 +82,7 @@ def test_evaluation_is_never_augmented(small_digits):
     assert torch.equal(stored, small_digits.val.images)
 
 
-@pytest.mark.parametrize("policy", AUGMENTATIONS)
+@pytest.mark.parametrize("policy", AUGMENTATIONS.names())
 def test_every_policy_trains(policy, small_digits):
     few = lambda part: part.subset(range(48))
     data = Splits(

@@ -16,7 +16,8 @@ from PIL import Image
 
 from study import data, merge, report, run
 from study.config import StudyError, TrialConfig
-from study.results import atomic_write, load_results
+from study.files import atomic_write
+from study.results import load_results
 from study.train import run_trial
 
 STUDY_RECORD = {"command": ["python", "-m", "study.run"], "space": {}, "ray_experiment": "/x/ray/tune"}

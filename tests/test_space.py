@@ -7,7 +7,8 @@ import pytest
 
 from study import tuning
 from study.config import StudyError
-from study.space import SEARCHES, Space, available_spaces, load_space
+from study.registry import SEARCHES
+from study.space import Space, available_spaces, load_space
 
 
 def write_space(tmp_path, text: str):
