@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from study.registry import AUGMENTATIONS, HEADS, OPTIMIZERS, UNFREEZE_UNITS
+from study.registry import AUGMENTATIONS, HEADS, LR_SCHEDULES, OPTIMIZERS, UNFREEZE_UNITS
 
 
 class StudyError(Exception):
@@ -31,7 +31,6 @@ WEIGHT_SOURCES = ("imagenet", "random")
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".safetensors")
 BN_INSERTS = ("none", "before_retrained_conv")
 FROZEN_BN_MODES = ("eval", "train")
-LR_SCHEDULES = ("constant", "cosine", "step")  # study/train.py: lr_scheduler
 
 
 @dataclass(frozen=True)
@@ -176,7 +175,7 @@ class TrialConfig:
                 f"head_warmup_epochs={self.head_warmup_epochs} must be in 0..{self.epochs - 1} (epochs={self.epochs} "
                 "counts the warm-up too): lower it or raise the epoch budget"
             )
-        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES.names())
         shortest = min(length for length in self.phase_epochs() if length > 0)
         if not 0 <= self.warmup_epochs < shortest:
             raise StudyError(

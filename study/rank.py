@@ -51,12 +51,9 @@ from study.config import FIELD_TYPES, WEIGHT_SOURCES, StudyError, TrialConfig, p
 from study.data import Splits, load_data
 from study.environment import hardware, package_versions
 from study.models import default_input_size
+from study.registry import TRANSFER_SCORES
 
-SCORES = {
-    "logme": "LogME: mean per-class log marginal evidence of a Bayesian linear model on the features, per image",
-    "knn": "validation accuracy of a cosine k-nearest-neighbour classifier on the training features",
-    "probe": "validation accuracy of a closed-form ridge linear probe on standardised features",
-}
+SCORES = {option.name: option.description for option in TRANSFER_SCORES}  # study/registry.py
 KNN_K = 10
 PROBE_ALPHAS = tuple(10.0**e for e in range(-2, 5))
 LOGME_MAX_ITERATIONS = 1000
@@ -212,17 +209,25 @@ def score_features(train: torch.Tensor, train_labels: torch.Tensor, val: torch.T
     """The three scores and the seconds each took."""
     train, val = train.float().flatten(1).cpu(), val.float().flatten(1).cpu()
     train_labels, val_labels = train_labels.cpu(), val_labels.cpu()
-    work = {
-        "logme": lambda: logme(train.numpy(), train_labels.numpy()),
-        "knn": lambda: knn_accuracy(train, train_labels, val, val_labels),
-        "probe": lambda: probe_accuracy(train.numpy(), train_labels.numpy(), val.numpy(), val_labels.numpy()),
-    }
     scores, seconds = {}, {}
-    for name, compute in work.items():
+    for name in SCORES:
         start = time.perf_counter()
-        scores[name] = compute()
+        scores[name] = TRANSFER_SCORES.get(name)(train, train_labels, val, val_labels)
         seconds[f"{name}_s"] = time.perf_counter() - start
     return scores, seconds
+
+
+# The scores of study/registry.py TRANSFER_SCORES: (train, train_labels, val, val_labels) -> float.
+def logme_score(train: torch.Tensor, train_labels: torch.Tensor, val: torch.Tensor, val_labels: torch.Tensor) -> float:
+    return logme(train.numpy(), train_labels.numpy())
+
+
+def knn_score(train: torch.Tensor, train_labels: torch.Tensor, val: torch.Tensor, val_labels: torch.Tensor) -> float:
+    return knn_accuracy(train, train_labels, val, val_labels)
+
+
+def probe_score(train: torch.Tensor, train_labels: torch.Tensor, val: torch.Tensor, val_labels: torch.Tensor) -> float:
+    return probe_accuracy(train.numpy(), train_labels.numpy(), val.numpy(), val_labels.numpy())
 
 
 # --- features through the feature cache ------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Every named option, defined once: a registry from name to implementation, as timm registers its models.
 
-Six registries: AUGMENTATIONS (the `augment` setting), OPTIMIZERS (`optimizer`), HEADS (`head`), UNFREEZE_UNITS
-(`unfreeze_unit`), SEARCHES (a space's `search`) and SCHEDULERS (the trial scheduler a space runs under). Each entry
+Eight registries: AUGMENTATIONS (the `augment` setting), OPTIMIZERS (`optimizer`), HEADS (`head`), UNFREEZE_UNITS
+(`unfreeze_unit`), LR_SCHEDULES (`lr_schedule`), SEARCHES (a space's `search`), SCHEDULERS (the trial scheduler a
+space runs under) and TRANSFER_SCORES (a space's `prescreen.score`, `python -m study.rank`). Each entry
 is a name, its implementation ("module:attribute", imported on first use) and one line saying what it does. What
 reads them: the config's valid choices and its "did you mean" hints (study/config.py, study/space.py), the CLI's
 choices (`--search`), the dry run (which names the search algorithm and scheduler), and the options page of the docs
@@ -111,12 +112,43 @@ SCHEDULERS.add(
     "multi-objective ASHA: at each rung, the top 1/reduction_factor by non-dominated sorting on validation accuracy "
     "against standalone training time continue (`asha: {objectives: pareto}`, the default; study/rungs.py)",
 )
-SCHEDULERS.add(
-    "asha", "study.tuning:asha_scheduler", "Ray's ASHA on `metric` alone (`asha: {objectives: metric}`)"
-)
+SCHEDULERS.add("asha", "study.tuning:asha_scheduler", "Ray's ASHA on `metric` alone (`asha: {objectives: metric}`)")
 SCHEDULERS.add("fifo", "study.tuning:fifo_scheduler", "every trial runs all its epochs (`asha: false`)")
 
-REGISTRIES = (AUGMENTATIONS, OPTIMIZERS, HEADS, UNFREEZE_UNITS, SEARCHES, SCHEDULERS)
+LR_SCHEDULES = Registry(
+    "learning-rate schedule", "lr_schedule", "(optimizer, batches after the warm-up) -> a torch LRScheduler"
+)
+LR_SCHEDULES.add("constant", "study.train:constant_schedule", "the learning rate stays `lr` (after any warm-up)")
+LR_SCHEDULES.add("cosine", "study.train:cosine_schedule", "cosine annealing to 0 at the phase's end (torch)")
+LR_SCHEDULES.add("step", "study.train:step_schedule", "x0.1 at one and two thirds of the batches after the warm-up")
+
+TRANSFER_SCORES = Registry(
+    "transferability score", "prescreen.score", "(train, train_labels, val, val_labels: CPU tensors) -> float"
+)
+TRANSFER_SCORES.add(
+    "logme",
+    "study.rank:logme_score",
+    "LogME: mean per-class log marginal evidence of a Bayesian linear model on the features, per image",
+)
+TRANSFER_SCORES.add(
+    "knn", "study.rank:knn_score", "validation accuracy of a cosine k-nearest-neighbour classifier on the features"
+)
+TRANSFER_SCORES.add(
+    "probe",
+    "study.rank:probe_score",
+    "validation accuracy of a closed-form ridge linear probe on standardised features",
+)
+
+REGISTRIES = (
+    AUGMENTATIONS,
+    OPTIMIZERS,
+    HEADS,
+    UNFREEZE_UNITS,
+    LR_SCHEDULES,
+    SEARCHES,
+    SCHEDULERS,
+    TRANSFER_SCORES,
+)
 
 
 def markdown() -> str:

@@ -50,7 +50,7 @@ from pathlib import Path
 import yaml
 
 from study.config import FIELD_TYPES, StudyError, TrialConfig, check_number, closest_hint, load_yaml
-from study.registry import SEARCHES
+from study.registry import SEARCHES, TRANSFER_SCORES
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 # Trial settings that are paths study WRITES to: only the command line may set them, never a space file (which
@@ -76,7 +76,7 @@ ASHA_OBJECTIVES = ("pareto", "metric")
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 DIMENSION_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 PRESCREEN_KEYS = ("score", "keep")
-PRESCREEN_SCORES = ("logme", "knn", "probe")  # study/rank.py computes them
+PRESCREEN_SCORES = TRANSFER_SCORES.names()  # study/registry.py; study/rank.py computes them
 MAX_SPACE_BYTES = 1_000_000  # a space is a few hundred bytes: anything this large is the wrong file
 
 

@@ -66,7 +66,7 @@ from study.models import (
     phase_plans,
     weight_layers,
 )
-from study.registry import OPTIMIZERS
+from study.registry import LR_SCHEDULES, OPTIMIZERS
 
 CUDA_EVAL_BATCH_SIZE = (
     256  # on CPU, evaluation uses the training batch size: larger batches leave the caches and run slower
@@ -283,17 +283,26 @@ def lr_scheduler(
     total = epochs * batches_per_epoch
     warmup = round(config.warmup_epochs * batches_per_epoch)
     rest = total - warmup
-    schedules = torch.optim.lr_scheduler
-    if config.lr_schedule == "cosine":
-        main = schedules.CosineAnnealingLR(optimizer, T_max=rest, eta_min=0.0)
-    elif config.lr_schedule == "step":
-        main = schedules.MultiStepLR(optimizer, milestones=[round(rest / 3), round(2 * rest / 3)], gamma=STEP_GAMMA)
-    else:
-        main = schedules.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    main = LR_SCHEDULES.get(config.lr_schedule)(optimizer, rest)
     if not warmup:
         return main
+    schedules = torch.optim.lr_scheduler
     ramp = schedules.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
     return schedules.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+# The schedules of study/registry.py LR_SCHEDULES: (optimizer, batches after the warm-up) -> torch's scheduler.
+def constant_schedule(optimizer: torch.optim.Optimizer, batches: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, batches: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=batches, eta_min=0.0)
+
+
+def step_schedule(optimizer: torch.optim.Optimizer, batches: int) -> torch.optim.lr_scheduler.LRScheduler:
+    milestones = [round(batches / 3), round(2 * batches / 3)]
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=STEP_GAMMA)
 
 
 def mixed_precision(enabled: bool, device: torch.device) -> torch.dtype | None:
