@@ -34,7 +34,7 @@ from study.config import WEIGHT_SOURCES, StudyError, TrialConfig, parse_assignme
 from study.data import DATA_NAMES, absolute_data, class_count, load_data
 from study.environment import hardware, package_versions
 from study.models import create_backbone, default_input_size, plan_for, structure_only, weight_layers
-from study.report import write_report
+from study.report import REPORT_FILE, write_report
 from study.results import atomic_write, export, trials_table, varying_settings
 from study.space import SEARCHES, Dimension, Space, load_space
 
@@ -58,6 +58,9 @@ STUDY_OPTIONS = (
     "dry_run",
     "overwrite",
     "max_failures",
+    # The display and trackers are saved with Ray's Tuner: a resumed study shows and logs as it started.
+    "verbose",
+    "mlflow",
 )
 # An --address of HOST:PORT that nothing answers fails within this time, not after Ray's own connection retries.
 ADDRESS_TIMEOUT_S = 5
@@ -150,6 +153,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="address the Ray dashboard listens on (default 127.0.0.1: this machine only)",
     )
     monitoring.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    watching = parser.add_argument_group("watching and tracking")
+    watching.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's own console output (a box per trial, status tables, INFO logs) instead of the compact one",
+    )
+    watching.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="log every trial as an MLflow run: a directory (an SQLite store in it), sqlite:///PATH.db, or a "
+        "tracking server http://HOST:PORT (needs pip install 'study[mlflow]')",
+    )
     return parser.parse_args(argv)
 
 
@@ -416,6 +431,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         check_resource_options(args)
         preflight(space)
         out = check_out(args.out, space, args.overwrite)
+        mlflow = check_mlflow(args, out)
     except StudyError as error:
         return fail(error)
 
@@ -424,7 +440,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     storage, name = tuning.experiment_location(out, args.storage)
     started = time.perf_counter()
     try:
-        cluster = start(tuning, args)
+        cluster = start(tuning, args, out, f"{storage.rstrip('/')}/{name}")
         resources = tuning.Resources(
             args.cpus_per_trial or 1.0,
             args.gpus_per_trial if args.gpus_per_trial is not None else float(cluster.gpus > 0),
@@ -457,6 +473,8 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         },
         "ray_experiment": f"{storage.rstrip('/')}/{name}",
         "dashboard": cluster.dashboard_url,
+        "ray_logs": cluster.log_dir,
+        "monitoring": {"verbose": args.verbose, "mlflow": mlflow and mlflow.uri},
         "versions": package_versions(),
         "hardware": hardware(),
         "started": datetime.now().isoformat(timespec="seconds"),
@@ -471,16 +489,42 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         flush=True,
     )
     try:
-        records, unfinished = tuning.run_study(space, out, storage, name, resources, seed, cluster)
+        records, unfinished = tuning.run_study(
+            space, out, storage, name, resources, seed, cluster, tuning.Monitoring(args.verbose, args.mlflow)
+        )
     except KeyboardInterrupt:
         return interrupted(out, record)
     return finish(out, space, record, records, started, unfinished)
 
 
-def start(tuning, args: argparse.Namespace):
-    """Start or join Ray and say how to reach its dashboard."""
+def check_mlflow(args: argparse.Namespace, out: Path):
+    """--mlflow: MLflow installed and its store reachable, before Ray starts (None without --mlflow)."""
+    if args.mlflow is None:
+        return None
+    if args.address and args.address.startswith("ray://"):
+        raise StudyError(
+            "--mlflow logs from Tune's driver loop, which Ray Client (ray://) runs on the head node: join the cluster "
+            "with --address HOST:6379 from a node, or leave out --mlflow"
+        )
+    from study.tracking import MlflowTracker
+
+    tracker = MlflowTracker(args.mlflow, out.resolve().name)
+    tracker.check()
+    return tracker
+
+
+def start(tuning, args: argparse.Namespace, out: Path, experiment: str):
+    """Start or join Ray and say where to watch the study: Ray's logs, its dashboard, the report, TensorBoard."""
     exposed = args.address is None and not args.no_dashboard and not loopback(args.dashboard_host)
-    cluster = tuning.start_ray(args.address, None if args.no_dashboard else args.dashboard_host)
+    cluster = tuning.start_ray(args.address, None if args.no_dashboard else args.dashboard_host, args.verbose)
+    if cluster.log_dir:
+        print(f"Ray's logs: {cluster.log_dir}", flush=True)
+    print(f"Report: {(out / REPORT_FILE).resolve()} (rewritten as trials finish)", flush=True)
+    print(f"TensorBoard: tensorboard --logdir {experiment}", flush=True)
+    if args.mlflow:
+        from study.tracking import store
+
+        print(f"MLflow: experiment {out.resolve().name} in {store(args.mlflow)[0]}", flush=True)
     if cluster.dashboard_url:
         if cluster.token_auth:
             how = (
@@ -536,6 +580,9 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
                 "another --out)"
             )
         space = Space.from_record(record["space"])
+        # As the study started (Ray restores its display and trackers); before these options: Ray's output.
+        monitoring = record.get("monitoring", {"verbose": True})
+        args.verbose, args.mlflow = monitoring.get("verbose", False), monitoring.get("mlflow")
         check_resource_options(args)
     except StudyError as error:
         return fail(error)
@@ -549,7 +596,7 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
                 f"{experiment} holds no Ray Tune experiment state: the study was interrupted before its first trial "
                 "started; start it again with a new --out"
             )
-        cluster = start(tuning, args)
+        cluster = start(tuning, args, out, experiment)
         resources = tuning.Resources(**record["resources"])  # max_failures included
         warning = tuning.check_fit(
             cluster, resources.cpus_per_trial, resources.gpus_per_trial, joined=args.address is not None
@@ -576,7 +623,7 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
     )
     write_json(out / "study.json", record)
     try:
-        records, unfinished = tuning.resume_study(experiment, space, resources)
+        records, unfinished = tuning.resume_study(experiment, space, resources, args.verbose)
     except KeyboardInterrupt:
         return interrupted(out, record)
     return finish(out, space, record, records, started, unfinished)
