@@ -6,8 +6,10 @@ accuracy with its searched settings, the size of the front) stays at the bottom
 and is updated in place by rich's Live display; finished trials print above
 it. Off a terminal (a file, a pipe, CI, `nohup`, a notebook) the same
 information comes as plain lines without control characters: one per finished
-trial and a status line at most every STATUS_PERIOD_S seconds, and once at the
-end.
+trial and a status line at most every STATUS_PERIOD_S seconds (only when a
+trial finished since the last one, or after QUIET_PERIODS periods without
+news), and once at the end: a long study's log grows with its trials, not with
+its duration.
 
 Plain Python: study/tuning.py drives it from a Ray Tune callback
 (`WatchCallback`); tests drive it with scripted rows.
@@ -26,6 +28,7 @@ import pandas as pd
 from study.pareto import pareto_front
 
 STATUS_PERIOD_S = 30.0
+QUIET_PERIODS = 10  # without a finished trial, a plain status line every 10 x 30 s: the study is alive
 STATUS_STYLES = {"completed": "green", "stopped_early": "yellow", "error": "bold red"}
 
 
@@ -95,6 +98,7 @@ class StudyConsole:
         self.clock = clock
         self.started = clock()
         self.last_status = self.started
+        self.last_status_finished = 0
         self.rows: list[dict] = []
         self.running = 0
         self.front_size = 0
@@ -141,8 +145,12 @@ class StudyConsole:
     def update(self, running: int) -> None:
         """Called often (every step of Tune's loop): the live line refreshes itself; plain lines when due."""
         self.running = running
-        if self._display is None and self.clock() - self.last_status >= self.period_s:
-            self.last_status = self.clock()
+        if self._display is not None:
+            return
+        quiet = self.clock() - self.last_status
+        news = len(self.rows) > self.last_status_finished
+        if quiet >= self.period_s * (1 if news else QUIET_PERIODS):
+            self.last_status, self.last_status_finished = self.clock(), len(self.rows)
             self._print(self.status_line())
 
     def close(self) -> None:

@@ -1,5 +1,6 @@
 """Watching a study: the compact console (terminal and plain), the live report, MLflow and TensorBoard."""
 
+import dataclasses
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
+from study.config import TrialConfig
 from study.console import StudyConsole, trial_line
 from study.report import REPORT_FILE, LiveReport, write_report
 from study.results import trials_table, write_tables
@@ -124,43 +126,43 @@ def under_pty(command: list[str], env: dict, timeout: float, watch=None) -> tupl
 
 def test_plain_console_prints_each_trial_and_a_status_line_at_most_every_30_s():
     clock, stream = Clock(), io.StringIO()
-    console = StudyConsole(4, ["unfreeze_depth"], stream=stream, clock=clock)
+    console = StudyConsole(5, ["unfreeze_depth"], stream=stream, clock=clock)
     assert not console.live  # a StringIO is no terminal
     console.start()
+    stopped = "below the rung's median at epoch 2"
     for now, event in [
         (5, lambda: console.update(running=2)),
         (12, lambda: console.trial_finished(row("a_00000", 0, val_acc=0.61, seconds=0.4))),
         (20, lambda: console.update(running=2)),
-        (31, lambda: console.update(running=2)),  # 31 s since the start: a status line
+        (31, lambda: console.update(running=2)),  # 31 s since the start, a trial finished since: a status line
         (33, lambda: console.trial_finished(row("a_00001", "all", "stopped_early", 0.55, 75.0, 1))),
-        (
-            34,
-            lambda: console.trial_finished(
-                row("a_00002", 2, "stopped_early", 0.58, 9.0, 2, stop_reason="below the rung's median at epoch 2")
-            ),
-        ),
+        (34, lambda: console.trial_finished(row("a_00002", 2, "stopped_early", 0.58, 9.0, 2, stop_reason=stopped))),
         (50, lambda: console.update(running=1)),  # 19 s after the last status line: none
         (62, lambda: console.update(running=1)),
         (63, lambda: console.trial_finished(row("a_00003", 4, "error", float("nan"), float("nan"), 0, error="E: x"))),
+        (93, lambda: console.update(running=1)),
+        (200, lambda: console.update(running=1)),  # nothing new for 107 s: no line
+        (392, lambda: console.update(running=1)),
+        (393, lambda: console.update(running=1)),  # nothing new for 300 s: a line saying the study is alive
+        (400, lambda: None),
     ]:
         clock.now = now
         event()
     console.close()
     lines = stream.getvalue().splitlines()
     assert not CONTROL.search(stream.getvalue())
+    best = "best val_acc 0.6100 (unfreeze_depth=0) | 0 on the front"
     assert lines == [
-        "[1/4] a_00000 unfreeze_depth=0: completed, val_acc 0.6100, train 0.4 s",
-        "1/4 trials: 1 completed, 0 stopped, 0 errors, 2 running, 1 pending | elapsed 31 s | ~1m33s left | "
-        "best val_acc 0.6100 (unfreeze_depth=0) | 0 on the front",
-        "[2/4] a_00001 unfreeze_depth=all: stopped early (by the scheduler after epoch 1/4), val_acc 0.5500, "
+        "[1/5] a_00000 unfreeze_depth=0: completed, val_acc 0.6100, train 0.4 s",
+        f"1/5 trials: 1 completed, 0 stopped, 0 errors, 2 running, 2 pending | elapsed 31 s | ~2m04s left | {best}",
+        "[2/5] a_00001 unfreeze_depth=all: stopped early (by the scheduler after epoch 1/4), val_acc 0.5500, "
         "train 1m15s",
-        "[3/4] a_00002 unfreeze_depth=2: stopped early (below the rung's median at epoch 2), val_acc 0.5800, "
-        "train 9.0 s",
-        "3/4 trials: 1 completed, 2 stopped, 0 errors, 1 running, 0 pending | elapsed 1m02s | ~21 s left | "
-        "best val_acc 0.6100 (unfreeze_depth=0) | 0 on the front",
-        "[4/4] a_00003 unfreeze_depth=4: error: E: x",
-        "4/4 trials: 1 completed, 2 stopped, 1 errors, 0 running, 0 pending | elapsed 1m03s | done | "
-        "best val_acc 0.6100 (unfreeze_depth=0) | 0 on the front",
+        f"[3/5] a_00002 unfreeze_depth=2: stopped early ({stopped}), val_acc 0.5800, train 9.0 s",
+        f"3/5 trials: 1 completed, 2 stopped, 0 errors, 1 running, 1 pending | elapsed 1m02s | ~41 s left | {best}",
+        "[4/5] a_00003 unfreeze_depth=4: error: E: x",
+        f"4/5 trials: 1 completed, 2 stopped, 1 errors, 1 running, 0 pending | elapsed 1m33s | ~23 s left | {best}",
+        f"4/5 trials: 1 completed, 2 stopped, 1 errors, 1 running, 0 pending | elapsed 6m33s | ~1m38s left | {best}",
+        f"4/5 trials: 1 completed, 2 stopped, 1 errors, 0 running, 1 pending | elapsed 6m40s | ~1m40s left | {best}",
     ]
 
 
@@ -178,6 +180,7 @@ def test_trial_line_names_every_searched_setting_and_the_error():
 
 LIVE_SCRIPT = """
 import sys, time
+from study.config import TrialConfig
 from study.console import StudyConsole
 console = StudyConsole(3, ["unfreeze_depth"], period_s=30)
 assert console.live, "a pseudo-terminal is a terminal"
@@ -314,7 +317,7 @@ def test_smoke_study_logged_every_trial_to_mlflow(smoke_study):
         assert run.info.run_name == trial["trial_id"] and run.info.status == "FINISHED"
         assert run.data.params["unfreeze_depth"] == str(trial["unfreeze_depth"])
         assert run.data.params["img_size"] == "32" and run.data.params["optimizer"] == "adamw"
-        assert len(run.data.params) >= 40  # every setting, defaults included
+        assert len(run.data.params) == len(dataclasses.fields(TrialConfig))  # every setting, defaults included
         assert run.data.tags["status"] == trial["status"] and run.data.tags["stop_reason"]
         curve = client.get_metric_history(run.info.run_id, "val_acc")
         expected = epochs[epochs["trial_id"] == trial["trial_id"]].sort_values("epoch")
