@@ -55,25 +55,24 @@ def settings_text(row: dict, searched: list[str]) -> str:
     return " ".join(f"{name}={setting_text(row.get(name))}" for name in searched) or "(no searched setting)"
 
 
-def outcome(row: dict) -> str:
-    """How a trial ended: completed, stopped early and why (its recorded stop reason, else the scheduler's
-    decision after its last epoch), or error."""
-    status = row.get("status")
-    if status == "stopped_early":
-        reason = row.get("stop_reason")
-        if not (isinstance(reason, str) and reason):
-            reason = f"by the scheduler after epoch {row.get('epochs_run')}/{row.get('epochs')}"
-        return f"stopped early ({reason})"
-    return str(status)
+def stop_reason(row: dict) -> str:
+    """Why a trial stopped early: its recorded stop reason (the scheduler's words), else after which epoch."""
+    reason = row.get("stop_reason")
+    if isinstance(reason, str) and reason:
+        return reason
+    return f"the scheduler stopped it after epoch {row.get('epochs_run')}/{row.get('epochs')}"
 
 
 def trial_line(row: dict, searched: list[str], number: int, total: int | None) -> str:
-    """One finished trial: its settings, how it ended, validation accuracy, training time, and its error if any."""
+    """One finished trial: its settings, status, validation accuracy, training time, and why it stopped early or
+    its error."""
     count = f"{number}/{total}" if total else str(number)
-    line = f"[{count}] {row.get('trial_id')} {settings_text(row, searched)}: {outcome(row)}"
+    line = f"[{count}] {row.get('trial_id')} {settings_text(row, searched)}: {str(row.get('status')).replace('_', ' ')}"
     if _finite(row.get("val_acc")):
         line += f", val_acc {_number(row.get('val_acc'))}, train {duration(_float(row.get('train_time_s')))}"
-    if row.get("status") == "error":
+    if row.get("status") == "stopped_early":
+        line += f" ({stop_reason(row)})"
+    elif row.get("status") == "error":
         line += f": {row.get('error') or 'no message'}"
     return line
 
@@ -137,7 +136,7 @@ class StudyConsole:
             style = STATUS_STYLES.get(row.get("status"))
             start = line.find(": ") + 2
             if style:
-                text.stylize(style, start, start + len(outcome(row)))
+                text.stylize(style, start, start + len(str(row.get("status"))))
             self._display.console.print(text, soft_wrap=True)
         else:
             self._print(line)

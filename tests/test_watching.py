@@ -155,9 +155,9 @@ def test_plain_console_prints_each_trial_and_a_status_line_at_most_every_30_s():
     assert lines == [
         "[1/5] a_00000 unfreeze_depth=0: completed, val_acc 0.6100, train 0.4 s",
         f"1/5 trials: 1 completed, 0 stopped, 0 errors, 2 running, 2 pending | elapsed 31 s | ~2m04s left | {best}",
-        "[2/5] a_00001 unfreeze_depth=all: stopped early (by the scheduler after epoch 1/4), val_acc 0.5500, "
-        "train 1m15s",
-        f"[3/5] a_00002 unfreeze_depth=2: stopped early ({stopped}), val_acc 0.5800, train 9.0 s",
+        "[2/5] a_00001 unfreeze_depth=all: stopped early, val_acc 0.5500, train 1m15s (the scheduler stopped it "
+        "after epoch 1/4)",
+        f"[3/5] a_00002 unfreeze_depth=2: stopped early, val_acc 0.5800, train 9.0 s ({stopped})",
         f"3/5 trials: 1 completed, 2 stopped, 0 errors, 1 running, 1 pending | elapsed 1m02s | ~41 s left | {best}",
         "[4/5] a_00003 unfreeze_depth=4: error: E: x",
         f"4/5 trials: 1 completed, 2 stopped, 1 errors, 1 running, 0 pending | elapsed 1m33s | ~23 s left | {best}",
