@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -32,6 +33,70 @@ HEADS = ("linear", "single_linear")
 UNFREEZE_UNITS = ("layer", "block", "stage")
 BN_INSERTS = ("none", "before_retrained_conv")
 FROZEN_BN_MODES = ("eval", "train")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Where a number may lie: low..high (None: unbounded), an end excluded if open; `rule` tells the user."""
+
+    low: float | None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    rule: str = ""
+
+    def admits(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+
+SEED_LIMIT = Limit(0, 2**32 - 1, rule="is outside 0..4294967295: a seed is an unsigned 32-bit integer (NumPy's)")
+# Every number a user gives, checked in one place (check_number): the trial settings (TrialConfig), the CLI's
+# numbers (study/run.py), a space's study keys and the bounds of its ranges (study/space.py). NaN and infinity never
+# pass, for any number, limited here or not.
+NUMBER_LIMITS = {
+    "lr": Limit(0, low_open=True, rule="must be positive"),
+    "momentum": Limit(0, 1, high_open=True, rule="is outside [0, 1): SGD's momentum is a fraction, e.g. 0.9"),
+    "weight_decay": Limit(0, rule="is negative: use 0 or a positive value"),
+    "batch_size": Limit(1, rule="must be positive"),
+    "epochs": Limit(1, rule="must be positive"),
+    "seed": SEED_LIMIT,
+    "split_seed": SEED_LIMIT,
+    "train_fraction": Limit(0, 1, low_open=True, rule="is outside (0, 1]: use e.g. 0.1 for a 10% subset, 1 for all"),
+    "img_size": Limit(8, rule="is too small: use at least 8, or null for the backbone's default"),
+    "loader_workers": Limit(0, rule="is negative: use 0 (load in the trial process), a count, or null"),
+    "unfreeze_depth": Limit(0, rule="is invalid: use an integer >= 0 or 'all'"),
+    "num_samples": Limit(1, rule="must be at least 1"),
+    "max_epochs": Limit(1, rule="must be at least 1"),
+    "cpus_per_trial": Limit(0, low_open=True, rule="must be positive"),
+    "gpus_per_trial": Limit(
+        0,
+        1,
+        rule="is outside 0..1: a trial trains on one device (more GPUs would sit idle); fractions pack trials on a "
+        "GPU (0.25: four per GPU)",
+    ),
+    "max_concurrent": Limit(1, rule="must be at least 1"),
+    "max_failures": Limit(0, rule="is negative: use 0 (no retry) or the number of retries"),
+}
+
+
+def check_number(name: str, value, option: str | None = None) -> None:
+    """A number within NUMBER_LIMITS[name] (if any) and finite; anything else is a StudyError. `option`: the CLI's
+    name of it (e.g. --cpus-per-trial), shown instead of name=value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    shown = f"{option} {value:g}" if option else f"{name}={value}"
+    if not math.isfinite(value):
+        raise StudyError(f"{shown} is not a finite number: give a number{_limit_hint(name)}")
+    limit = NUMBER_LIMITS.get(name)
+    if limit and not limit.admits(value):
+        raise StudyError(f"{shown} {limit.rule}")
+
+
+def _limit_hint(name: str) -> str:
+    limit = NUMBER_LIMITS.get(name)
+    return f" ({name} {limit.rule.removeprefix('is ')})" if limit else ""
 
 
 @dataclass(frozen=True)
@@ -65,7 +130,7 @@ class TrialConfig:
     optimizer: str = "adamw"
     lr: float = 1e-3
     momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # on weights only: norm parameters and biases are exempt (study/train.py)
     batch_size: int = 64
     epochs: int = 5
     seed: int = 0
@@ -80,23 +145,9 @@ class TrialConfig:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             object.__setattr__(self, field.name, _coerce(field.name, getattr(self, field.name)))
-        _check_positive(self, "lr", "batch_size", "epochs")
-        if self.weight_decay < 0:
-            raise StudyError(f"weight_decay={self.weight_decay} is negative: use 0 or a positive value")
-        if self.img_size is not None and self.img_size < 8:
-            raise StudyError(
-                f"img_size={self.img_size} is too small: use at least 8, or null for the backbone's default"
-            )
-        if not 0 < self.train_fraction <= 1:
-            raise StudyError(
-                f"train_fraction={self.train_fraction} is outside (0, 1]: use e.g. 0.1 for a 10% subset, 1 for all"
-            )
-        if self.loader_workers is not None and self.loader_workers < 0:
-            raise StudyError(
-                f"loader_workers={self.loader_workers} is negative: use 0 (load in the trial process), a count, or null"
-            )
+            check_number(field.name, getattr(self, field.name))
         depth = self.unfreeze_depth
-        if isinstance(depth, str) and depth != ALL_LAYERS or isinstance(depth, int) and depth < 0:
+        if isinstance(depth, str) and depth != ALL_LAYERS:
             raise StudyError(f"unfreeze_depth={depth!r} is invalid: use an integer >= 0 or '{ALL_LAYERS}'")
         object.__setattr__(self, "weights", weights_source(self.weights))
         _check_choice("head", self.head, HEADS)
@@ -133,7 +184,16 @@ def closest_hint(name: str, valid) -> str:
 
 
 class YamlLoader(yaml.SafeLoader):
-    """yaml.SafeLoader (no object construction), reading `1e-3` as a float as YAML 1.2 does, not as text."""
+    """yaml.SafeLoader (no object construction), reading `1e-3` as a float as YAML 1.2 does, not as text, and
+    refusing aliases (`*name`): nested aliases expand a few hundred bytes into gigabytes ("billion laughs"), and a
+    space file is small enough to write out."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed: write the value out", self.peek_event().start_mark
+            )
+        return super().compose_node(parent, index)
 
 
 YamlLoader.add_implicit_resolver(
@@ -186,13 +246,6 @@ def _allowed_types(annotation) -> tuple:
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         return typing.get_args(annotation)
     return (annotation,)
-
-
-def _check_positive(config: TrialConfig, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if value <= 0:
-            raise StudyError(f"{name}={value} must be positive")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -364,10 +364,58 @@ def decode_torchvision(name: str, split: str, root: Path, img_size: int) -> dict
 # --- folders ----------------------------------------------------------------------------
 
 
+def contained_files(class_dir: str, is_valid_file: Callable[[str], bool]) -> tuple[list[str], list[str]]:
+    """(the image files of a class folder, the links skipped). Links are followed only within the class folder, and
+    each directory and file once: a link out of it (e.g. `cat/loop -> ..`) would label other classes' images as this
+    class, and a link back into it would count its images again."""
+    base = os.path.realpath(class_dir)
+    inside = lambda real: real == base or real.startswith(base + os.sep)
+    files, skipped, seen_dirs, seen_files = [], [], {base}, set()
+    for directory, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        for name in list(dirnames):
+            real = os.path.realpath(os.path.join(directory, name))
+            if not inside(real) or real in seen_dirs:
+                dirnames.remove(name)
+                skipped.append(os.path.join(directory, name))
+            seen_dirs.add(real)
+        for name in sorted(filenames):
+            path = os.path.join(directory, name)
+            if not is_valid_file(path):
+                continue
+            real = os.path.realpath(path)
+            if not inside(real) or real in seen_files:
+                skipped.append(path)
+                continue
+            seen_files.add(real)
+            files.append(path)
+    return files, skipped
+
+
+def image_folder(path: Path):
+    """torchvision's ImageFolder of `path`, its files found by contained_files; `skipped_links` lists the rest."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    class ContainedImageFolder(ImageFolder):
+        def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+            valid = is_valid_file or (lambda name: has_file_allowed_extension(name, extensions or IMG_EXTENSIONS))
+            self.skipped_links, samples = [], []
+            root = os.path.realpath(directory)
+            for target in sorted(class_to_idx):
+                class_dir = os.path.join(directory, target)
+                if root.startswith(os.path.realpath(class_dir) + os.sep) or os.path.realpath(class_dir) == root:
+                    self.skipped_links.append(class_dir)  # a class folder that is a link to the root or above it
+                    continue
+                files, skipped = contained_files(class_dir, valid)
+                samples += [(file, class_to_idx[target]) for file in files]
+                self.skipped_links += skipped
+            return samples
+
+    return ContainedImageFolder(str(path), allow_empty=True)
+
+
 def scan_folder(root: Path) -> dict:
     """The ImageFolders of `root` by split (`all` for a single folder of classes); layout errors are StudyErrors."""
-    from torchvision.datasets import ImageFolder
-
     if not root.is_dir():
         raise StudyError(
             f"data folder {root} does not exist: give folder:PATH with train/ and val/ class subfolders, or class "
@@ -381,11 +429,18 @@ def scan_folder(root: Path) -> dict:
     folders = {}
     for split, path in splits.items():
         try:
-            folder = ImageFolder(str(path), allow_empty=True)
+            folder = image_folder(path)
         except FileNotFoundError:
             raise StudyError(
                 f"{path} has no class folders: put each class's images in a subfolder named after the class"
             ) from None
+        if folder.skipped_links:
+            print(
+                f"note: {path}: skipped {len(folder.skipped_links)} link(s) that lead out of their class folder or "
+                f"back into it (e.g. {folder.skipped_links[0]}): images are read from inside their class folder "
+                "only, each once",
+                flush=True,
+            )
         counts = np.bincount(folder.targets, minlength=len(folder.classes))
         empty = [c for c, n in zip(folder.classes, counts) if n == 0]
         if empty:
@@ -467,6 +522,13 @@ def fit(image: torch.Tensor, img_size: int) -> torch.Tensor:
     return F.center_crop(F.resize(image, img_size, antialias=True), img_size)
 
 
+def too_large(where: str, count: int, img_size: int) -> StudyError:
+    return StudyError(
+        f"{where}: {count} images at {img_size} px do not fit in half of this node's memory once decoded: lower "
+        "img_size (or use a smaller dataset)"
+    )
+
+
 def decode_files(dataset, classes: list[str], img_size: int, where: str, describe: Callable[[int], str]) -> dict:
     """Every image of a file-based dataset decoded into one tensor (in parallel with the trial's CPU share)."""
     threads = torch.get_num_threads()
@@ -487,11 +549,7 @@ def decode_files(dataset, classes: list[str], img_size: int, where: str, describ
             labels.append(label)
             stored += image.size
         if stored > budget:
-            raise StudyError(
-                f"{where}: {len(dataset)} images at {img_size} px do not fit in half of this node's memory once "
-                "decoded: "
-                f"lower img_size (or use a smaller dataset)"
-            )
+            raise too_large(where, len(dataset), img_size)
     readable = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
     unreadable = [c for c, n in zip(classes, readable) if n == 0]
     if unreadable:
@@ -500,6 +558,9 @@ def decode_files(dataset, classes: list[str], img_size: int, where: str, describ
             "broken files"
         )
     if len({image.shape for image in images}) > 1:  # else: one common size, no larger than needed, kept as it is
+        # mixed sizes: every image becomes img_size x img_size, the small ones larger than they were decoded
+        if sum(image.shape[0] for image in images) * img_size**2 > budget:
+            raise too_large(where, len(dataset), img_size)
         images = [fit(image, img_size) for image in images]
     return {
         "images": torch.stack(images),
@@ -613,6 +674,13 @@ def _batch_as_is(batch):
     return batch
 
 
+def drops_last_batch(count: int, batch_size: int) -> bool:
+    """Whether an epoch of `count` training images drops its last batch: when it would hold one image. BatchNorm in
+    training mode cannot normalise a batch of one (PyTorch raises "Expected more than 1 value per channel"); the
+    image left out is another one each epoch (the batches are shuffled), so every image still trains."""
+    return count > 1 and count % batch_size == 1
+
+
 def train_loader(
     data: ImageSet,
     batch_size: int,
@@ -626,6 +694,7 @@ def train_loader(
         _TrainImages(data, per_sample),
         batch_size=batch_size,
         shuffle=True,
+        drop_last=drops_last_batch(len(data), batch_size),
         generator=generator,
         num_workers=workers,
         collate_fn=_batch_as_is,
@@ -643,7 +712,7 @@ def batches(data: ImageSet, batch_size: int) -> Iterator[tuple[torch.Tensor, tor
 # --- command line -----------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m study.data",
         description="Fetch a dataset into the data root, for machines without internet access.",
@@ -652,7 +721,11 @@ def main(argv: list[str] | None = None) -> int:
     download = commands.add_parser("download", help="download (or copy Debian's files of) a torchvision dataset")
     download.add_argument("name", choices=sorted(TORCHVISION_SETS))
     download.add_argument("--data-root", type=Path, default=None, help=f"default: {default_data_root()}")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     root = resolve_data_root(str(args.data_root) if args.data_root else None)
     try:
         ensure_downloaded(args.name, root)

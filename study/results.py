@@ -8,6 +8,7 @@ be rebuilt, tested and analysed without a cluster. Files are written atomically
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -15,14 +16,19 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import plotly.graph_objects as go
 
 from study.config import FIELD_TYPES, StudyError, TrialConfig
 from study.pareto import ACCURACY, COSTS, INCLUDE_STOPPED, MAIN_COST, pareto_front
 
-# What a trial reports every epoch (study/train.py); the rest of a report is static trial information.
+if TYPE_CHECKING:  # Plotly is imported where a figure is drawn: a study's driver and its trials need it only then
+    import plotly.graph_objects as go
+
+# What a trial reports every epoch (study/train.py); the rest of a report is static trial information. None of
+# these names is a setting (TrialConfig field): the trials table holds every setting as set and, beside it, what the
+# trial measured or resolved it to (img_size_used, device_used, amp_dtype, loader_workers_used).
 EPOCH_METRICS = (
     "epoch",
     "train_loss",
@@ -47,17 +53,18 @@ TRIAL_INFO = (
     "total_params",
     "inserted_bn",
     "effective",
-    "img_size",
-    "device",
+    "img_size_used",
+    "device_used",
     "memory_measure",
-    "amp",
+    "amp_dtype",
     "channels_last",
     "cache",
     "cache_cut",
     "cache_note",
     "cache_build_s",
     "cache_cost_s",
-    "loader_workers",
+    "cache_device",
+    "loader_workers_used",
     "train_images",
     "val_images",
     "test_images",
@@ -161,6 +168,15 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         write(temporary)
         os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from the user's group
         os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):  # the earlier version of `path` is still there, whole
+            raise StudyError(
+                f"out of disk space writing {path}: every file written before is kept as it was (the previous "
+                f"{path.name}, if any, included); free space in {path.parent}, then run the same command with "
+                "--resume if a study was running"
+            ) from None
+        raise
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -177,8 +193,39 @@ class Results:
     notes: list[str] = field(default_factory=list)
 
 
+def damaged(path: Path, error: BaseException, fix: str) -> StudyError:
+    """One line for a file that cannot be read as what it should be: the file, what is wrong, what to do."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    return StudyError(f"{path} is damaged or not what it should be ({type(error).__name__}: {reason}): {fix}")
+
+
+def read_json(path: Path, fix: str = "restore it from a copy, or remove it") -> object:
+    """A JSON file an earlier run wrote; damage (unreadable, not UTF-8, not JSON) is a StudyError. Missing: raises
+    FileNotFoundError, which callers answer in their own words."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise damaged(path, error, fix) from None
+
+
+def read_table(path: Path, fix: str = "rewrite it with python -m study.run --resume, or restore it from a copy"):
+    """A results table (parquet or CSV); damage (truncated, empty, not a table) is a StudyError."""
+    import pyarrow
+
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pyarrow.ArrowException) as error:
+        # EmptyDataError and ArrowInvalid are ValueErrors
+        raise damaged(path, error, fix) from None
+
+
 def load_results(path: str | Path) -> Results:
-    """Read a study's results directory; only a trials table (parquet or CSV) is required."""
+    """Read a study's results directory; only a trials table (parquet or CSV) is required. A damaged file is a
+    StudyError naming it; a damaged study.json, which only describes the study, is a note."""
     path = Path(path)
     if not path.is_dir():
         raise StudyError(
@@ -186,9 +233,9 @@ def load_results(path: str | Path) -> Results:
         )
     notes = []
     if (path / "trials.parquet").exists():
-        trials = pd.read_parquet(path / "trials.parquet")
+        trials = read_table(path / "trials.parquet")
     elif (path / "trials.csv").exists():
-        trials = pd.read_csv(path / "trials.csv")
+        trials = read_table(path / "trials.csv")
     else:
         raise StudyError(
             f"{path} holds no trials.parquet or trials.csv: pass a study's results directory (the --out of python -m "
@@ -198,17 +245,24 @@ def load_results(path: str | Path) -> Results:
     if missing:
         raise StudyError(f"{path}: the trials table lacks the column '{missing[0]}': it was not written by study.run")
     if (path / "epochs.parquet").exists():
-        epochs = pd.read_parquet(path / "epochs.parquet")
+        epochs = read_table(path / "epochs.parquet")
+        if "trial_id" not in epochs:
+            raise StudyError(f"{path / 'epochs.parquet'} has no trial_id column: it was not written by study.run")
     else:
         epochs = pd.DataFrame(columns=["trial_id", *EPOCH_METRICS])
         notes.append("epochs.parquet is missing: no per-epoch curves.")
     study = {}
     try:
-        study = json.loads((path / "study.json").read_text())
+        study = read_json(path / "study.json")
     except FileNotFoundError:
         notes.append("study.json is missing: the study's settings are unknown.")
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        notes.append(f"study.json is unreadable ({error}): the study's settings are unknown.")
+    except StudyError as error:
+        notes.append(f"{error}; the study's settings are unknown.")
+    if not isinstance(study, dict):
+        notes.append(
+            f"study.json holds a {type(study).__name__}, not a study's record: the study's settings are unknown."
+        )
+        study = {}
     return Results(path, trials, epochs, study, notes)
 
 
@@ -243,6 +297,8 @@ def pareto_figure(
     accuracy: str = ACCURACY,
 ) -> go.Figure:
     """Every trial with values, the front highlighted; stopped trials marked (and named ineligible when they are)."""
+    import plotly.graph_objects as go
+
     shown = trials[(trials["status"] != "error") & trials[accuracy].notna() & trials[cost].notna()]
     settings = ["backbone", *[k for k in varying_settings(trials) if k != "backbone"]]
     stopped = "stopped early by ASHA" + ("" if include_stopped else " (not eligible for the front)")

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import ipaddress
 import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -30,12 +33,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from study.config import WEIGHT_SOURCES, StudyError, TrialConfig, parse_assignment, weights_source
+from study.config import WEIGHT_SOURCES, StudyError, TrialConfig, check_number, parse_assignment, weights_source
 from study.data import DATA_NAMES, absolute_data, class_count, load_data
 from study.environment import hardware, package_versions
 from study.models import create_backbone, default_input_size, plan_for, structure_only, weight_layers
-from study.report import REPORT_FILE, write_report
-from study.results import atomic_write, export, trials_table, varying_settings
+from study.results import atomic_write, export, read_json, trials_table, varying_settings
 from study.space import SEARCHES, Dimension, Space, load_space
 
 DEFAULT_SPACE = "unfreeze_depth"
@@ -64,10 +66,10 @@ STUDY_OPTIONS = (
 )
 # An --address of HOST:PORT that nothing answers fails within this time, not after Ray's own connection retries.
 ADDRESS_TIMEOUT_S = 5
-INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT (128 + 2)
+INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT (128 + 2); SIGTERM: 143 (128 + 15)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--space", help=f"a name from search_spaces/ or a path to a .yaml file (default: {DEFAULT_SPACE})"
@@ -165,7 +167,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="log every trial as an MLflow run: a directory (an SQLite store in it), sqlite:///PATH.db, or a "
         "tracking server http://HOST:PORT (needs pip install 'study[mlflow]')",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def resolve_space(args: argparse.Namespace) -> Space:
@@ -294,7 +300,8 @@ def dry_run(space: Space, seed: int) -> pd.DataFrame:
 
 def check_out(out: Path | None, space: Space, overwrite: bool) -> Path:
     """The results directory, checked before Ray starts and created only after (create_out): it can be written,
-    and it holds no study that would be lost (unless --overwrite, which replaces only a study's directory)."""
+    no other process uses it (lock_study), and it holds no study that would be lost (unless --overwrite, which
+    replaces only what a study wrote, in a directory whose study.json a study wrote)."""
     out = out or Path("results") / f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"
     if out.exists() and not out.is_dir():
         raise StudyError(f"--out {out} is a file: choose a directory")
@@ -304,29 +311,109 @@ def check_out(out: Path | None, space: Space, overwrite: bool) -> Path:
                 f"--out {out} already holds files: choose a new directory, continue an interrupted study with "
                 f"--resume {out}, or replace it with --overwrite"
             )
+        if out.is_symlink():
+            raise StudyError(
+                f"--out {out} is a symbolic link: --overwrite never deletes through a link; give the directory it "
+                f"points to ({out.resolve()})"
+            )
         if not (out / "study.json").is_file():
             raise StudyError(
                 f"--out {out} holds files but no study.json: --overwrite replaces only a study's results directory; "
                 "choose another --out"
             )
-        inside = [path for path in input_paths(space) if path.resolve().is_relative_to(out.resolve())]
+        if not is_study_record(read_json(out / "study.json")):
+            raise StudyError(
+                f"--out {out} holds a study.json that python -m study.run did not write (no command, space and "
+                "ray_experiment): --overwrite replaces only a study's results directory; choose another --out"
+            )
+        written = study_written(out)
+        links = [path for path in written if path.is_symlink()]
+        if links:
+            raise StudyError(
+                f"--overwrite would delete {links[0]}, a symbolic link (to {os.readlink(links[0])}): a study writes "
+                "no links; remove it yourself or choose another --out"
+            )
+        inside = [
+            path for path in input_paths(space) if any(path.resolve().is_relative_to(old.resolve()) for old in written)
+        ]
         if inside:
             raise StudyError(
                 f"--overwrite would delete {inside[0]}, which this study reads: move it out of {out}, or choose "
                 "another --out"
             )
+    if out.is_dir():
+        lock_study(out)
     existing = next(path for path in (out.absolute(), *out.absolute().parents) if path.exists())
     if not existing.is_dir():
         raise StudyError(
             f"--out {out} cannot be created: {existing} is a file, not a directory; choose a writable directory"
         )
-    try:  # the real test of writability (os.access says yes to root in /proc): a directory made and removed at once
-        os.rmdir(tempfile.mkdtemp(prefix=".study-write-test-", dir=existing))
+    check_writable(existing, f"--out {out}")
+    return out
+
+
+def check_writable(directory: Path, what: str) -> None:
+    """The real test of writability (os.access says yes to root in /proc): a directory made and removed at once."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".study-write-test-", dir=directory))
     except OSError as error:
         raise StudyError(
-            f"--out {out} cannot be created in {existing} ({error.strerror}): choose a writable directory"
+            f"{what} cannot be created in {directory} ({error.strerror}): choose a writable directory"
         ) from None
-    return out
+
+
+# What a study writes into its results directory, and all that --overwrite deletes there (anything else is kept):
+# study.json, the tables and pages (study/results.py, study/report.py), Ray Tune's experiment (tuning.RAY_DIR,
+# without --storage), and atomic_write's temporary files of a write that was cut short.
+STUDY_FILES = (
+    "study.json",
+    "trials.csv",
+    "trials.parquet",
+    "epochs.parquet",
+    "pareto.csv",
+    "pareto.html",
+    "report.html",
+)
+STUDY_FOLDERS = ("ray",)
+STUDY_TEMPORARY = ".*.tmp"
+
+
+def study_written(out: Path) -> list[Path]:
+    named = [out / name for name in (*STUDY_FILES, *STUDY_FOLDERS)]
+    return [path for path in named if path.exists() or path.is_symlink()] + sorted(out.glob(STUDY_TEMPORARY))
+
+
+def is_study_record(record) -> bool:
+    """A study.json that study.run wrote: a mapping with the command, space and Ray experiment it records."""
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("command"), list)
+        and record["command"][:3] == ["python", "-m", "study.run"]
+        and isinstance(record.get("space"), dict)
+        and isinstance(record.get("ray_experiment"), str)
+    )
+
+
+# The locks this process holds: a study directory is used by one process at a time (a study or its --resume).
+_LOCKS: dict[Path, int] = {}
+
+
+def lock_study(out: Path) -> None:
+    """Lock the results directory for the rest of this process (flock on the directory itself: nothing is written,
+    and the lock ends with the process however it ends)."""
+    key = out.resolve()
+    if key in _LOCKS:
+        return
+    handle = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        raise StudyError(
+            f"{out} is in use by another python -m study.run (a study or a --resume of it runs now): wait until it "
+            "ends, or stop it with Ctrl-C first"
+        ) from None
+    _LOCKS[key] = handle
 
 
 def input_paths(space: Space) -> list[Path]:
@@ -348,27 +435,47 @@ def input_paths(space: Space) -> list[Path]:
 
 
 def create_out(out: Path, overwrite: bool) -> None:
-    if overwrite and out.exists():
-        shutil.rmtree(out)
+    """Create (and lock) the results directory; with --overwrite, delete what the old study wrote there, and only that
+    (check_out made sure it is a study's directory, without links)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise StudyError(f"--out {out} cannot be created ({error.strerror}): choose a writable directory") from None
+    lock_study(out)
+    if not overwrite:
+        if (out / "study.json").exists():  # another process started a study there since check_out
+            raise StudyError(f"--out {out} holds a study now: choose a new directory")
+        return
+    for path in study_written(out):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    kept = sorted(path.name for path in out.iterdir())
+    if kept:
+        print(f"note: --overwrite kept what no study writes in {out}: {', '.join(kept[:5])}{' ...' * (len(kept) > 5)}")
+
+
+# The CLI's numbers: checked first (study/config.py check_number), before a dry run or anything else.
+NUMBER_OPTIONS = (
+    "seed",
+    "num_samples",
+    "max_epochs",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "max_concurrent",
+    "max_failures",
+)
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    for name in NUMBER_OPTIONS:
+        if getattr(args, name) is not None:
+            check_number(name, getattr(args, name), f"--{name.replace('_', '-')}")
 
 
 def check_resource_options(args: argparse.Namespace) -> None:
-    if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
-        raise StudyError(f"--cpus-per-trial {args.cpus_per_trial:g} must be positive")
     gpus = args.gpus_per_trial
-    if gpus is not None and not 0 <= gpus <= 1:
-        raise StudyError(
-            f"--gpus-per-trial {gpus:g} is outside 0..1: a trial trains on one device (more GPUs would sit idle); "
-            "fractions pack trials on a GPU (0.25: four per GPU)"
-        )
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise StudyError(f"--max-concurrent {args.max_concurrent} must be at least 1")
-    if args.max_failures is not None and args.max_failures < 0:
-        raise StudyError(f"--max-failures {args.max_failures} is negative: use 0 (no retry) or the number of retries")
     if args.address is None and gpus and not torch.cuda.is_available():
         raise StudyError(
             f"--gpus-per-trial {gpus:g} but this machine has no GPU that PyTorch can use (torch {torch.__version__}, "
@@ -381,6 +488,60 @@ def check_resource_options(args: argparse.Namespace) -> None:
             "set by `ray start --head --dashboard-host`: leave them out with --address"
         )
     check_reachable(args.address)
+    if args.address is None and not args.no_dashboard:
+        check_dashboard_host(args.dashboard_host)
+
+
+def check_dashboard_host(host: str) -> None:
+    """The dashboard's host must resolve to an address of this machine (Ray would retry for over a minute)."""
+    fix = "give an address of this machine: 127.0.0.1 (this machine only, the default) or 0.0.0.0 (every interface)"
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        raise StudyError(f"--dashboard-host {host} does not resolve ({error}): {fix}") from None
+    try:
+        with socket.socket(family, kind) as probe:
+            probe.bind(address)
+    except OSError as error:
+        raise StudyError(f"--dashboard-host {host} cannot be listened on ({error.strerror}): {fix}") from None
+
+
+# A --storage URI must answer within this time (a cloud store without network would stall Ray for minutes).
+STORAGE_TIMEOUT_S = 20
+
+
+def check_storage(storage: str | None) -> None:
+    """--storage can be written (a path) or reached (a URI, through pyarrow's filesystems, as Ray Tune reaches it)."""
+    if storage is None:
+        return
+    if "://" not in storage:
+        path = Path(storage).expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise StudyError(f"--storage {storage}: {existing} is a file, not a directory; choose a writable directory")
+        check_writable(existing, f"--storage {storage}")
+        return
+    import pyarrow.fs
+
+    outcome: list = []
+
+    def probe():
+        try:
+            filesystem, path = pyarrow.fs.FileSystem.from_uri(storage)
+            filesystem.get_file_info(path)
+            outcome.append(None)
+        except Exception as error:  # pyarrow raises its own kinds (ArrowInvalid, OSError) for each filesystem
+            outcome.append(error)
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(STORAGE_TIMEOUT_S)
+    fix = "check the URI, the network and the credentials, or leave --storage out (DIR/ray on this machine)"
+    if not outcome:
+        raise StudyError(f"--storage {storage} did not answer within {STORAGE_TIMEOUT_S} s: {fix}")
+    if outcome[0] is not None:
+        reason = (str(outcome[0]).strip().splitlines() or [type(outcome[0]).__name__])[0][:160]
+        raise StudyError(f"--storage {storage} cannot be reached ({reason}): {fix}")
 
 
 def check_reachable(address: str | None) -> None:
@@ -410,19 +571,41 @@ def fail(error: StudyError) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = ["python", "-m", "study.run", *(sys.argv[1:] if argv is None else argv)]
+    stop_on_sigterm()
     try:
         if args.resume is not None:
             return resume(args, command)
         return run(args, command)
-    except KeyboardInterrupt:  # Ctrl-C outside Tune's loop (which catches the first one itself: see run_study)
-        print("\ninterrupted", file=sys.stderr)
-        return INTERRUPTED_EXIT
+    except KeyboardInterrupt as stop:  # a signal before the study's results directory exists: nothing to record
+        print("\ninterrupted before the study started: nothing was written", file=sys.stderr)
+        return exit_code(stop)
+    finally:  # the study is recorded: a further Ctrl-C must not break Ray's shutdown at exit (a crash in its C++)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the driver as Ctrl-C does (KeyboardInterrupt), not at once: again after Ray starts, whose core
+    worker installs its own handler (a C++ stack dump). Inside Tune's loop tuning.GracefulStop takes over."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def exit_code(stop: BaseException | int | None) -> int:
+    """128 + the signal's number, as a shell reports a process a signal ended: 130 for SIGINT, 143 for SIGTERM."""
+    if isinstance(stop, BaseException):
+        stop = signal.Signals.SIGTERM if stop.args == ("SIGTERM",) else signal.Signals.SIGINT
+    return 128 + int(stop or signal.Signals.SIGINT)
 
 
 def run(args: argparse.Namespace, command: list[str]) -> int:
     """A new study. Everything that can fail is checked before anything is written: the input, the resources, the
     results directory, then Ray (started or joined); the results directory is created last."""
     try:
+        check_numbers(args)
         space = resolve_space(args)
         seed = 0 if args.seed is None else args.seed
         if args.dry_run:
@@ -431,6 +614,7 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         check_resource_options(args)
         preflight(space)
         out = check_out(args.out, space, args.overwrite)
+        check_storage(args.storage)
         mlflow = check_mlflow(args, out)
     except StudyError as error:
         return fail(error)
@@ -489,12 +673,14 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         flush=True,
     )
     try:
-        records, unfinished = tuning.run_study(
+        records, unfinished, signum = tuning.run_study(
             space, out, storage, name, resources, seed, cluster, tuning.Monitoring(args.verbose, args.mlflow)
         )
-    except KeyboardInterrupt:
-        return interrupted(out, record)
-    return finish(out, space, record, records, started, unfinished)
+        return finish(out, space, record, records, started, unfinished, signum)
+    except KeyboardInterrupt as stop:
+        return interrupted(out, record, exit_code(stop))
+    except StudyError as error:  # out of disk space writing the results: what was written is kept
+        return fail(error)
 
 
 def check_mlflow(args: argparse.Namespace, out: Path):
@@ -517,6 +703,9 @@ def start(tuning, args: argparse.Namespace, out: Path, experiment: str):
     """Start or join Ray and say where to watch the study: Ray's logs, its dashboard, the report, TensorBoard."""
     exposed = args.address is None and not args.no_dashboard and not loopback(args.dashboard_host)
     cluster = tuning.start_ray(args.address, None if args.no_dashboard else args.dashboard_host, args.verbose)
+    stop_on_sigterm()
+    from study.report import REPORT_FILE
+
     if cluster.log_dir:
         print(f"Ray's logs: {cluster.log_dir}", flush=True)
     print(f"Report: {(out / REPORT_FILE).resolve()} (rewritten as trials finish)", flush=True)
@@ -573,13 +762,21 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
         ]
         if given:
             raise StudyError(f"--resume continues the study as {out / 'study.json'} records it: leave out {given[0]}")
+        if out.is_dir():
+            lock_study(out)
         record = read_study(out)
         if "finished" in record:
             raise StudyError(
                 f"the study in {out} finished at {record['finished']}: nothing to resume (start a new one with "
                 "another --out)"
             )
-        space = Space.from_record(record["space"])
+        try:
+            space = Space.from_record(record["space"])
+        except (TypeError, KeyError, AttributeError) as error:
+            raise StudyError(
+                f"{out / 'study.json'}: its space is damaged ({type(error).__name__}: {error}): start the study again "
+                "with --overwrite"
+            ) from None
         # As the study started (Ray restores its display and trackers); before these options: Ray's output.
         monitoring = record.get("monitoring", {"verbose": True})
         args.verbose, args.mlflow = monitoring.get("verbose", False), monitoring.get("mlflow")
@@ -594,7 +791,7 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
         if not tuning.restorable(experiment):
             raise StudyError(
                 f"{experiment} holds no Ray Tune experiment state: the study was interrupted before its first trial "
-                "started; start it again with a new --out"
+                f"started; start it again with --out {out} --overwrite (or a new --out)"
             )
         cluster = start(tuning, args, out, experiment)
         resources = tuning.Resources(**record["resources"])  # max_failures included
@@ -623,42 +820,62 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
     )
     write_json(out / "study.json", record)
     try:
-        records, unfinished = tuning.resume_study(experiment, space, resources, args.verbose)
-    except KeyboardInterrupt:
-        return interrupted(out, record)
-    return finish(out, space, record, records, started, unfinished)
+        records, unfinished, signum = tuning.resume_study(experiment, space, resources, args.verbose)
+        return finish(out, space, record, records, started, unfinished, signum)
+    except KeyboardInterrupt as stop:
+        return interrupted(out, record, exit_code(stop))
+    except StudyError as error:  # out of disk space writing the results: what was written is kept
+        return fail(error)
 
 
 def read_study(out: Path) -> dict:
     path = out / "study.json"
     try:
-        record = json.loads(path.read_text())
+        record = read_json(
+            path, "--resume needs the study.json its study wrote; start the study again with --overwrite"
+        )
     except FileNotFoundError:
         raise StudyError(
             f"{path} does not exist: --resume takes the results directory (--out) of a study started by python -m "
             "study.run"
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise StudyError(f"{path} is unreadable ({error}): --resume needs the study.json its study wrote") from None
-    if "ray_experiment" not in record:
+    if not isinstance(record, dict) or "ray_experiment" not in record:
         raise StudyError(
             f"{path} records no Ray experiment (a study from an older version, or no study.json of study.run): it "
             "cannot be resumed"
         )
+    if not is_study_record(record) or not isinstance(record.get("resources"), dict):
+        raise StudyError(
+            f"{path} lacks what a study records (command, space, resources, ray_experiment): it was changed or not "
+            "written by study.run; start the study again with --overwrite"
+        )
     return record
 
 
-def finish(out: Path, space: Space, record: dict, records: list[dict], started: float, unfinished: int = 0) -> int:
+def finish(
+    out: Path,
+    space: Space,
+    record: dict,
+    records: list[dict],
+    started: float,
+    unfinished: int = 0,
+    signum: int | None = None,
+) -> int:
     """Export the finished trials (tables, Pareto front, report) and complete study.json. `unfinished` > 0: the study
-    was interrupted (Ctrl-C): what finished is exported all the same, and study.json stays resumable."""
+    was interrupted (`signum`: Ctrl-C or SIGTERM): what finished is exported all the same, and study.json stays
+    resumable."""
+    from study.report import write_report  # Plotly and the report: needed only now, at the end
+
     if unfinished and not records:
-        return interrupted(out, record, f"no trial finished, {unfinished} to run")
+        return interrupted(out, record, exit_code(signum), f"no trial finished, {unfinished} to run")
     trials, epochs = trials_table(records)
     front = export(out, trials, epochs, title=f"{space.name}: validation accuracy vs training time")
     counts = trials["status"].value_counts().to_dict()
     if unfinished:
         record.update(trials=counts)
-        code = interrupted(out, record, f"{len(trials)} finished trial(s) exported, {unfinished} not finished")
+        code = interrupted(
+            out, record, exit_code(signum), f"{len(trials)} finished trial(s) exported, {unfinished} not finished"
+        )
         print(f"Report: {write_report(out).resolve()}")
         return code
     record.update(
@@ -673,17 +890,21 @@ def finish(out: Path, space: Space, record: dict, records: list[dict], started: 
     return 0 if (trials["status"] != "error").any() else 1
 
 
-def interrupted(out: Path, record: dict, kept: str = "the trials that finished are in its results tables") -> int:
-    """Record the interruption in study.json (no `finished`: it stays resumable) and say how to continue. Without
-    `kept`: a second Ctrl-C stopped Tune at once; the tables hold what finished before (written after every trial)."""
+def interrupted(
+    out: Path, record: dict, code: int, kept: str = "the trials that finished are in its results tables"
+) -> int:
+    """Record the interruption in study.json (no `finished`: it stays resumable) and say how to continue; return the
+    exit code. Without `kept`: a second signal stopped Tune at once; the tables hold what finished before (written
+    after every trial)."""
     record.setdefault("interrupted", []).append(datetime.now().isoformat(timespec="seconds"))
+    record.setdefault("interrupted_by", []).append(signal.Signals(code - 128).name)
     write_json(out / "study.json", record)
     print(
         f"\ninterrupted: {kept} ({out.resolve()}); continue the study with: python -m study.run --resume {out}",
         file=sys.stderr,
         flush=True,
     )
-    return INTERRUPTED_EXIT
+    return code
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -26,19 +26,21 @@ Search algorithms (Ray Tune runs them all; study/tuning.py builds them):
   are then ASHA's alone; the sampler learns only from trials that ran all max_epochs (a trial ASHA
   stops is told to Optuna as pruned: its accuracy and time belong to a shorter budget).
 
-Everything is validated when the file is read; mistakes name the file and the key.
+Everything is validated when the file is read; mistakes name the file and the key. This module is plain
+Python: study/tuning.py translates a space into Ray Tune's (`param_space`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from study.config import FIELD_TYPES, StudyError, TrialConfig, closest_hint, load_yaml
+from study.config import FIELD_TYPES, StudyError, TrialConfig, check_number, closest_hint, load_yaml
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 # Trial settings that are paths study WRITES to: only the command line may set them, never a space file (which
@@ -51,25 +53,13 @@ MULTI_OBJECTIVE = {"val_acc": "max", "train_time_s": "min"}
 ASHA_KEYS = ("grace_period", "reduction_factor")
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 DIMENSION_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+MAX_SPACE_BYTES = 1_000_000  # a space is a few hundred bytes: anything this large is the wrong file
 
 
 @dataclass
 class Dimension:
     kind: str
     values: list  # the listed values (grid, choice) or [low, high]
-
-    def to_tune(self):
-        from ray import tune
-
-        if self.kind == "grid":
-            return tune.grid_search(self.values)
-        if self.kind == "choice":
-            return tune.choice(self.values)
-        if self.kind == "uniform":
-            return tune.uniform(*self.values)
-        if self.kind == "loguniform":
-            return tune.loguniform(*self.values)
-        return tune.randint(self.values[0], self.values[1] + 1)  # Ray excludes the upper end; spaces include it
 
     def examples(self) -> list:
         """Values that stand for this dimension in validation: all listed values, or both ends of a range."""
@@ -98,10 +88,6 @@ class Space:
         space.validate()
         return space
 
-    def param_space(self) -> dict:
-        """Ray Tune's param_space: every trial setting, sampled or fixed."""
-        return {**self.fixed, **{k: d.to_tune() for k, d in self.dimensions.items()}, "epochs": self.max_epochs}
-
     def override(self, settings: dict, **study) -> Space:
         """Fixed settings from the CLI replace the space's value or dimension; study keys replace study settings."""
         for key in settings:
@@ -125,10 +111,11 @@ class Space:
 
     def validate(self) -> None:
         where = self.source
-        if self.num_samples < 1:
-            raise StudyError(f"{where}: num_samples={self.num_samples} must be at least 1")
-        if self.max_epochs < 1:
-            raise StudyError(f"{where}: max_epochs={self.max_epochs} must be at least 1")
+        try:
+            check_number("num_samples", self.num_samples)
+            check_number("max_epochs", self.max_epochs)
+        except StudyError as error:
+            raise StudyError(f"{where}: {error}") from None
         if self.metric not in METRICS:
             raise StudyError(f"{where}: metric '{self.metric}' is unknown{closest_hint(self.metric, METRICS)}")
         if self.mode not in ("max", "min"):
@@ -191,14 +178,24 @@ def resolve_space_path(name_or_path: str) -> Path:
 def load_space(name_or_path: str) -> Space:
     path = resolve_space_path(name_or_path)
     where = str(path)
+    if path.stat().st_size > MAX_SPACE_BYTES:
+        raise StudyError(
+            f"{where}: {path.stat().st_size:,} bytes is no space file (at most {MAX_SPACE_BYTES:,}): give the .yaml "
+            "of a space"
+        )
     try:
         raw = load_yaml(path.read_text())
+    except UnicodeDecodeError as error:
+        raise StudyError(
+            f"{where}: not a text file ({error.reason} at byte {error.start}): a space is YAML text"
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
         raise StudyError(f"{where}: not valid YAML{line}: {getattr(error, 'problem', error)}") from None
     if not isinstance(raw, dict):
         raise StudyError(f"{where}: a space is a YAML mapping with keys {', '.join(SPACE_KEYS)}")
+    _check_string_keys(raw, where)
     _check_keys(raw, SPACE_KEYS, where)
     fixed = _mapping(raw, "fixed", where)
     for key in fixed:
@@ -234,6 +231,21 @@ def load_space(name_or_path: str) -> Space:
     return space
 
 
+def _check_string_keys(value, where: str, at: str = "") -> None:
+    """Every key of every mapping is a name (YAML also allows numbers, lists, null as keys)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise StudyError(
+                    f"{where}: the key {key!r}{f' in {at}' if at else ''} is not a name ({type(key).__name__}): "
+                    "keys are setting and space names (quote it if it is one)"
+                )
+            _check_string_keys(item, where, f"{at}.{key}" if at else key)
+    elif isinstance(value, list):
+        for item in value:
+            _check_string_keys(item, where, at)
+
+
 def _check_keys(mapping: dict, valid, where: str, prefix: str = "") -> None:
     for key in mapping:
         if key not in valid:
@@ -264,7 +276,7 @@ def _asha(raw: dict, where: str) -> dict | None:
     grace, factor = value.get("grace_period", 1), value.get("reduction_factor", 2)
     if type(grace) is not int or grace < 1:
         raise StudyError(f"{where}: asha.grace_period must be an integer >= 1, got {grace!r}")
-    if type(factor) not in (int, float) or factor <= 1:
+    if type(factor) not in (int, float) or not math.isfinite(factor) or factor <= 1:
         raise StudyError(f"{where}: asha.reduction_factor must be a number > 1, got {factor!r}")
     return {"grace_period": grace, "reduction_factor": factor}
 
@@ -284,8 +296,8 @@ def _dimension(key: str, spec, where: str) -> Dimension:
         raise StudyError(f"{at}: {kind} needs a non-empty list")
     if kind in ("grid", "choice"):
         return Dimension(kind, values)
-    if len(values) != 2 or not all(type(v) in (int, float) for v in values):
-        raise StudyError(f"{at}: {kind} needs [low, high] numbers, got {values!r}")
+    if len(values) != 2 or not all(type(v) in (int, float) and math.isfinite(v) for v in values):
+        raise StudyError(f"{at}: {kind} needs [low, high] finite numbers, got {values!r}")
     low, high = values
     if kind == "randint" and not all(type(v) is int for v in values):
         raise StudyError(f"{at}: randint needs integer bounds, got {values!r}")

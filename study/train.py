@@ -17,6 +17,11 @@ Batches leave the data store as uint8 and are preprocessed on the trial's device
 the mixed class probabilities, and train accuracy is NaN: a mixed image has no
 single correct class.
 
+Weight decay applies to weights only (timm's parameter groups): norm parameters
+(inserted BatchNorm and a frozen part's trained affine included) and biases are
+exempt, so a BatchNorm study does not also decay what it studies. `effective`
+says how many trained tensors are decayed.
+
 Speed. Where the frozen prefix of the network is deterministic, its output is
 computed once and only the rest trains (study/features.py: the feature cache;
 its build is part of the first epoch and recorded as `cache_build_s`).
@@ -41,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm.data
+import timm.optim
 import torch
 from torch import nn
 from torchvision.transforms import v2
@@ -102,7 +108,9 @@ class Trial:
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last and batch.dim() == 4 else batch
 
     def info(self) -> dict:
-        """What a trial is, beside what it measures: reported with every epoch."""
+        """What a trial is, beside what it measures: reported with every epoch. What a setting resolved to
+        (`img_size_used`, `device_used`, `amp_dtype`, `loader_workers_used`) is named apart from the setting, so the
+        trials table keeps both."""
         return {
             "weights_used": self.weights_used,
             "num_layers": len(self.plan.layers),
@@ -110,12 +118,12 @@ class Trial:
             "trainable_params": self.plan.trainable_params,
             "total_params": self.plan.total_params,
             "inserted_bn": len(self.plan.inserted_bn),
-            "effective": self.plan.effective,
-            "img_size": self.img_size,
-            "device": self.device.type,
+            "effective": f"{self.plan.effective}; {weight_decay_summary(self.optimizer)}",
+            "img_size_used": self.img_size,
+            "device_used": self.device.type,
             "memory_measure": memory_measure(self.device),
-            "loader_workers": 0 if self.cache is not None else self.loader.num_workers,
-            "amp": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype is not None else "off",
+            "loader_workers_used": 0 if self.cache is not None else self.loader.num_workers,
+            "amp_dtype": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype is not None else "off",
             "channels_last": self.channels_last,
             **(self.cache.report() if self.cache is not None else off_report(self.cache_off)),
             **self.data.info(),
@@ -156,7 +164,7 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
     shuffle = torch.Generator().manual_seed(config.seed)
     workers = loader_workers(config.loader_workers, per_sample is not None, device)
     loader = train_loader(data.train, config.batch_size, per_sample, shuffle, workers, pin_memory=device.type == "cuda")
-    optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+    optimizer = make_optimizer(config, model)
     mix = batch_mix(config.augment, data.num_classes)
     trial = Trial(
         config,
@@ -415,12 +423,29 @@ def peak_memory_mib(device: torch.device) -> float:
     return math.nan
 
 
-def make_optimizer(config: TrialConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The trial's optimizer over the model's trained parameters. Weight decay applies to weights only: norm
+    parameters (BatchNorm/LayerNorm gamma and beta, inserted BatchNorm included) and biases are exempt, as in timm
+    (`param_groups_weight_decay`: every tensor of one dimension or named `.bias`), so a BatchNorm study does not
+    also pull its affine parameters towards zero."""
+    groups = timm.optim.param_groups_weight_decay(model, config.weight_decay)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def weight_decay_summary(optimizer: torch.optim.Optimizer) -> str:
+    """Which trained tensors the optimizer decays, in words (part of the results' `effective` column)."""
+    counts = [0, 0]  # exempt, decayed
+    rate = 0.0
+    for group in optimizer.param_groups:
+        counts[group["weight_decay"] > 0] += len(group["params"])
+        rate = max(rate, group["weight_decay"])
+    if not counts[1]:
+        return "weight_decay none"
+    return f"weight_decay {rate:g} on {counts[1]}/{sum(counts)} trained tensors (norm and bias exempt)"
 
 
 @torch.inference_mode()

@@ -24,10 +24,12 @@ Ray agree on what ran.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
 import os
+import signal
 import socket
 import tempfile
 import time
@@ -41,12 +43,11 @@ from ray import cloudpickle, tune
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
-from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.variant_generator import generate_variants
 
 from study.config import StudyError, TrialConfig
 from study.results import EPOCH_METRICS, PLACEMENT_INFO, TRIAL_INFO, trials_table, write_tables
-from study.space import MULTI_OBJECTIVE, Space
+from study.space import MULTI_OBJECTIVE, Dimension, Space
 from study.tracking import MlflowTracker
 from study.train import run_trial
 
@@ -228,22 +229,37 @@ def experiment_location(out: Path, storage: str | None) -> tuple[str, str]:
 # --- search ------------------------------------------------------------------------------------------------------
 
 
-class FullBudgetOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch telling Optuna only what a full epoch budget measured.
+@functools.cache
+def _full_budget_optuna_search() -> type:
+    """The class below, defined on first use: Ray's OptunaSearch imports Optuna, which grid and random studies and
+    the trials never need. It pickles by name (module __getattr__), as Ray's experiment state requires."""
+    from ray.tune.search.optuna import OptunaSearch
 
-    A trial that ran all `max_epochs` is told as complete with its final metrics. One stopped early (by ASHA) is
-    told as pruned: its accuracy and time are those of a shorter run, and as complete it would look cheap and
-    bias the time objective. One that failed is told as failed, even if it reported epochs before failing
-    (Ray's OptunaSearch would tell its last report as complete).
-    """
+    class FullBudgetOptunaSearch(OptunaSearch):
+        """Ray's OptunaSearch telling Optuna only what a full epoch budget measured.
 
-    def __init__(self, max_epochs: int, **kwargs):
-        super().__init__(**kwargs)
-        self.max_epochs = max_epochs
+        A trial that ran all `max_epochs` is told as complete with its final metrics. One stopped early (by ASHA) is
+        told as pruned: its accuracy and time are those of a shorter run, and as complete it would look cheap and
+        bias the time objective. One that failed is told as failed, even if it reported epochs before failing
+        (Ray's OptunaSearch would tell its last report as complete).
+        """
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        full_budget = not error and result is not None and result.get("epoch", 0) >= self.max_epochs
-        super().on_trial_complete(trial_id, result if full_budget else None, error)
+        def __init__(self, max_epochs: int, **kwargs):
+            super().__init__(**kwargs)
+            self.max_epochs = max_epochs
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            full_budget = not error and result is not None and result.get("epoch", 0) >= self.max_epochs
+            super().on_trial_complete(trial_id, result if full_budget else None, error)
+
+    FullBudgetOptunaSearch.__module__, FullBudgetOptunaSearch.__qualname__ = __name__, "FullBudgetOptunaSearch"
+    return FullBudgetOptunaSearch
+
+
+def __getattr__(name: str):
+    if name == "FullBudgetOptunaSearch":
+        return _full_budget_optuna_search()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def search_algorithm(space: Space, seed: int, max_concurrent: int | None = None):
@@ -256,10 +272,29 @@ def search_algorithm(space: Space, seed: int, max_concurrent: int | None = None)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial from Optuna besides Ray's table: noise
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=OPTUNA_STARTUP_TRIALS)
     if space.search == "optuna_mo":
-        return FullBudgetOptunaSearch(
+        return _full_budget_optuna_search()(
             space.max_epochs, metric=list(MULTI_OBJECTIVE), mode=list(MULTI_OBJECTIVE.values()), sampler=sampler
         )
-    return FullBudgetOptunaSearch(space.max_epochs, sampler=sampler)
+    return _full_budget_optuna_search()(space.max_epochs, sampler=sampler)
+
+
+def tune_domain(dimension: Dimension):
+    """A space's dimension as Ray Tune's search domain."""
+    if dimension.kind == "grid":
+        return tune.grid_search(dimension.values)
+    if dimension.kind == "choice":
+        return tune.choice(dimension.values)
+    if dimension.kind == "uniform":
+        return tune.uniform(*dimension.values)
+    if dimension.kind == "loguniform":
+        return tune.loguniform(*dimension.values)
+    return tune.randint(dimension.values[0], dimension.values[1] + 1)  # Ray excludes the upper end; spaces include it
+
+
+def param_space(space: Space) -> dict:
+    """Ray Tune's param_space: every trial setting, sampled or fixed."""
+    dimensions = {key: tune_domain(dimension) for key, dimension in space.dimensions.items()}
+    return {**space.fixed, **dimensions, "epochs": space.max_epochs}
 
 
 def planned_trials(space: Space, seed: int) -> tuple[list[dict], int]:
@@ -268,7 +303,7 @@ def planned_trials(space: Space, seed: int) -> tuple[list[dict], int]:
     grid/random: every trial, drawn as Ray's variant generator draws them with the same seed. optuna: the first
     ones TPE proposes before any result (its seeded random start-up draws); the later ones depend on results.
     """
-    params = space.param_space()
+    params = param_space(space)
     if space.search in ("grid", "random"):
         rng = np.random.default_rng(seed)  # what BasicVariantGenerator(random_state=seed) draws from
         configs = [
@@ -349,7 +384,10 @@ class ExportCallback(tune.Callback):
             "max_epochs": self.max_epochs,
         }
         trials, epochs = trials_table(sorted(self.finished.values(), key=lambda r: r["trial_id"]))
-        write_tables(self.out, trials, epochs)
+        try:
+            write_tables(self.out, trials, epochs)
+        except StudyError as error:  # out of disk space: the study goes on; its end writes the tables again
+            print(f"warning: {error}", flush=True)
 
     def get_state(self) -> dict:
         return {"finished": self.finished}
@@ -458,11 +496,12 @@ def run_study(
     seed: int,
     cluster: Cluster,
     monitoring: Monitoring | None = None,
-) -> tuple[list[dict], int]:
-    """Run every trial of `space`: (one record per finished trial (study/results.py trials_table), unfinished trials).
+) -> tuple[list[dict], int, int | None]:
+    """Run every trial of `space`: (one record per finished trial (study/results.py trials_table), unfinished trials,
+    the signal that stopped the study or None).
 
-    Ctrl-C: Ray Tune catches the first SIGINT, stops the running trials, saves its experiment state and returns;
-    the trials it stopped are unfinished (they run again with --resume), not results. A second Ctrl-C raises
+    Ctrl-C or SIGTERM (GracefulStop): Ray Tune stops the running trials, saves its experiment state and returns;
+    the trials it stopped are unfinished (they run again with --resume), not results. A second signal raises
     KeyboardInterrupt at once."""
     monitoring = monitoring or Monitoring()
     _ray_settings(monitoring.verbose or cluster.client)
@@ -495,7 +534,7 @@ def run_study(
         callbacks += [export, watch]
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources.per_trial()),
-        param_space=space.param_space(),
+        param_space=param_space(space),
         tune_config=tune.TuneConfig(
             metric=space.metric if single else None,
             mode=space.mode if single else None,
@@ -516,7 +555,9 @@ def run_study(
             callbacks=callbacks,
         ),
     )
-    return finished_records(fit(tuner), f"{storage.rstrip('/')}/{name}", space, scheme)
+    with GracefulStop() as stop:
+        results = fit(tuner)
+    return (*finished_records(results, f"{storage.rstrip('/')}/{name}", space, scheme, stop.signum), stop.signum)
 
 
 def fit(tuner: tune.Tuner) -> tune.ResultGrid:
@@ -538,23 +579,68 @@ def trial_count(space: Space) -> int:
 
 
 def finished_records(
-    results: tune.ResultGrid, experiment: str, space: Space, scheme: str | None
+    results: tune.ResultGrid, experiment: str, space: Space, scheme: str | None, stopped_by: int | None = None
 ) -> tuple[list[dict], int]:
     """(records of the trials that finished or failed, how many of the study's trials did neither).
 
-    After Ctrl-C, Ray returns the trials it has created: the finished ones, those it stopped while running, and
-    none of those not created yet (one at a time, the variant generator creates the next trial when a slot frees)."""
-    records = records_from(results, space.max_epochs, scheme)
+    A study stopped by a signal (`stopped_by`) is judged by the state Ray saved when the signal came, before it
+    stopped the running trials: Ray's returned results count the trials it stopped as terminated, yet they are no
+    results (they run again with --resume). Trials not created yet (the variant generator creates the next one when
+    a slot frees) are in neither."""
     total = trial_count(space)
-    if len(records) == total and results.num_terminated + results.num_errors == total:
-        return records, 0
-    with _quiet_about_unfinished_trials():  # the state Ray saved when it stopped, which --resume continues from
-        done = {
-            trial.trial_id
-            for trial in tune.ExperimentAnalysis(experiment).trials
-            if trial.status in ("TERMINATED", "ERROR")
-        }
-    return [record for record in records if record["trial_id"] in done], total - len(done)
+    if stopped_by is None and results.num_terminated + results.num_errors == total == len(results):
+        return records_from(results, space.max_epochs, scheme), 0
+    done = saved_done_trials(experiment)
+    records = records_from(results, space.max_epochs, scheme, keep=done)
+    return records, total - len(records)
+
+
+def saved_done_trials(experiment: str) -> set[str]:
+    """The ids of the trials that finished or failed in Ray's saved experiment state (none if it saved none yet)."""
+    with _quiet_about_unfinished_trials():
+        try:
+            trials = tune.ExperimentAnalysis(experiment).trials
+        except (ValueError, FileNotFoundError):  # stopped before Ray saved any state: nothing finished
+            return set()
+    return {trial.trial_id for trial in trials if trial.status in ("TERMINATED", "ERROR")}
+
+
+class GracefulStop(contextlib.AbstractContextManager):
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler, `kill`) during Tuner.fit stop the study gracefully: the first one
+    asks Tune to stop (the handler Ray Tune installs for SIGUSR1, which saves the experiment state, stops the trials
+    and returns); a second one, or one before Tune's loop started, raises KeyboardInterrupt at once.
+
+    Ray Tune's own SIGINT handler is turned off (TUNE_DISABLE_SIGINT_HANDLER) so both signals take one path, and
+    ours replace the C++ handlers Ray's core worker installs (a stack dump on SIGTERM)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.signum: int | None = None
+        self.previous = {sig: signal.getsignal(sig) for sig in (*self.SIGNALS, signal.SIGUSR1)}
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until Tune installs its handler: nothing to stop yet
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if self.signum is not None or not callable(tune_stop):
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        self.signum = signum
+        print(
+            f"\n{signal.Signals(signum).name}: stopping the study (running trials are not results: they run again "
+            "with --resume); send it again to stop at once",
+            flush=True,
+        )
+        tune_stop(signum, frame)
+
+    def __exit__(self, *exc_info):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        return False
 
 
 def _trial_dirname(trial) -> str:
@@ -562,10 +648,21 @@ def _trial_dirname(trial) -> str:
 
 
 def restorable(experiment: str) -> bool:
-    return tune.Tuner.can_restore(experiment)
+    """Ray can continue the experiment: its Tuner and a saved experiment state (a study stopped while Tune was
+    starting has the first without the second)."""
+    if not tune.Tuner.can_restore(experiment):
+        return False
+    with _quiet_about_unfinished_trials():
+        try:
+            tune.ExperimentAnalysis(experiment)
+        except (ValueError, FileNotFoundError):
+            return False
+    return True
 
 
-def resume_study(experiment: str, space: Space, resources: Resources, verbose: bool = True) -> tuple[list[dict], int]:
+def resume_study(
+    experiment: str, space: Space, resources: Resources, verbose: bool = True
+) -> tuple[list[dict], int, int | None]:
     """Continue an interrupted study from Ray's experiment directory: finished and failed trials are kept as
     they are, unfinished ones run again from their first epoch (trials save no checkpoints mid-way). `verbose`:
     the study started with Ray's own output (its saved Tuner shows it again)."""
@@ -579,7 +676,9 @@ def resume_study(experiment: str, space: Space, resources: Resources, verbose: b
             resume_errored=False,
             restart_errored=False,
         )
-    return finished_records(fit(tuner), experiment, space, scheme)
+    with GracefulStop() as stop:
+        results = fit(tuner)
+    return (*finished_records(results, experiment, space, scheme, stop.signum), stop.signum)
 
 
 def finished_before(experiment: str) -> tuple[int, int]:
@@ -602,9 +701,14 @@ def _quiet_about_unfinished_trials():
         analysis.setLevel(level)
 
 
-def records_from(results: tune.ResultGrid, max_epochs: int, scheme: str | None = None) -> list[dict]:
+def records_from(
+    results: tune.ResultGrid, max_epochs: int, scheme: str | None = None, keep: set[str] | None = None
+) -> list[dict]:
+    """One record per trial of `results` (those in `keep` only, if given)."""
     records = []
     for result in results:
+        if keep is not None and Path(result.path).name not in keep:
+            continue  # an unfinished trial: it may not even have its params.json yet
         history = result.metrics_dataframe
         rows = (
             []

@@ -112,7 +112,7 @@ def test_loader_workers_give_the_same_batches_as_the_trial_process(small_digits)
     )  # image batches every epoch
     (in_process,) = run_trial(config, small_digits)
     (in_workers,) = run_trial(config.replace(loader_workers=2), small_digits)
-    assert in_workers["loader_workers"] == 2 and in_process["loader_workers"] == 0
+    assert in_workers["loader_workers_used"] == 2 and in_process["loader_workers_used"] == 0
     assert in_workers["train_loss"] == in_process["train_loss"] and in_workers["val_loss"] == in_process["val_loss"]
 
 

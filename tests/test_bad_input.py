@@ -73,11 +73,51 @@ def other_architecture(scratch: Path) -> list[str]:
     return ["--space", "smoke", "--set", f"weights={scratch / 'resnet.pth'}"]
 
 
+# What study.run records first in a study.json (study/run.py is_study_record).
+STUDY_RECORD = {"command": ["python", "-m", "study.run"], "space": {}, "ray_experiment": "/x/ray/tune"}
+
+
 def existing_study(scratch: Path) -> Path:
     out = scratch / "finished"
     out.mkdir()
-    (out / "study.json").write_text(json.dumps({"finished": "yesterday"}))
+    (out / "study.json").write_text(json.dumps({**STUDY_RECORD, "finished": "yesterday"}))
     (out / "trials.csv").write_text("trial_id,status\na,completed\n")
+    return out
+
+
+def foreign_study_json(scratch: Path) -> Path:
+    """Someone's own directory that happens to hold a study.json."""
+    out = scratch / "thesis-dir"
+    (out / "thesis").mkdir(parents=True)
+    (out / "study.json").write_text(json.dumps({"name": "my other tool"}))
+    (out / "thesis" / "chapter1.tex").write_text("\\chapter{One}")
+    (out / "notes.txt").write_text("my notes")
+    return out
+
+
+def linked_study(scratch: Path) -> Path:
+    (scratch / "link").symlink_to(existing_study(scratch), target_is_directory=True)
+    return scratch / "link"
+
+
+def study_with_a_link(scratch: Path) -> Path:
+    out = existing_study(scratch)
+    (scratch / "precious.csv").write_text("mine")
+    (out / "trials.csv").unlink()
+    (out / "trials.csv").symlink_to(scratch / "precious.csv")
+    return out
+
+
+HELD_LOCKS = []  # directory handles this test process keeps locked, as a running study would
+
+
+def locked_study(scratch: Path) -> Path:
+    import fcntl
+
+    out = existing_study(scratch)
+    handle = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    HELD_LOCKS.append(handle)
     return out
 
 
@@ -87,10 +127,15 @@ def not_a_study(scratch: Path) -> Path:
     return scratch / "mine"
 
 
-def study_with_its_space(scratch: Path) -> Path:
+def study_with_its_data_root(scratch: Path) -> Path:
     out = existing_study(scratch)
-    (out / "space.yaml").write_text("fixed: {lr: 0.01}\n")
+    (out / "ray" / "data").mkdir(parents=True)
     return out
+
+
+def binary_space(scratch: Path) -> list[str]:
+    (scratch / "space.yaml").write_bytes(bytes(range(256)) * 4)
+    return ["--space", str(scratch / "space.yaml")]
 
 
 def under_a_file(scratch: Path) -> Path:
@@ -209,9 +254,99 @@ CASES = [
     ),
     Case(
         "--overwrite of the study's own inputs",
-        lambda s: ["--space", str(s / "finished" / "space.yaml"), "--overwrite"],
-        ("--overwrite would delete", "space.yaml, which this study reads"),
-        out=study_with_its_space,
+        lambda s: ["--space", "smoke", "--data-root", str(s / "finished" / "ray" / "data"), "--overwrite"],
+        ("--overwrite would delete", "ray/data, which this study reads"),
+        out=study_with_its_data_root,
+    ),
+    Case(
+        "--overwrite of a directory with a foreign study.json",
+        smoke("--overwrite"),
+        ("holds a study.json that python -m study.run did not write", "choose another --out"),
+        subprocess=True,
+        out=foreign_study_json,
+    ),
+    Case(
+        "--overwrite through a symlinked --out",
+        smoke("--overwrite"),
+        ("is a symbolic link: --overwrite never deletes through a link",),
+        out=linked_study,
+    ),
+    Case(
+        "--overwrite of a study holding a symlink",
+        smoke("--overwrite"),
+        ("--overwrite would delete", "trials.csv, a symbolic link (to", "remove it yourself"),
+        out=study_with_a_link,
+    ),
+    Case(
+        "--overwrite of a study another process uses",
+        smoke("--overwrite"),
+        ("is in use by another python -m study.run", "wait until it ends"),
+        subprocess=True,
+        out=locked_study,
+    ),
+    Case(
+        "--overwrite with a negative --seed deletes nothing",
+        smoke("--overwrite", "--seed", "-1"),
+        ("--seed -1 is outside 0..4294967295",),
+        out=existing_study,
+    ),
+    Case(
+        "--overwrite with --storage under a file deletes nothing",
+        smoke("--overwrite", "--storage", "SCRATCH/finished/trials.csv/ray"),
+        ("--storage", "trials.csv is a file, not a directory; choose a writable directory"),
+        out=existing_study,
+    ),
+    Case("negative --seed with --dry-run", smoke("--seed", "-1", "--dry-run"), ("--seed -1 is outside 0..",)),
+    Case(
+        "--cpus-per-trial nan",
+        smoke("--cpus-per-trial", "nan"),
+        ("--cpus-per-trial nan is not a finite number",),
+        subprocess=True,
+    ),
+    Case("--gpus-per-trial inf", smoke("--gpus-per-trial", "inf"), ("--gpus-per-trial inf is not a finite number",)),
+    Case("--set lr=.nan", smoke("--set", "lr=.nan"), ("lr=nan is not a finite number",)),
+    Case("--set momentum=-1", smoke("--set", "momentum=-1"), ("momentum=-1.0 is outside [0, 1)",)),
+    Case("--set seed=-1", smoke("--set", "seed=-1"), ("seed=-1 is outside 0..4294967295",)),
+    Case(
+        "NaN bound of a uniform range",
+        space_file("dimensions: {lr: {uniform: [.nan, 0.01]}}\n"),
+        ("dimensions.lr: uniform needs [low, high] finite numbers, got [nan, 0.01]",),
+    ),
+    Case(
+        "infinite bound of a log range",
+        space_file("dimensions: {lr: {loguniform: [1.0e-4, .inf]}}\n"),
+        ("dimensions.lr: loguniform needs [low, high] finite numbers",),
+    ),
+    Case(
+        "unresolvable --dashboard-host",
+        smoke("--dashboard-host", "no-such-host.invalid"),
+        ("--dashboard-host no-such-host.invalid does not resolve", "give an address of this machine"),
+        subprocess=True,
+    ),
+    Case(
+        "--dashboard-host of another machine",
+        smoke("--dashboard-host", "192.0.2.1"),
+        ("--dashboard-host 192.0.2.1 cannot be listened on", "127.0.0.1"),
+    ),
+    Case(
+        "unreachable --storage URI",
+        smoke("--storage", "nosuchscheme://bucket/dir"),
+        ("--storage nosuchscheme://bucket/dir cannot be reached", "leave --storage out"),
+    ),
+    Case("binary space file", binary_space, ("not a text file", "a space is YAML text"), subprocess=True),
+    Case(
+        "non-string key in a space",
+        space_file("fixed: {1: 2}\n"),
+        ("the key 1 in fixed is not a name (int)",),
+    ),
+    Case(
+        "YAML aliases that expand",
+        space_file(
+            "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+            "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nfixed: {data: [*c, *c, *c, *c, *c, *c, *c, *c, *c]}\n"
+        ),
+        ("not valid YAML at line 2: aliases (*name) are not allowed: write the value out",),
+        subprocess=True,
     ),
     Case(
         "--out under a file",
@@ -264,7 +399,7 @@ CASES = [
         ("train_fraction=0.0 is outside (0, 1]: use e.g. 0.1 for a 10% subset",),
     ),
     Case("train_fraction above 1", smoke("--set", "train_fraction=1.5"), ("train_fraction=1.5 is outside (0, 1]",)),
-    Case("--num-samples 0", smoke("--num-samples", "0"), ("num_samples=0 must be at least 1",)),
+    Case("--num-samples 0", smoke("--num-samples", "0"), ("--num-samples 0 must be at least 1",)),
     Case(
         "--max-failures negative",
         smoke("--max-failures", "-1"),

@@ -6,6 +6,7 @@ Raising and NaN trials, and a driver killed mid-way, are in tests/test_orchestra
 
 import ast
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -26,58 +27,106 @@ SMALL = (
 )
 
 
-def test_ctrl_c_exports_the_finished_trials_and_the_study_resumes(tmp_path):
-    space = tmp_path / "space.yaml"
-    # six trials one at a time, two epochs each: Ctrl-C comes while later trials wait and one trains
-    space.write_text(SMALL + "dimensions: {unfreeze_depth: {grid: [0, 1, 2, 3, 4, 5]}}\nmax_epochs: 2\nasha: false\n")
-    out = tmp_path / "study"
-    driver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "study.run",
-            "--space",
-            str(space),
-            "--out",
-            str(out),
-            "--max-concurrent",
-            "1",
-            "--no-dashboard",
-        ],
+def start_study(*args: str) -> subprocess.Popen:
+    """`python -m study.run ARGS` as a user starts it, its output collected."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "study.run", *args, "--no-dashboard"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, as a shell gives a command
     )
+
+
+def wait_until(driver: subprocess.Popen, ready, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert driver.poll() is None, f"the study ended before {what}: " + "".join(driver.communicate())[-3000:]
+        assert time.monotonic() < deadline, f"the study stalled before {what}"
+        time.sleep(0.1)
+
+
+def finished_rows(out) -> int:
     try:
-        deadline = time.monotonic() + 300
-        while not ((out / "trials.csv").exists() and len(pd.read_csv(out / "trials.csv")) >= 1):
-            assert driver.poll() is None and time.monotonic() < deadline, (
-                "the study ended or stalled before a trial finished"
-            )
-            time.sleep(0.2)
-        driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        stdout, stderr = driver.communicate(timeout=180)
+        return len(pd.read_csv(out / "trials.csv"))
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return 0
+
+
+def stop(driver: subprocess.Popen, *signals: signal.Signals) -> tuple[str, str]:
+    """Send the signals to the study this test started, then collect its output. SIGINT goes to its process group
+    (Ray's processes included), as Ctrl-C in a terminal sends it; SIGTERM to the driver alone, as `kill PID`."""
+    try:
+        for number, sent in enumerate(signals):
+            if number:
+                time.sleep(0.5)
+            if sent == signal.SIGINT:
+                os.killpg(driver.pid, sent)
+            else:
+                driver.send_signal(sent)
+        return driver.communicate(timeout=180)
     finally:
         driver.kill()
-    assert driver.returncode == 130, stdout[-3000:] + stderr[-3000:]
-    assert f"continue the study with: python -m study.run --resume {out}" in stderr and "Traceback" not in stderr
+
+
+# Four trials, two at a time (one CPU each on two cores), three epochs each, no ASHA: when the first trial finishes,
+# others are training; every trial that is a result ran all three epochs.
+CONCURRENT = SMALL + "dimensions: {unfreeze_depth: {grid: [0, 1, 2, 3]}}\nmax_epochs: 3\nasha: false\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_with_concurrent_trials_keeps_only_finished_trials_and_the_study_resumes(tmp_path, sent):
+    space = tmp_path / "space.yaml"
+    space.write_text(CONCURRENT)
+    out = tmp_path / "study"
+    driver = start_study("--space", str(space), "--out", str(out), "--max-concurrent", "2")
+    wait_until(driver, lambda: finished_rows(out) >= 1, "a trial finished")
+    stdout, stderr = stop(driver, sent)
+    assert driver.returncode == 128 + sent, stdout[-3000:] + stderr[-3000:]
+    assert f"continue the study with: python -m study.run --resume {out}" in stderr
+    assert "Traceback" not in stderr and "*** SIG" not in stderr and "PC: @" not in stderr, stderr[-3000:]
 
     trials = pd.read_csv(out / "trials.csv")
-    # finished trials only: none that Ctrl-C cut short (it would show as stopped after epoch 1)
-    assert 1 <= len(trials) < 6 and (trials["status"] == "completed").all()
-    assert (trials["epochs_run"] == 2).all() and trials["val_acc"].between(0, 1).all()
+    # finished trials only: none that the signal cut short (it would show as stopped with fewer epochs)
+    assert 1 <= len(trials) < 4 and (trials["status"] == "completed").all(), trials.to_string()
+    assert (trials["epochs_run"] == 3).all() and trials["val_acc"].between(0, 1).all()
     assert (out / "pareto.csv").exists() and (out / "pareto.html").exists() and (out / "report.html").exists()
     study = json.loads((out / "study.json").read_text())
-    assert "finished" not in study and len(study["interrupted"]) == 1 and sum(study["trials"].values()) == len(trials)
+    assert "finished" not in study and len(study["interrupted"]) == 1 and study["interrupted_by"] == [sent.name]
+    assert sum(study["trials"].values()) == len(trials)
 
     result = run_module("study.run", "--resume", str(out), "--no-dashboard")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"{len(trials)} trial(s) finished before the interruption are kept" in result.stdout
     after = pd.read_csv(out / "trials.csv").set_index("trial_id")
-    assert len(after) == 6 and (after["status"] == "completed").all()
+    assert len(after) == 4 and (after["status"] == "completed").all() and (after["epochs_run"] == 3).all()
     assert after.loc[trials["trial_id"], "started_at"].tolist() == trials["started_at"].tolist()  # kept, not run again
-    assert sorted(after["unfreeze_depth"].astype(int)) == [0, 1, 2, 3, 4, 5]
+    assert sorted(after["unfreeze_depth"].astype(int)) == [0, 1, 2, 3]
     assert "finished" in json.loads((out / "study.json").read_text())
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_the_first_trial_finished_and_a_second_ctrl_c_record_the_interruption(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(CONCURRENT)
+    out = tmp_path / "study"
+    driver = start_study("--space", str(space), "--out", str(out), "--max-concurrent", "2")
+    wait_until(driver, lambda: (out / "study.json").exists(), "study.json was written")
+    stdout, stderr = stop(driver, signal.SIGINT, signal.SIGINT)  # Ctrl-C twice: stop at once
+    assert driver.returncode == 130, stdout[-3000:] + stderr[-3000:]
+    assert "Traceback" not in stderr and f"continue the study with: python -m study.run --resume {out}" in stderr
+    study = json.loads((out / "study.json").read_text())
+    assert "finished" not in study and study["interrupted_by"] == ["SIGINT"]
+    assert finished_rows(out) == 0  # no trial had finished: none is a result
+
+    result = run_module("study.run", "--resume", str(out), "--no-dashboard")
+    if result.returncode == 2:  # stopped before Ray saved any experiment state: nothing to continue from
+        assert "holds no Ray Tune experiment state" in result.stderr and "--overwrite" in result.stderr
+    else:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert finished_rows(out) == 4
 
 
 def test_a_failing_trial_is_retried_then_recorded_and_overwrite_replaces_a_study(tmp_path):
@@ -105,7 +154,7 @@ def test_a_failing_trial_is_retried_then_recorded_and_overwrite_replaces_a_study
     assert "2 retries of a failing trial" in result.stdout and not (out / "old-result.txt").exists()
 
     trials = pd.read_csv(out / "trials.csv").set_index("status")
-    assert sorted(trials.index) == ["completed", "error"] and trials.loc["completed", "device"] == "cpu"
+    assert sorted(trials.index) == ["completed", "error"] and trials.loc["completed", "device_used"] == "cpu"
     assert trials.loc["error", "error"].startswith("StudyError: device=cuda but Ray gave this trial no GPU")
     # Ray's record of the failed trial: the first run and two retries
     errors = (out / "ray" / "tune" / trials.loc["error", "trial_id"] / "error.txt").read_text()

@@ -207,7 +207,7 @@ def test_trials_starting_together_build_the_features_once_under_the_lock(tmp_pat
 def test_cpu_trials_run_in_float32_channels_last(small_digits, tmp_path):
     trial = build_trial(trial_config(tmp_path), small_digits)
     info = trial.info()
-    assert info["amp"] == "off" and info["channels_last"]
+    assert info["amp_dtype"] == "off" and info["channels_last"]
     conv = trial.model.backbone.conv_stem.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dtype == torch.float32
 
@@ -219,7 +219,11 @@ def test_on_cuda_mixed_precision_is_on_by_default_and_the_cache_keeps_the_result
     cached = list(run_trial(trial_config(tmp_path, **settings), small_digits))
     uncached = list(run_trial(trial_config(tmp_path, feature_cache=False, **settings), small_digits))
     full = list(run_trial(trial_config(tmp_path, feature_cache=False, amp=False, **settings), small_digits))
-    assert cached[0]["amp"] in ("bfloat16", "float16") and full[0]["amp"] == "off" and cached[0]["cache"] == "built"
+    assert (
+        cached[0]["amp_dtype"] in ("bfloat16", "float16")
+        and full[0]["amp_dtype"] == "off"
+        and cached[0]["cache"] == "built"
+    )
     for with_cache, without in zip(cached, uncached):  # half precision: agreement to its resolution
         assert with_cache["val_loss"] == pytest.approx(without["val_loss"], rel=0.05)
         assert abs(with_cache["val_acc"] - without["val_acc"]) <= 0.05

@@ -89,11 +89,12 @@ def test_frozen_means_frozen_after_a_training_epoch(small_digits):
     assert not backbone.bn1.training and backbone.bn2.training and backbone.training
 
 
-def test_packaged_weights_are_real_imagenet_weights():
-    """The offline default backbone classifies real photos correctly with its ImageNet head."""
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_packaged_weights_are_real_imagenet_weights(name):
+    """The offline backbones classify real photos correctly with their ImageNet heads (at their own input sizes)."""
     skimage_data = pytest.importorskip("skimage.data")
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    load_packaged_weights(model, "tf_efficientnet_lite0")
+    model = timm.create_model(name, pretrained=False)
+    load_packaged_weights(model, name)
     model.eval()
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
     with torch.inference_mode():
@@ -116,3 +117,30 @@ def test_new_head_depends_on_the_seed_only():
 def test_weights_other_than_the_supported_ones_are_rejected():
     with pytest.raises(StudyError, match="weights='imagenet21k' is not supported"):
         create_backbone("resnet18", "imagenet21k", 10, seed=0, img_size=224)
+
+
+def test_a_warm_process_copies_the_loaded_backbone_instead_of_building_and_reading_it_again(tmp_path, monkeypatch):
+    from study import models
+
+    calls = []
+    original = models._with_weights
+    monkeypatch.setattr(models, "_with_weights", lambda *args: calls.append(args[1]) or original(*args))
+    monkeypatch.setattr(models, "_LOADED", models.OrderedDict())
+    first, source = create_backbone("tf_efficientnet_lite0", "imagenet", 10, seed=1, img_size=64)
+    with torch.no_grad():
+        first.conv_stem.weight.add_(1.0)  # a trial trains its copy: the next one must not see it
+    second, again = create_backbone("tf_efficientnet_lite0", "imagenet", 10, seed=1, img_size=64)
+    fresh = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    load_packaged_weights(fresh, "tf_efficientnet_lite0")
+    assert calls == ["imagenet"] and again == source
+    assert torch.equal(second.conv_stem.weight, fresh.conv_stem.weight)
+    assert torch.equal(second.classifier.weight, first.classifier.weight)  # the new head: seeded as before
+
+    path = tmp_path / "w.pth"
+    torch.save(fresh.state_dict(), path)
+    create_backbone("tf_efficientnet_lite0", str(path), 10, seed=1, img_size=64)
+    create_backbone("tf_efficientnet_lite0", str(path), 10, seed=1, img_size=64)
+    assert calls == ["imagenet", str(path)]
+    torch.save({k: v + 1 for k, v in fresh.state_dict().items()}, path)  # a changed file is read again
+    create_backbone("tf_efficientnet_lite0", str(path), 10, seed=1, img_size=64)
+    assert calls == ["imagenet", str(path), str(path)]

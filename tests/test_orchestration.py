@@ -186,7 +186,7 @@ def test_faults_are_recorded_while_the_dashboard_answers_and_other_trials_finish
     good = trials[trials["status"] == "completed"].iloc[0]
     assert (good["lr"], good["batch_size"], good["epochs_run"]) == (0.01, 64, 2) and 0 <= good["val_acc"] <= 1
     assert f"{good['trial_id']}" in output and output.count(" failed: ") == 3
-    assert (trials["device"].dropna() == "cpu").all() and trials["hostname"].notna().any()
+    assert (trials["device_used"].dropna() == "cpu").all() and trials["hostname"].notna().any()
 
     # the dry run lists the trials the study ran: the same seeded draws
     assert run.main(["--space", str(space), "--seed", "5", "--dry-run"]) == 0
@@ -293,7 +293,7 @@ def test_a_multi_objective_study_runs_on_a_two_node_cluster_packing_two_trials_p
         and (trials["status"] == "completed").any()
     )
     assert trials["node_id"].nunique() == 2  # trials ran on both nodes
-    assert (trials["gpu_ids"].astype(str) == "0").all() and (trials["device"] == "cpu").all()
+    assert (trials["gpu_ids"].astype(str) == "0").all() and (trials["device_used"] == "cpu").all()
     assert set(trials["optimizer"]) <= {"sgd", "adamw"} and trials["lr"].between(1e-3, 1e-1).all()
     for _, on_node in trials.groupby("node_id"):  # two trials shared a node's one GPU at the same time
         starts, ends = on_node["started_at"].to_numpy(), on_node["finished_at"].to_numpy()

@@ -41,8 +41,8 @@ def history(val_accs, seconds_per_epoch=2.0, memory=800.0, start=1000.0):
             "unfrozen_layers": 0,
             "trainable_params": int(memory * 100),
             "total_params": 3_000_000,
-            "img_size": 32,
-            "device": "cpu",
+            "img_size_used": 32,
+            "device_used": "cpu",
             "memory_measure": "process_peak_rss",
         }
         for n, acc in enumerate(val_accs, start=1)

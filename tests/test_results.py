@@ -3,9 +3,10 @@ import json
 import pandas as pd
 import pytest
 
-from study.config import StudyError
+from study.config import FIELD_TYPES, StudyError, TrialConfig
 from study.pareto import non_dominated
-from study.results import export, load_results, trials_table
+from study.results import EPOCH_METRICS, PLACEMENT_INFO, TRIAL_INFO, export, load_results, trials_table
+from study.train import run_trial
 
 
 def epoch(n, val_acc, train_time):
@@ -28,8 +29,8 @@ def epoch(n, val_acc, train_time):
         "unfrozen_layers": 0,
         "trainable_params": 10,
         "total_params": 100,
-        "img_size": 32,
-        "device": "cpu",
+        "img_size_used": 32,
+        "device_used": "cpu",
         "memory_measure": "process_peak_rss",
     }
 
@@ -128,3 +129,46 @@ def test_load_results_errors_name_the_directory_and_the_fix(tmp_path):
     pd.DataFrame({"trial_id": ["a"], "status": ["completed"]}).to_csv(tmp_path / "trials.csv", index=False)
     with pytest.raises(StudyError, match="lacks the column 'val_acc'"):
         load_results(tmp_path)
+
+
+def test_no_reported_name_is_a_setting():
+    """A report key named like a setting would overwrite that setting's column in the trials table."""
+    assert not set(FIELD_TYPES) & {*EPOCH_METRICS, *TRIAL_INFO, *PLACEMENT_INFO}
+
+
+def test_settings_keep_their_columns_beside_what_the_trial_used(small_digits, tmp_path):
+    """amp/device/img_size/loader_workers are settings; what a trial resolved them to has its own column, and a
+    trial that failed before its first report keeps its settings."""
+    ran = {"img_size": 32, "amp": True, "device": "auto", "loader_workers": 1, "epochs": 1, "feature_cache": False}
+    failed = {"img_size": 48, "amp": False, "device": "cpu", "loader_workers": 3, "epochs": 1, "backbone": "resnet18"}
+    records = [
+        {
+            "trial_id": "ran",
+            "config": ran,
+            "error": None,
+            "max_epochs": 1,
+            "history": list(run_trial(TrialConfig.from_dict(ran), small_digits)),
+        },
+        {
+            "trial_id": "failed",
+            "config": failed,
+            "error": "RuntimeError: before any report",
+            "max_epochs": 1,
+            "history": [],
+        },
+    ]
+    trials, epochs = trials_table(records)
+    export(tmp_path, trials, epochs, title="settings")
+    for table in (trials, pd.read_parquet(tmp_path / "trials.parquet"), pd.read_csv(tmp_path / "trials.csv")):
+        rows = table.set_index("trial_id")
+        for name, setting in failed.items():
+            assert rows.loc["failed", name] == setting, name
+        for name in ("img_size_used", "device_used", "amp_dtype", "loader_workers_used"):
+            assert pd.isna(rows.loc["failed", name]), name
+        assert bool(rows.loc["ran", "amp"]) is True and rows.loc["ran", "amp_dtype"] == "off"  # CPU: float32
+        assert rows.loc["ran", "device"] == "auto" and rows.loc["ran", "device_used"] == "cpu"
+        assert rows.loc["ran", "img_size"] == 32 and rows.loc["ran", "img_size_used"] == 32
+        assert rows.loc["ran", "loader_workers"] == 1 and rows.loc["ran", "loader_workers_used"] == 1
+    front = pd.read_csv(tmp_path / "pareto.csv").set_index("trial_id")
+    assert front.index.tolist() == ["ran"]
+    assert bool(front.loc["ran", "amp"]) is True and front.loc["ran", "device"] == "auto"

@@ -1,7 +1,10 @@
+import ast
 import textwrap
+from pathlib import Path
 
 import pytest
 
+from study import tuning
 from study.config import StudyError
 from study.space import SEARCHES, Space, available_spaces, load_space
 
@@ -107,13 +110,26 @@ def test_param_space_maps_every_kind_to_ray(tmp_path):
         """,
         )
     )
-    params = space.param_space()
+    params = tuning.param_space(space)
     assert params["backbone"] == "resnet18" and params["epochs"] == 3
     assert params["unfreeze_depth"] == {"grid_search": [0, 1]}
     assert params["optimizer"].categories == ["sgd", "adam"]
     assert (params["lr"].lower, params["lr"].upper) == (1e-4, 1e-2)
     # randint: both ends included in spaces, so Ray's exclusive upper bound is one more
     assert {params["batch_size"].sample() for _ in range(200)} == {16, 17}
+
+
+def test_only_the_ray_layer_imports_ray():
+    """Ray's API churns: study/tuning.py alone imports it (at any depth, lazy imports included)."""
+    importers = set()
+    for path in sorted((Path(tuning.__file__).parent).glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(name == "ray" or name.startswith("ray.") for name in names):
+                importers.add(path.name)
+    assert importers == {"tuning.py"}
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,10 @@
 import pytest
 import torch
+from torch import nn
 
 from study.config import TrialConfig
 from study.results import EPOCH_METRICS, TRIAL_INFO
-from study.train import PROC_STATUS, peak_memory_mib, reset_peak_memory, run_trial
+from study.train import PROC_STATUS, build_trial, peak_memory_mib, reset_peak_memory, run_trial
 
 
 def test_a_trial_reports_every_metric_each_epoch(small_digits):
@@ -59,3 +60,43 @@ def test_peak_gpu_memory_is_the_allocator_peak_of_each_trial(small_digits):
     reports = list(run_trial(TrialConfig(unfreeze_depth=0, img_size=32, epochs=1, device="cuda"), small_digits))
     assert reports[0]["memory_measure"] == "cuda_max_allocated"
     assert 0 < reports[0]["peak_memory_mib"] < 200  # a linear probe on 32 px images, not the earlier 256 MiB
+
+
+def test_weight_decay_spares_norm_and_bias_parameters_inserted_batchnorm_included(small_digits):
+    """Decaying BatchNorm's gamma/beta towards zero would confound the BatchNorm studies: only weights decay."""
+    config = TrialConfig(
+        unfreeze_depth=3,
+        bn_insert="before_retrained_conv",
+        train_bn_affine=True,
+        weight_decay=1e-2,
+        img_size=32,
+        epochs=1,
+    )
+    trial = build_trial(config, small_digits)
+    decay_of = {id(p): group["weight_decay"] for group in trial.optimizer.param_groups for p in group["params"]}
+    norm_types = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+    trained = {
+        f"{module_name}.{name}".lstrip("."): (module, name, param)
+        for module_name, module in trial.model.named_modules()
+        for name, param in module.named_parameters(recurse=False)
+        if param.requires_grad
+    }
+    assert set(decay_of) == {id(param) for _, _, param in trained.values()}  # every trained tensor, nothing else
+    inserted = [name for name in trained if ".inserted_bn." in name]
+    frozen_part_norms = [name for name, (module, _, _) in trained.items() if isinstance(module, norm_types)]
+    assert len(inserted) == 2 * len(trial.plan.inserted_bn) > 0
+    assert len(frozen_part_norms) > len(inserted)  # train_bn_affine: the frozen part's norms train too
+    for name, (module, kind, param) in trained.items():
+        exempt = isinstance(module, norm_types) or kind == "bias"
+        assert decay_of[id(param)] == (0.0 if exempt else 1e-2), name
+    decayed = sum(1 for _, _, param in trained.values() if decay_of[id(param)] > 0)
+    assert (
+        f"weight_decay 0.01 on {decayed}/{len(trained)} trained tensors (norm and bias exempt)"
+        in (trial.info()["effective"])
+    )
+
+
+def test_no_weight_decay_is_said_in_effective(small_digits):
+    trial = build_trial(TrialConfig(img_size=32, epochs=1), small_digits)
+    assert all(group["weight_decay"] == 0 for group in trial.optimizer.param_groups)
+    assert trial.info()["effective"].endswith("; weight_decay none")

