@@ -31,6 +31,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -143,6 +144,8 @@ def start_ray(address: str | None, dashboard_host: str | None, verbose: bool = F
     so trials run the driver's code; the nodes need the project's dependencies installed.
     """
     level = logging.INFO if verbose else logging.WARNING
+    if not sys.stderr.isatty():  # the workers' and raylet's lines come with colour codes otherwise
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if not verbose:  # study prints the same (how the dashboard authenticates) in its own words
         logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
             lambda record: not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
