@@ -22,7 +22,9 @@ import json
 import math
 import numbers
 import sys
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,17 @@ MEASURES = (
 )
 FRONT_NAMES = {"train_time_s": "time", "trainable_params": "params", "peak_memory_mib": "memory"}
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+# A running study's report is rewritten at most this often, and its page reloads itself as often.
+LIVE_PERIOD_S = 30
+
+
+@dataclass
+class Progress:
+    """Where a running study stands, shown on its partial report."""
+
+    finished: int
+    total: int | None
+    updated: datetime
 
 
 @dataclass
@@ -708,13 +721,13 @@ def planned_trials(study: dict) -> int | None:
     return int(space["num_samples"] * math.prod(grids))
 
 
-def summary(results: Results, trials: pd.DataFrame) -> str:
+def summary(results: Results, trials: pd.DataFrame, running: bool = False) -> str:
     counts = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in trials["status"].value_counts().items())
     text = f"{len(trials)} trial{'s' if len(trials) > 1 else ''} ({counts})." if len(trials) else "No trials."
     planned = planned_trials(results.study)
     if planned is not None and planned != len(trials):
         text += f" The space plans {planned}."
-    if results.study and "finished" not in results.study:
+    if results.study and "finished" not in results.study and not running:
         text += " The study did not record a finish: these are partial results of an interrupted or running study."
     return text
 
@@ -739,8 +752,9 @@ def views(results: Results, include_stopped: bool = INCLUDE_STOPPED) -> list[Vie
     ]
 
 
-def render(results: Results, include_stopped: bool = INCLUDE_STOPPED) -> str:
-    """The report as one HTML page, plotly.js inlined."""
+def render(results: Results, include_stopped: bool = INCLUDE_STOPPED, progress: Progress | None = None) -> str:
+    """The report as one HTML page, plotly.js inlined. With `progress` (a running study): a partial page that says
+    so and reloads itself every LIVE_PERIOD_S seconds."""
     name = (results.study.get("space") or {}).get("name") or results.path.name
     sections = []
     for number, view in enumerate(views(results, include_stopped)):
@@ -762,11 +776,21 @@ def render(results: Results, include_stopped: bool = INCLUDE_STOPPED) -> str:
         sections.append(f"<section>{''.join(parts)}</section>")
     notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in results.notes)
     policy = "take part in" if include_stopped else "are shown but take no part in"
+    reload, partial = "", ""
+    if progress is not None:
+        reload = f'<meta http-equiv="refresh" content="{LIVE_PERIOD_S}">\n'
+        to_come = f", {max(0, progress.total - progress.finished)} still to come" if progress.total is not None else ""
+        partial = (
+            f'<p class="partial" id="partial">Partial report: the study is still running. Last updated '
+            f"{progress.updated:%Y-%m-%d %H:%M:%S}; {progress.finished} trial(s) finished{to_come}. This page "
+            f"reloads itself every {LIVE_PERIOD_S} s.</p>\n"
+        )
+    opening = summary(results, results.trials, running=progress is not None)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<title>Study report: {html.escape(name)}</title>
+{reload}<title>Study report: {html.escape(name)}</title>
 <script type="text/javascript">{get_plotlyjs()}</script>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
@@ -777,15 +801,51 @@ table.table th, table.table td {{
   border-bottom: 1px solid #ddd; padding: 0.3em 0.7em; text-align: left; vertical-align: top;
 }}
 .scroll {{ overflow-x: auto; }}
+.partial {{ background: #e8f1fb; border-left: 4px solid #2b6cb0; padding: 0.5em 1em; font-weight: bold; }}
 </style>
 </head>
 <body>
 <h1>Study report: {html.escape(name)}</h1>
-<p>{html.escape(summary(results, results.trials))} Results: <code>{html.escape(str(results.path.resolve()))}</code>.</p>
+{partial}<p>{html.escape(opening)} Results: <code>{html.escape(str(results.path.resolve()))}</code>.</p>
 <p>Fronts maximise validation accuracy (final epoch) against one cost each; error trials never take part, trials stopped
 early by ASHA {policy} them. Test accuracy is shown beside, never used to choose.</p>
 {notes}
 {"".join(sections)}
+</body>
+</html>
+"""
+
+
+def partial_note(progress: Progress) -> str:
+    to_come = f", {max(0, progress.total - progress.finished)} still to come" if progress.total is not None else ""
+    return (
+        f'<p class="partial" id="partial">Partial report: the study is still running. Last updated '
+        f"{progress.updated:%Y-%m-%d %H:%M:%S}; {progress.finished} trial(s) finished{to_come}. This page "
+        f"reloads itself every {LIVE_PERIOD_S} s.</p>\n"
+    )
+
+
+def waiting_page(results_dir: Path, progress: Progress) -> str:
+    """A running study's page before its first trial finishes: what runs, and a reload."""
+    try:
+        name = json.loads((results_dir / "study.json").read_text())["space"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        name = results_dir.name
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="refresh" content="{LIVE_PERIOD_S}">
+<title>Study report: {html.escape(name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
+.partial {{ background: #e8f1fb; border-left: 4px solid #2b6cb0; padding: 0.5em 1em; font-weight: bold; }}
+</style>
+</head>
+<body>
+<h1>Study report: {html.escape(name)}</h1>
+{partial_note(progress)}<p>No trial has finished yet. Results: <code>{html.escape(str(results_dir.resolve()))}</code>.
+</p>
 </body>
 </html>
 """
@@ -798,14 +858,64 @@ def _number(value: float) -> str:
 
 
 def write_report(
-    results_dir: str | Path, include_stopped: bool = INCLUDE_STOPPED, out: str | Path | None = None
+    results_dir: str | Path,
+    include_stopped: bool = INCLUDE_STOPPED,
+    out: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> Path:
-    """Read a results directory and write its report (default RESULTS_DIR/report.html); returns the path."""
+    """Read a results directory and write its report (default RESULTS_DIR/report.html); returns the path.
+    `progress`: the study is running (a partial page, rendered by `LiveReport`)."""
     results = load_results(results_dir)
     path = Path(out) if out else results.path / REPORT_FILE
-    page = render(results, include_stopped)
+    page = render(results, include_stopped, progress)
     atomic_write(path, lambda p: Path(p).write_text(page, encoding="utf-8"))
     return path
+
+
+class LiveReport:
+    """Rewrites a running study's report.html (atomically) as trials finish, at most every `period_s` seconds:
+    the first finished trial is shown at once, later ones within `period_s`. The final page, written once the
+    study ends (study/run.py), has no `progress` and does not reload."""
+
+    def __init__(self, results_dir: Path, total: int | None, period_s: float = LIVE_PERIOD_S, clock=time.monotonic):
+        self.results_dir = results_dir
+        self.total = total
+        self.period_s = period_s
+        self.clock = clock
+        self.finished = 0
+        self.written_at = -math.inf
+        self.due = False
+        self.broken = False
+
+    def start(self, finished: int = 0) -> None:
+        """The page at once: a waiting page until a trial finishes (or the partial report of a resumed study)."""
+        self.finished, self.due = finished, True
+        self.update()
+
+    def trial_finished(self, finished: int) -> None:
+        self.finished, self.due = finished, True
+        self.update()
+
+    def update(self) -> None:
+        if self.due and not self.broken and self.clock() - self.written_at >= self.period_s:
+            self.write()
+
+    def write(self) -> None:
+        self.written_at, self.due = self.clock(), False
+        progress = Progress(self.finished, self.total, datetime.now())
+        try:
+            if self.finished:
+                write_report(self.results_dir, progress=progress)
+            else:
+                page = waiting_page(self.results_dir, progress)
+                atomic_write(self.results_dir / REPORT_FILE, lambda p: Path(p).write_text(page, encoding="utf-8"))
+        except Exception as error:  # a view that cannot be drawn yet must not stop the study; the tables are safe
+            self.broken = True
+            print(
+                f"warning: the live report could not be written ({type(error).__name__}: {error}); it is written "
+                "again when the study ends",
+                file=sys.stderr,
+            )
 
 
 def latest_results_dir(root: str | Path = "results") -> Path:

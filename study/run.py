@@ -64,6 +64,9 @@ STUDY_OPTIONS = (
     "dry_run",
     "overwrite",
     "max_failures",
+    # The display and trackers are saved with Ray's Tuner: a resumed study shows and logs as it started.
+    "verbose",
+    "mlflow",
 )
 # An --address of HOST:PORT that nothing answers fails within this time, not after Ray's own connection retries.
 ADDRESS_TIMEOUT_S = 5
@@ -156,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="address the Ray dashboard listens on (default 127.0.0.1: this machine only)",
     )
     monitoring.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    watching = parser.add_argument_group("watching and tracking")
+    watching.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's own console output (a box per trial, status tables, INFO logs) instead of the compact one",
+    )
+    watching.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="log every trial as an MLflow run: a directory (an SQLite store in it), sqlite:///PATH.db, or a "
+        "tracking server http://HOST:PORT (needs pip install 'study[mlflow]')",
+    )
     return parser
 
 
@@ -652,6 +667,7 @@ def run(args: argparse.Namespace, command: list[str], phases: Phases | None = No
             preflight(space)
             out = check_out(args.out, space, args.overwrite)
             check_storage(args.storage)
+            mlflow = check_mlflow(args, out)
         screened = None
         if space.prescreen is not None:  # before Ray: the ranking is plain PyTorch in this process
             from study.rank import prescreen
@@ -668,7 +684,7 @@ def run(args: argparse.Namespace, command: list[str], phases: Phases | None = No
     started = time.perf_counter()
     try:
         with phases.timed("ray_start"):
-            cluster = start(tuning, args)
+            cluster = start(tuning, args, out, f"{storage.rstrip('/')}/{name}")
         ray_started = time.time()
         resources = tuning.Resources(
             args.cpus_per_trial or 1.0,
@@ -702,6 +718,8 @@ def run(args: argparse.Namespace, command: list[str], phases: Phases | None = No
         },
         "ray_experiment": f"{storage.rstrip('/')}/{name}",
         "dashboard": cluster.dashboard_url,
+        "ray_logs": cluster.log_dir,
+        "monitoring": {"verbose": args.verbose, "mlflow": mlflow and mlflow.uri},
         "versions": package_versions(),
         "hardware": hardware(),
         "started": datetime.now().isoformat(timespec="seconds"),
@@ -720,7 +738,9 @@ def run(args: argparse.Namespace, command: list[str], phases: Phases | None = No
     )
     try:
         with phases.timed("trials"):
-            records, unfinished, signum = tuning.run_study(space, out, storage, name, resources, seed, cluster)
+            records, unfinished, signum = tuning.run_study(
+                space, out, storage, name, resources, seed, cluster, tuning.Monitoring(args.verbose, args.mlflow)
+            )
         first = min((h["started_at"] for r in records for h in r["history"] if "started_at" in h), default=None)
         phases["first_trial_start"] = round(first - ray_started, 2) if first is not None else None
         return finish(out, space, record, records, started, unfinished, signum)
@@ -730,11 +750,37 @@ def run(args: argparse.Namespace, command: list[str], phases: Phases | None = No
         return fail(error)
 
 
-def start(tuning, args: argparse.Namespace):
-    """Start or join Ray and say how to reach its dashboard."""
+def check_mlflow(args: argparse.Namespace, out: Path):
+    """--mlflow: MLflow installed and its store reachable, before Ray starts (None without --mlflow)."""
+    if args.mlflow is None:
+        return None
+    if args.address and args.address.startswith("ray://"):
+        raise StudyError(
+            "--mlflow logs from Tune's driver loop, which Ray Client (ray://) runs on the head node: join the cluster "
+            "with --address HOST:6379 from a node, or leave out --mlflow"
+        )
+    from study.tracking import MlflowTracker
+
+    tracker = MlflowTracker(args.mlflow, out.resolve().name)
+    tracker.check()
+    return tracker
+
+
+def start(tuning, args: argparse.Namespace, out: Path, experiment: str):
+    """Start or join Ray and say where to watch the study: Ray's logs, its dashboard, the report, TensorBoard."""
     exposed = args.address is None and not args.no_dashboard and not loopback(args.dashboard_host)
-    cluster = tuning.start_ray(args.address, None if args.no_dashboard else args.dashboard_host)
+    cluster = tuning.start_ray(args.address, None if args.no_dashboard else args.dashboard_host, args.verbose)
     stop_on_sigterm()
+    from study.report import REPORT_FILE
+
+    if cluster.log_dir:
+        print(f"Ray's logs: {cluster.log_dir}", flush=True)
+    print(f"Report: {(out / REPORT_FILE).resolve()} (rewritten as trials finish)", flush=True)
+    print(f"TensorBoard: tensorboard --logdir {experiment}", flush=True)
+    if args.mlflow:
+        from study.tracking import store
+
+        print(f"MLflow: experiment {out.resolve().name} in {store(args.mlflow)[0]}", flush=True)
     if cluster.dashboard_url:
         if cluster.token_auth:
             how = (
@@ -798,6 +844,9 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
                 f"{out / 'study.json'}: its space is damaged ({type(error).__name__}: {error}): start the study again "
                 "with --overwrite"
             ) from None
+        # As the study started (Ray restores its display and trackers); before these options: Ray's output.
+        monitoring = record.get("monitoring", {"verbose": True})
+        args.verbose, args.mlflow = monitoring.get("verbose", False), monitoring.get("mlflow")
         check_resource_options(args)
     except StudyError as error:
         return fail(error)
@@ -811,7 +860,7 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
                 f"{experiment} holds no Ray Tune experiment state: the study was interrupted before its first trial "
                 f"started; start it again with --out {out} --overwrite (or a new --out)"
             )
-        cluster = start(tuning, args)
+        cluster = start(tuning, args, out, experiment)
         resources = tuning.Resources(**record["resources"])  # max_failures included
         warning = tuning.check_fit(
             cluster, resources.cpus_per_trial, resources.gpus_per_trial, joined=args.address is not None
@@ -838,7 +887,7 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
     )
     write_json(out / "study.json", record)
     try:
-        records, unfinished, signum = tuning.resume_study(experiment, space, resources)
+        records, unfinished, signum = tuning.resume_study(experiment, space, resources, args.verbose)
         return finish(out, space, record, records, started, unfinished, signum)
     except KeyboardInterrupt as stop:
         return interrupted(out, record, exit_code(stop))

@@ -37,6 +37,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ import numpy as np
 import ray
 import torch
 from ray import cloudpickle, tune
+from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.variant_generator import generate_variants
@@ -55,6 +57,7 @@ from study.registry import SCHEDULERS, SEARCHES
 from study.results import EPOCH_METRICS, PLACEMENT_INFO, SCHEDULER_INFO, TRIAL_INFO, trials_table, write_tables
 from study.rungs import RUNG_ACCURACY, RUNG_COST, ParetoRungs
 from study.space import MULTI_OBJECTIVE, Dimension, Space
+from study.tracking import MlflowTracker
 from study.train import run_trial
 
 RAY_DIR = "ray"  # under the study's results directory: Ray Tune's own experiment files (without --storage)
@@ -141,23 +144,34 @@ class Cluster:
     cpus: float
     gpus: float
     largest_node: dict  # CPU and GPU of the node with the most of each (a trial must fit on one node)
+    log_dir: str | None = None  # Ray's log files on this machine (the session's logs directory)
 
 
-def start_ray(address: str | None, dashboard_host: str | None) -> Cluster:
+def start_ray(address: str | None, dashboard_host: str | None, verbose: bool = False) -> Cluster:
     """Join `address` (an existing cluster) or start a local Ray with its dashboard on `dashboard_host` (None: off).
+    Ray's INFO lines are for `verbose` only; its warnings and errors always print (and everything goes to its log
+    files).
 
     On a cluster, the driver's copy of the `study` package is shipped to every worker (runtime_env py_modules),
     so trials run the driver's code; the nodes need the project's dependencies installed.
     """
+    level = logging.INFO if verbose else logging.WARNING
+    if not sys.stderr.isatty():  # the workers' and raylet's lines come with colour codes otherwise
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    if not verbose:  # study prints the same (how the dashboard authenticates) in its own words
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+            lambda record: not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+        )
     try:
         if address:
-            context = ray.init(address=address, runtime_env={"py_modules": [str(STUDY_PACKAGE)]})
+            context = ray.init(address=address, runtime_env={"py_modules": [str(STUDY_PACKAGE)]}, logging_level=level)
         else:
             # "local": a new instance even where another Ray runs (ray.init() would join the last `ray start` cluster)
             context = ray.init(
                 address="local",
                 include_dashboard=dashboard_host is not None,
                 dashboard_host=dashboard_host or "127.0.0.1",
+                logging_level=level,
             )
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -166,6 +180,7 @@ def start_ray(address: str | None, dashboard_host: str | None) -> Cluster:
             "HOST:6379 or ray://HOST:10001)"
         ) from None
     url = context.dashboard_url
+    session = (getattr(context, "address_info", None) or {}).get("session_dir")
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     total = ray.cluster_resources()
     return Cluster(
@@ -176,6 +191,7 @@ def start_ray(address: str | None, dashboard_host: str | None) -> Cluster:
         cpus=total.get("CPU", 0),
         gpus=total.get("GPU", 0),
         largest_node={kind: max((node.get(kind, 0) for node in nodes), default=0) for kind in ("CPU", "GPU")},
+        log_dir=f"{session}/logs" if session else None,
     )
 
 
@@ -482,6 +498,14 @@ class Resources:
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
 
 
+@dataclass
+class Monitoring:
+    """How a study shows itself: the compact console, or Ray's own output (verbose); MLflow's URI, if any."""
+
+    verbose: bool = False
+    mlflow: str | None = None
+
+
 class ExportCallback(tune.Callback):
     """Rewrites the results tables after trials finish or fail, at most every EXPORT_PERIOD_S (module docstring)."""
 
@@ -548,16 +572,106 @@ class ExportCallback(tune.Callback):
         self.finished = state["finished"]
 
 
+class WatchCallback(tune.Callback):
+    """What a user watches while the study runs, fed from Tune's driver loop: the compact console
+    (study/console.py), the live report (study/report.py LiveReport) and MLflow (study/tracking.py).
+
+    It reads each finished trial's record from `export`, which Ray calls first; both are saved with the Tuner,
+    so a resumed study shows and logs the same way. The console and live report are rebuilt on each start
+    (`setup`), not saved."""
+
+    active: WatchCallback | None = None  # the one running in this process, for `fit` to close its console
+
+    def __init__(self, export: ExportCallback, total: int, searched: list[str], console: bool, mlflow=None):
+        self.export = export
+        self.total = total
+        self.searched = searched
+        self.console_on = console
+        self.mlflow = mlflow
+        self._console = None
+        self._report = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_console": None, "_report": None}
+
+    def setup(self, **info):
+        from study.console import StudyConsole
+        from study.report import LiveReport
+
+        self._report = LiveReport(self.export.out, self.total)
+        self._report.start(len(self.export.finished))
+        WatchCallback.active = self
+        if self.console_on:
+            self._console = StudyConsole(self.total, self.searched)
+            if self.export.finished:  # resumed: the trials kept count, without a line each again
+                self._console.rows = trials_table(list(self.export.finished.values()))[0].to_dict("records")
+            self._console.start()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self.mlflow:
+            self.mlflow.trial_started(trial.trial_id, dict(trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.mlflow:
+            self.mlflow.epoch(trial.trial_id, {key: result[key] for key in EPOCH_METRICS if key in result})
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finished(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finished(trial)
+
+    def _finished(self, trial) -> None:
+        record = self.export.finished.get(trial.trial_id)
+        if record is None:
+            return
+        table, _ = trials_table(sorted(self.export.finished.values(), key=lambda r: r["trial_id"]))
+        row = table.set_index("trial_id", drop=False).loc[trial.trial_id].to_dict()
+        if self.mlflow:
+            self.mlflow.trial_finished(row)
+        if self._console is not None:
+            self._console.trial_finished(row, table)
+        if self._report is not None:
+            self._report.trial_finished(len(self.export.finished))
+
+    def on_step_end(self, iteration, trials, **info):
+        if self._console is not None:
+            self._console.update(running=sum(trial.status == "RUNNING" for trial in trials))
+        if self._report is not None:
+            self._report.update()
+
+    def on_experiment_end(self, trials, **info):
+        self.close_console()
+        if self.mlflow:
+            self.mlflow.close()
+
+    def close_console(self) -> None:
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+
+
 def with_scheme(path: str, scheme: str | None) -> str:
     return f"{scheme}://{path}" if scheme else path
 
 
-def _ray_settings() -> None:
+def _ray_settings(verbose: bool = True) -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
+    if not verbose:
+        # Ray's newer console engine prints its experiment box and paths even at verbose=0; the legacy one, at
+        # verbose=0, prints nothing.
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
 
 
 def run_study(
-    space: Space, out: Path, storage: str, name: str, resources: Resources, seed: int, cluster: Cluster
+    space: Space,
+    out: Path,
+    storage: str,
+    name: str,
+    resources: Resources,
+    seed: int,
+    cluster: Cluster,
+    monitoring: Monitoring | None = None,
 ) -> tuple[list[dict], int, int | None]:
     """Run every trial of `space`: (one record per finished trial (study/results.py trials_table), unfinished trials,
     the signal that stopped the study or None).
@@ -565,10 +679,28 @@ def run_study(
     Ctrl-C or SIGTERM (GracefulStop): Ray Tune stops the running trials, saves its experiment state and returns;
     the trials it stopped are unfinished (they run again with --resume), not results. A second signal raises
     KeyboardInterrupt at once."""
-    _ray_settings()
+    monitoring = monitoring or Monitoring()
+    _ray_settings(monitoring.verbose or cluster.client)
     scheme = storage.split("://")[0] if "://" in storage else None
     scheduler = scheduler_for(space)
     single = space.search != "optuna_mo"  # multi-objective: the searcher and the scheduler carry their own metrics
+    # Event files for TensorBoard in each trial's directory (RESULTS/ray/tune/TRIAL_ID), per epoch; explicit, so a
+    # missing tensorboardX is an error, not a warning in Ray's output.
+    # RungDecisions first: it writes the scheduler's decision into the report the others read.
+    callbacks: list[tune.Callback] = [RungDecisions(scheduler), TBXLoggerCallback()]
+    watch = None
+    # Ray Client runs Tune's loop on the head node, whose disk is not this machine's: tables at the end only, and
+    # Ray's own output (the head's console is not this one).
+    if not cluster.client:
+        export = ExportCallback(out, space.max_epochs, scheme)
+        watch = WatchCallback(
+            export,
+            trial_count(space),
+            list(space.dimensions),
+            console=not monitoring.verbose,
+            mlflow=MlflowTracker(monitoring.mlflow, out.resolve().name) if monitoring.mlflow else None,
+        )
+        callbacks += [export, watch]
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources.per_trial()),
         param_space=param_space(space),
@@ -587,16 +719,24 @@ def run_study(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
-            verbose=1,
+            verbose=0 if watch and watch.console_on else 1,
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
-            # Ray Client runs Tune's loop on the head node, whose disk is not this machine's: tables at the end only.
-            callbacks=[RungDecisions(scheduler)]
-            + ([] if cluster.client else [ExportCallback(out, space.max_epochs, scheme)]),
+            callbacks=callbacks,
         ),
     )
     with GracefulStop() as stop:
-        results = tuner.fit()
+        results = fit(tuner)
     return (*finished_records(results, f"{storage.rstrip('/')}/{name}", space, scheme, stop.signum), stop.signum)
+
+
+def fit(tuner: tune.Tuner) -> tune.ResultGrid:
+    """tuner.fit(), the live console closed whatever happens (a terminal is never left under a live display)."""
+    try:
+        return tuner.fit()
+    finally:
+        if WatchCallback.active is not None:
+            WatchCallback.active.close_console()
+            WatchCallback.active = None
 
 
 def trial_count(space: Space) -> int:
@@ -689,10 +829,13 @@ def restorable(experiment: str) -> bool:
     return True
 
 
-def resume_study(experiment: str, space: Space, resources: Resources) -> tuple[list[dict], int, int | None]:
+def resume_study(
+    experiment: str, space: Space, resources: Resources, verbose: bool = True
+) -> tuple[list[dict], int, int | None]:
     """Continue an interrupted study from Ray's experiment directory: finished and failed trials are kept as
-    they are, unfinished ones run again from their first epoch (trials save no checkpoints mid-way)."""
-    _ray_settings()
+    they are, unfinished ones run again from their first epoch (trials save no checkpoints mid-way). `verbose`:
+    the study started with Ray's own output (its saved Tuner shows it again)."""
+    _ray_settings(verbose)
     scheme = experiment.split("://")[0] if "://" in experiment else None
     with _quiet_about_unfinished_trials():
         tuner = tune.Tuner.restore(
@@ -703,7 +846,7 @@ def resume_study(experiment: str, space: Space, resources: Resources) -> tuple[l
             restart_errored=False,
         )
     with GracefulStop() as stop:
-        results = tuner.fit()
+        results = fit(tuner)
     return (*finished_records(results, experiment, space, scheme, stop.signum), stop.signum)
 
 

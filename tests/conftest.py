@@ -41,12 +41,14 @@ def run_module(*args: str, cwd: Path | None = None, timeout: int = 600, env: dic
 class SmokeStudy:
     out: Path
     result: subprocess.CompletedProcess
+    mlflow: Path  # the MLflow store (a directory) it logged to
 
 
 @pytest.fixture(scope="session")
 def smoke_study(tmp_path_factory) -> SmokeStudy:
     """The smoke study run once through the CLI, as a user would; its results are shared (read-only: copy to change)."""
     out = tmp_path_factory.mktemp("smoke") / "results"
-    result = run_module("study.run", "--space", "smoke", "--out", str(out))
+    mlflow = out.parent / "mlflow"
+    result = run_module("study.run", "--space", "smoke", "--out", str(out), "--mlflow", str(mlflow))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return SmokeStudy(out, result)
+    return SmokeStudy(out, result, mlflow)
