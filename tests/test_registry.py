@@ -57,7 +57,8 @@ def test_the_dry_run_names_the_search_and_scheduler_from_the_registry(capsys):
     assert run.main(["--space", "smoke", "--dry-run"]) == 0
     printed = capsys.readouterr().out
     space = load_space("smoke")
-    scheduler = "asha" if space.asha else "fifo"
+    assert space.asha["objectives"] == "pareto"
+    scheduler = "pareto_asha"
     assert f"search {space.search}: {registry.SEARCHES.describe(space.search)}" in printed
     assert f"scheduler {scheduler}: {registry.SCHEDULERS.describe(scheduler)}" in printed
 
