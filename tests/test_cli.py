@@ -27,7 +27,7 @@ def test_layers_cli_numbers_layers_and_counts_trainable_params_per_depth():
         (["--space", "smoke", "--backbone", "resnet5"], "unknown backbone 'resnet5'"),
         (["--space", "smoke", "--data", "mnist"], "unknown dataset 'mnist'"),
         (["--space", "smoke", "--set", "unfreeze_depth=60"], "unfreeze_depth=60 exceeds the 49 layers"),
-        (["--space", "smoke", "--num-samples", "0"], "num_samples=0 must be at least 1"),
+        (["--space", "smoke", "--num-samples", "0"], "--num-samples 0 must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
