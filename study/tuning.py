@@ -173,11 +173,15 @@ def start_ray(address: str | None, dashboard_host: str | None, verbose: bool = F
                 dashboard_host=dashboard_host or "127.0.0.1",
                 logging_level=level,
             )
-    except (ConnectionError, TimeoutError, ValueError, RuntimeError) as error:
+    except Exception as error:  # Ray raises plain Exception too, e.g. when a local node times out during startup
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if address:
+            raise StudyError(
+                f"cannot reach Ray at {address}: {first}: check --address (e.g. auto, HOST:6379 or ray://HOST:10001)"
+            ) from None
         raise StudyError(
-            f"cannot reach Ray at {address or 'a new local instance'}: {first}: check --address (e.g. auto, "
-            "HOST:6379 or ray://HOST:10001)"
+            f"a new local Ray instance did not start: {first}: the machine may be short of memory or CPU; try again "
+            "when it is less busy (Ray's logs: /tmp/ray/session_latest/logs)"
         ) from None
     url = context.dashboard_url
     session = (getattr(context, "address_info", None) or {}).get("session_dir")
