@@ -65,10 +65,9 @@ def test_dry_run_lists_the_documents_trials_with_their_parameter_counts(capsys):
     assert run.main(["--space", "paper_004_unfreeze_k", "--dry-run", "--seed", "3"]) == 0
     printed = capsys.readouterr().out
     rows = [line.split() for line in printed.splitlines() if re.match(r"\s+\d+ ", line)]
-    assert "seed 3, 22 trials; up to 3 epochs each" in printed and len(rows) == 22
-    assert {row[3] for row in rows} == {f"{k}/52" for k in (0, 1, 2, 3, 5, 6, 7, 8, 10, 20, 34)} and rows[0][
-        -2
-    ] == "2,562"
+    assert "seed 3, 22 trials; up to 6 epochs each" in printed and len(rows) == 22
+    assert {row[3] for row in rows} == {f"{k}/52" for k in (0, 1, 2, 3, 5, 6, 7, 8, 10, 20, 34)}
+    assert rows[0][5] == "2,562" and " ".join(rows[0][7:]) == "3 head_warmup (2,562) then 3 main (2,562)"
 
 
 def test_offline_a_document_study_stops_before_ray_naming_the_weights_it_needs(tmp_path):
