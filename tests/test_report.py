@@ -211,8 +211,8 @@ def test_smoke_study_writes_its_report(smoke_study):
     results = load_results(smoke_study.out)
     with_figures = [v for v in views(results) if v.figure is not None]
     assert (
-        page.count('class="plotly-graph-div"') == len(with_figures) == 7
-    )  # 3 fronts, hypervolume, parallel, curves, depth
+        page.count('class="plotly-graph-div"') == len(with_figures) == 8
+    )  # 3 fronts, hypervolume, the early-stopping rungs, parallel, curves, depth
     assert '<script src="http' not in page and len(page) > 3_000_000  # plotly.js embedded
     assert all(trial_id in page for trial_id in results.trials["trial_id"])
     front = pd.read_csv(smoke_study.out / "pareto.csv")
