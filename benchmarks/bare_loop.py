@@ -8,8 +8,11 @@ evaluate on the validation split after every epoch. Every image goes through the
 every epoch; nothing is cached between epochs or depths, no process runs beside it. It uses the
 study's own helpers only to get exactly the same data split, weights, head, frozen layers and batch
 order (`load_data`, `create_backbone`, `plan_for`/`apply_freeze`, `preprocessor`, `train_loader`: a
-plain shuffled DataLoader seeded with the trial seed), so that the two sides differ in how they train,
-not in what they train: their accuracies differ by float rounding only.
+plain shuffled DataLoader seeded with the trial seed) and AdamW with the study's default weight decay (none),
+so that the two sides differ in how they train, not in what they train. With the same thread count and memory
+format they reach the same accuracies, epoch by epoch (tests/test_benchmarks.py); with both cores and the
+default memory format here against one core and channels_last in a trial, they differ by float rounding, which
+training can amplify (BENCHMARKS.md, naive_vs_study).
 
 --channels-last and --eval-test make it the same training as one study trial on CPU (channels_last
 memory format, test evaluation each epoch): benchmarks/trial_overhead.py compares them.
@@ -51,7 +54,10 @@ def train_depth(splits, depth, args) -> dict:
     data_config = timm.data.resolve_data_config({}, model=backbone)
     preprocess = preprocessor(args.img_size, data_config["mean"], data_config["std"], data_config["interpolation"])
     prepare = lambda images: preprocess(images).contiguous(memory_format=format)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+    # weight_decay spelled out: torch's AdamW decays every weight by 0.01 unless told, the study's default is none
+    # (that default alone once put the two sides 1.8 points apart at depth 32, BENCHMARKS.md)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=config.weight_decay)
     # a plain shuffled DataLoader, seeded as a study trial seeds its own: the same batches in the same order
     loader = train_loader(
         splits.train, args.batch_size, None, torch.Generator().manual_seed(args.seed), workers=0, pin_memory=False
