@@ -15,13 +15,14 @@ on an overloaded machine). From the trials table and study.json:
   work in the worker);
 - the driver's cost per trial: the slots' time in the trial phase not spent inside a trial, per trial
   ((phase x slots - sum of trial wall times) / N): Ray's scheduling, starting trials, the export callback, the
-  experiment-state saves. Goals: >= TRIALS_PER_S_GOAL trials/s; at the largest N, the driver's cost per trial
-  within GROWTH_GOAL of the smallest N's.
+  experiment-state saves. Goals (GOALS): >= 5 trials/s; at the largest N, the driver's cost per trial within
+  1.2x of the smallest N's.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -29,11 +30,13 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from common import REPO, RESULTS, environment, load_average, machine
+from common import REPO, Goal, environment, finish, load_average, save, verdicts
 
 NAME = "many_trials"
-TRIALS_PER_S_GOAL = 5.0
-GROWTH_GOAL = 1.2
+GOALS = [
+    Goal("trials_per_s", ">=", 5.0, "at least 5 cheap trials per second (the smallest study)"),
+    Goal("driver_growth", "<=", 1.2, "the driver's cost per trial at the largest size within 1.2x of the smallest's"),
+]
 SIZES = (100, 300, 1000)
 QUICK_SIZE = 20
 SETUP = ("data_load_s", "model_build_s", "cut_check_s")
@@ -133,21 +136,12 @@ def main() -> None:
             flush=True,
         )
     table = pd.DataFrame(rows)
-    speed = table["trials_per_s"].iloc[0]
-    growth = table["driver_per_trial_s"].iloc[-1] / table["driver_per_trial_s"].iloc[0] if len(rows) > 1 else None
-    print(f"trials/s {speed:.2f} (goal >= {TRIALS_PER_S_GOAL}): {'met' if speed >= TRIALS_PER_S_GOAL else 'missed'}")
-    if growth is not None:
-        print(
-            f"driver cost per trial at {sizes[-1]} over {sizes[0]}: {growth:.2f} (goal <= {GROWTH_GOAL}): "
-            f"{'met' if growth <= GROWTH_GOAL else 'missed'}"
-        )
-    meta = {"machine": machine(), "sizes": sizes, "quick": args.quick, "growth": growth, "rows": rows}
-    target = work if args.quick else RESULTS
-    target.mkdir(parents=True, exist_ok=True)
-    table.drop(columns=["phases"]).to_csv(target / f"{NAME}.csv", index=False)
-    (target / f"{NAME}.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    print(f"table: {target / f'{NAME}.csv'}")
-    print(f"{NAME}: ratio={speed:.2f}")
+    growth = table["driver_per_trial_s"].iloc[-1] / table["driver_per_trial_s"].iloc[0]
+    measured = {"trials_per_s": table["trials_per_s"].iloc[0], "driver_growth": growth if len(rows) > 1 else math.nan}
+    meta = {"sizes": sizes, "quick": args.quick, "goals": verdicts(GOALS, measured), "rows": rows}
+    path = save(NAME, table.drop(columns=["phases"]), meta, args)
+    print(f"table: {path}")
+    finish(NAME, GOALS, measured)  # one size: growth is NaN, not judged as met
 
 
 if __name__ == "__main__":
