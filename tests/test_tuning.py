@@ -3,7 +3,9 @@
 import textwrap
 
 import optuna
+import pandas as pd
 import pytest
+from conftest import run_module
 
 from study import tuning
 from study.config import StudyError
@@ -128,9 +130,36 @@ def test_planned_optuna_trials_are_tpe_random_start_ones(tmp_path):
     assert {c["optimizer"] for c in configs} <= {"sgd", "adam", "adamw"} and all(
         c["unfreeze_depth"] == 8 for c in configs
     )
-    search = tuning.search_algorithm(space, seed=0)  # what the study's own searcher proposes first
-    search.set_search_properties(space.metric, space.mode, tuning.param_space(space))
-    assert search.suggest("first")["lr"] == configs[0]["lr"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("search", ["random", "optuna"])
+def test_planned_trials_are_the_trials_a_real_study_then_runs(tmp_path, search):
+    """The dry run's list against what Ray Tune and Optuna actually ran with the same seed: not against itself."""
+    space = write(
+        tmp_path,
+        f"""
+        fixed: {{backbone: tf_efficientnet_lite0, data: digits, img_size: 32, batch_size: 256, unfreeze_depth: 0}}
+        dimensions:
+          lr: {{loguniform: [1.0e-4, 1.0e-2]}}
+          optimizer: {{choice: [sgd, adamw]}}
+        search: {search}
+        num_samples: 3
+        max_epochs: 1
+        asha: false
+        """,
+    )
+    planned, total = tuning.planned_trials(load_space(space), seed=0)  # the study's default sampler seed
+    assert total == len(planned) == 3
+    out = tmp_path / "out"
+    result = run_module(
+        "study.run", "--space", space, "--out", str(out), "--no-dashboard", "--data-root", str(tmp_path / "data")
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    ran = pd.read_parquet(out / "trials.parquet").sort_values("lr")
+    expected = sorted((c["lr"], c["optimizer"]) for c in planned)
+    assert ran["lr"].tolist() == pytest.approx([lr for lr, _ in expected], rel=1e-9)
+    assert ran["optimizer"].tolist() == [optimizer for _, optimizer in expected]
 
 
 def test_a_trial_run_again_after_resume_keeps_its_last_run_only():
