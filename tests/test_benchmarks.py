@@ -14,7 +14,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 common = importlib.import_module("common")
-SCRIPTS = ("asha_vs_grid", "cache_speedup", "naive_vs_study", "trial_overhead")
+SCRIPTS = ("asha_vs_grid", "cache_speedup", "many_trials", "naive_vs_study", "trial_overhead")
 
 
 def test_the_headline_says_met_or_missed_beside_each_goal(capsys):
