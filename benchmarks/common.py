@@ -226,7 +226,7 @@ def verdicts(goals: list[Goal], measured: dict[str, float]) -> list[dict]:
             "value": measured[goal.measure],
             "goal": f"{goal.op} {goal.target:g}",
             "what": goal.what,
-            "met": goal.met(measured[goal.measure]),
+            "met": bool(goal.met(measured[goal.measure])),  # numpy booleans are not JSON
             "required": goal.required,
         }
         for goal in goals

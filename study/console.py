@@ -100,7 +100,7 @@ class StudyConsole:
         self.last_status_finished = 0
         self.rows: list[dict] = []
         self.running = 0
-        self.front_size = 0
+        self.front: list[dict] = []  # the rows on the accuracy-time front (study/pareto.py)
         self._display = None
         self._handlers: list[tuple[logging.StreamHandler, TextIO]] = []
 
@@ -123,11 +123,17 @@ class StudyConsole:
         self._display.start()
         self._follow_redirect()
 
-    def trial_finished(self, row: dict, trials: pd.DataFrame | None = None) -> None:
-        """`row`: the trial's results row (study/results.py trials_table); `trials`: every finished trial's."""
+    def resume(self, rows: list[dict]) -> None:
+        """A resumed study's finished trials: counted, on the front where they belong, without a line each again."""
+        self.rows = list(rows)
+        self.front = pareto_front(pd.DataFrame(rows)).to_dict("records") if rows else []
+
+    def trial_finished(self, row: dict) -> None:
+        """`row`: the trial's results row (study/results.py trials_table)."""
         self.rows.append(row)
-        if trials is not None and len(trials):
-            self.front_size = len(pareto_front(trials))
+        # the front of every trial so far is the front of the last front plus this trial (dominance is transitive):
+        # a cost per trial that does not grow with the study
+        self.front = pareto_front(pd.DataFrame([*self.front, row])).to_dict("records")
         line = trial_line(row, self.searched, len(self.rows), self.total)
         if self._display is not None:
             from rich.text import Text
@@ -183,7 +189,7 @@ class StudyConsole:
         if scored:
             best = max(scored, key=lambda row: row["val_acc"])
             parts.append(f"best val_acc {_number(best['val_acc'])} ({settings_text(best, self.searched)})")
-            parts.append(f"{self.front_size} on the front")
+            parts.append(f"{len(self.front)} on the front")
         return " | ".join(parts)
 
     def _status_renderable(self):

@@ -102,35 +102,43 @@ def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     accuracy / time, with evaluation excluded from the time); `finished_at` is
     the Unix time of the trial's last report (its finishing order).
     """
-    rows, epochs = [], []
-    for record in records:
-        history = record["history"]
-        row = {"trial_id": record["trial_id"]}
-        row["status"] = (
-            "error" if record["error"] else "completed" if len(history) >= record["max_epochs"] else "stopped_early"
-        )
-        row["error"] = record["error"] or ""
-        row["stop_reason"] = stop_reason(row["status"], history, record["max_epochs"])
-        row.update(TrialConfig.from_dict(record["config"]).to_dict())  # every setting, defaults included
-        row["epochs_run"] = len(history)
-        last = history[-1] if history else {}
-        row.update({key: last.get(key, math.nan) for key in FINAL_METRICS})
-        row["efficiency"] = row["val_acc"] / row["train_time_s"] if row["train_time_s"] > 0 else math.nan
-        best = max(history, key=lambda h: h["val_acc"]) if history else {}
-        row["best_val_acc"] = best.get("val_acc", math.nan)
-        row["best_epoch"] = best.get("epoch", math.nan)
-        row["eval_time_s"] = sum(h["eval_time_s"] for h in history) if history else math.nan
-        row["images_per_s"] = sum(h["images_per_s"] for h in history) / len(history) if history else math.nan
-        row["finished_at"] = last.get("reported_at", math.nan)
-        row.update({key: last.get(key) for key in (*TRIAL_INFO, *PLACEMENT_INFO)})
-        row["checkpoint"] = record.get("checkpoint") or ""  # the saved final model (save_checkpoint), for study.merge
-        rows.append(row)
-        epochs += [
-            {"trial_id": record["trial_id"], **{k: h.get(k) for k in EPOCH_METRICS}, **_decision(h)} for h in history
-        ]
-    trials = pd.DataFrame(rows)
-    epoch_table = pd.DataFrame(epochs, columns=["trial_id", *EPOCH_METRICS, *SCHEDULER_INFO])
+    return assemble([trial_rows(record) for record in records])
+
+
+def assemble(rows: list[tuple[dict, list[dict]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, epochs) from each trial's `trial_rows`: a running study keeps those per finished trial, so that
+    rewriting its tables costs one table's construction, not every trial's rows again."""
+    trials = pd.DataFrame([row for row, _ in rows])
+    epoch_table = pd.DataFrame(
+        [epoch for _, epochs in rows for epoch in epochs], columns=["trial_id", *EPOCH_METRICS, *SCHEDULER_INFO]
+    )
     return _uniform_types(trials), epoch_table
+
+
+def trial_rows(record: dict) -> tuple[dict, list[dict]]:
+    """One record's row of the trials table and its rows of the epochs table (see trials_table)."""
+    history = record["history"]
+    row = {"trial_id": record["trial_id"]}
+    row["status"] = (
+        "error" if record["error"] else "completed" if len(history) >= record["max_epochs"] else "stopped_early"
+    )
+    row["error"] = record["error"] or ""
+    row["stop_reason"] = stop_reason(row["status"], history, record["max_epochs"])
+    row.update(TrialConfig.from_dict(record["config"]).to_dict())  # every setting, defaults included
+    row["epochs_run"] = len(history)
+    last = history[-1] if history else {}
+    row.update({key: last.get(key, math.nan) for key in FINAL_METRICS})
+    row["efficiency"] = row["val_acc"] / row["train_time_s"] if row["train_time_s"] > 0 else math.nan
+    best = max(history, key=lambda h: h["val_acc"]) if history else {}
+    row["best_val_acc"] = best.get("val_acc", math.nan)
+    row["best_epoch"] = best.get("epoch", math.nan)
+    row["eval_time_s"] = sum(h["eval_time_s"] for h in history) if history else math.nan
+    row["images_per_s"] = sum(h["images_per_s"] for h in history) / len(history) if history else math.nan
+    row["finished_at"] = last.get("reported_at", math.nan)
+    row.update({key: last.get(key) for key in (*TRIAL_INFO, *PLACEMENT_INFO)})
+    row["checkpoint"] = record.get("checkpoint") or ""  # the saved final model (save_checkpoint), for study.merge
+    epochs = [{"trial_id": record["trial_id"], **{k: h.get(k) for k in EPOCH_METRICS}, **_decision(h)} for h in history]
+    return row, epochs
 
 
 def _decision(report: dict) -> dict:

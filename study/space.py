@@ -45,6 +45,7 @@ import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -52,7 +53,9 @@ import yaml
 from study.config import FIELD_TYPES, StudyError, TrialConfig, check_number, closest_hint, load_yaml
 from study.registry import SEARCHES, TRANSFER_SCORES
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# The shipped spaces are package data of `search_spaces` (pyproject), so an installed wheel has them too; both
+# setuptools installs (wheel, editable) put them in a real directory.
+SPACES_DIR = Path(str(resources.files("search_spaces")))
 # Trial settings that are paths study WRITES to: only the command line may set them, never a space file (which
 # may come from someone else); every other path in a space (weights, folder data) is only read.
 COMMAND_LINE_ONLY = ("data_root",)

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import ray
 import torch
 from ray import cloudpickle, tune
@@ -54,7 +55,15 @@ from ray.tune.search.variant_generator import generate_variants
 
 from study.config import StudyError, TrialConfig
 from study.registry import SCHEDULERS, SEARCHES
-from study.results import EPOCH_METRICS, PLACEMENT_INFO, SCHEDULER_INFO, TRIAL_INFO, trials_table, write_tables
+from study.results import (
+    EPOCH_METRICS,
+    PLACEMENT_INFO,
+    SCHEDULER_INFO,
+    TRIAL_INFO,
+    assemble,
+    trial_rows,
+    write_tables,
+)
 from study.rungs import RUNG_ACCURACY, RUNG_COST, ParetoRungs
 from study.space import MULTI_OBJECTIVE, Dimension, Space
 from study.tracking import MlflowTracker
@@ -522,6 +531,9 @@ class ExportCallback(tune.Callback):
         self.storage_scheme = storage_scheme
         self.finished: dict[str, dict] = {}  # trial id -> record (study/results.py trials_table)
         self.histories: dict[str, list[dict]] = {}  # epoch reports of running trials
+        # trial id -> its table rows, made once per finished trial (not saved: Ray saves `finished`, and the rows
+        # follow from it); without them every rewrite would rebuild every trial's row, a cost growing with the study
+        self._rows: dict[str, tuple[dict, list[dict]]] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.histories[trial.trial_id] = []  # also a trial run again after --resume: from its first epoch
@@ -549,8 +561,19 @@ class ExportCallback(tune.Callback):
             "checkpoint": checkpoint and with_scheme(checkpoint, self.storage_scheme),
             "max_epochs": self.max_epochs,
         }
+        self._rows.pop(trial.trial_id, None)  # a trial run again after --resume replaces its record
         self.pending = True
         self.flush()
+
+    def rows(self, trial_id: str) -> tuple[dict, list[dict]]:
+        """A finished trial's rows of the trials and epochs tables (study/results.py trial_rows), made once."""
+        if trial_id not in self._rows:
+            self._rows[trial_id] = trial_rows(self.finished[trial_id])
+        return self._rows[trial_id]
+
+    def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(trials, epochs) of every finished trial, in trial id order."""
+        return assemble([self.rows(trial_id) for trial_id in sorted(self.finished)])
 
     def on_step_end(self, iteration, trials, **info):
         self.flush()
@@ -562,7 +585,7 @@ class ExportCallback(tune.Callback):
         """Rewrite the tables if trials finished since the last rewrite and EXPORT_PERIOD_S has passed (or `now`):
         a rewrite costs time in proportion to the finished trials, so one per trial would grow with the study."""
         if self.pending and (now or time.monotonic() - self.written >= EXPORT_PERIOD_S):
-            trials, epochs = trials_table(sorted(self.finished.values(), key=lambda r: r["trial_id"]))
+            trials, epochs = self.tables()
             self.pending, self.written = False, time.monotonic()
             try:
                 write_tables(self.out, trials, epochs)
@@ -574,6 +597,7 @@ class ExportCallback(tune.Callback):
 
     def set_state(self, state: dict) -> None:
         self.finished = state["finished"]
+        self._rows = {}
 
 
 class WatchCallback(tune.Callback):
@@ -608,7 +632,7 @@ class WatchCallback(tune.Callback):
         if self.console_on:
             self._console = StudyConsole(self.total, self.searched)
             if self.export.finished:  # resumed: the trials kept count, without a line each again
-                self._console.rows = trials_table(list(self.export.finished.values()))[0].to_dict("records")
+                self._console.resume(self.export.tables()[0].to_dict("records"))
             self._console.start()
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -629,12 +653,11 @@ class WatchCallback(tune.Callback):
         record = self.export.finished.get(trial.trial_id)
         if record is None:
             return
-        table, _ = trials_table(sorted(self.export.finished.values(), key=lambda r: r["trial_id"]))
-        row = table.set_index("trial_id", drop=False).loc[trial.trial_id].to_dict()
+        row, _ = self.export.rows(trial.trial_id)  # this trial's row alone: no table of every trial per trial
         if self.mlflow:
             self.mlflow.trial_finished(row)
         if self._console is not None:
-            self._console.trial_finished(row, table)
+            self._console.trial_finished(row)
         if self._report is not None:
             self._report.trial_finished(len(self.export.finished))
 

@@ -25,6 +25,17 @@ def _few_threads():
     torch.set_num_threads(2)
 
 
+def brute_force_front(trials, accuracy: str = "val_acc", cost: str = "train_time_s") -> set[str]:
+    """The trial ids no other trial dominates (higher or equal accuracy at lower or equal cost, better on one), by
+    comparing every pair: an independent check of study.pareto, which writes the fronts."""
+    rows = list(trials[["trial_id", accuracy, cost]].itertuples(index=False, name=None))
+    return {
+        trial
+        for trial, acc, seconds in rows
+        if not any(a >= acc and s <= seconds and (a > acc or s < seconds) for _, a, s in rows)
+    }
+
+
 def run_module(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
     """Run `python -m ...` as a user would, in a fresh process (`env` adds to the environment)."""
     return subprocess.run(

@@ -212,6 +212,7 @@ def test_cpu_trials_run_in_float32_channels_last(small_digits, tmp_path):
     assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dtype == torch.float32
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="autocast and GPU-resident features need a CUDA device")
 @pytest.mark.parametrize("depth", [0, 8])
 def test_on_cuda_mixed_precision_is_on_by_default_and_the_cache_keeps_the_results(depth, small_digits, tmp_path):

@@ -1,5 +1,5 @@
-"""Multi-objective ASHA through Ray and the CLI: the decisions repeat with one trial at a time, and the rungs keep
-the cheap trial that single-metric ASHA stops."""
+"""Early stopping through Ray and the CLI: multi-objective ASHA's decisions repeat with one trial at a time, its
+rungs keep the cheap trial that single-metric ASHA stops at the grace period, and `asha: false` stops none."""
 
 import pandas as pd
 import pytest
@@ -15,13 +15,14 @@ dimensions:
   unfreeze_depth: {{grid: [2, all, 0]}}
 search: grid
 max_epochs: 2
-asha: {{grace_period: 1, reduction_factor: 2, objectives: {objectives}}}
+asha: {asha}
 """
 
 
 def study(tmp_path, name: str, objectives: str) -> pd.DataFrame:
     space = tmp_path / f"{objectives}.yaml"
-    space.write_text(SPACE.format(objectives=objectives))
+    asha = "false" if objectives == "none" else f"{{grace_period: 1, reduction_factor: 2, objectives: {objectives}}}"
+    space.write_text(SPACE.format(asha=asha))
     out = tmp_path / name
     # one data root for all runs: later runs find the features cached, which must not change a decision
     result = run_module(
@@ -48,6 +49,7 @@ def runs(tmp_path_factory):
         "pareto": study(tmp_path, "pareto", "pareto"),
         "pareto again": study(tmp_path, "pareto-again", "pareto"),
         "metric": study(tmp_path, "metric", "metric"),
+        "no asha": study(tmp_path, "no-asha", "none"),
     }
 
 
@@ -67,3 +69,16 @@ def test_the_rungs_stop_the_dominated_trial_and_keep_the_cheap_one_that_single_m
     assert pareto.loc["0", "stop_reason"].startswith("completed all 2 epochs; passed rung epoch 1: rank 2 of 3")
     assert metric.loc["0", "status"] == "stopped_early"
     assert metric.loc["0", "stop_reason"].startswith("stopped at rung epoch 1: val_acc")
+
+
+@pytest.mark.slow
+def test_single_metric_asha_stops_the_trial_behind_at_the_grace_period_and_lets_the_others_complete(runs):
+    metric = runs["metric"]
+    assert metric.loc["0", "status"] == "stopped_early" and metric.loc["0", "epochs_run"] == 1  # grace period 1
+    assert (metric.loc["2", "status"], metric.loc["2", "epochs_run"]) == ("completed", 2)
+
+
+@pytest.mark.slow
+def test_without_asha_every_trial_runs_every_epoch(runs):
+    grid = runs["no asha"]
+    assert (grid["status"] == "completed").all() and (grid["epochs_run"] == 2).all(), grid[["status", "epochs_run"]]

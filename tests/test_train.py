@@ -53,8 +53,9 @@ def test_peak_memory_is_per_trial_even_in_a_process_that_held_more_before(small_
     assert peaks[1] < earlier_peak - 128, (peaks, earlier_peak)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU peak is measured on a CUDA device")
-def test_peak_gpu_memory_is_the_allocator_peak_of_each_trial(small_digits):
+def test_peak_gpu_memory_on_cuda_is_the_allocator_peak_of_each_trial(small_digits):
     ballast = torch.ones(2**28, dtype=torch.uint8, device="cuda")  # 256 MiB, freed before the trial
     del ballast
     reports = list(run_trial(TrialConfig(unfreeze_depth=0, img_size=32, epochs=1, device="cuda"), small_digits))

@@ -3,7 +3,9 @@
 import textwrap
 
 import optuna
+import pandas as pd
 import pytest
+from conftest import brute_force_front, run_module
 
 from study import tuning
 from study.config import StudyError
@@ -128,9 +130,36 @@ def test_planned_optuna_trials_are_tpe_random_start_ones(tmp_path):
     assert {c["optimizer"] for c in configs} <= {"sgd", "adam", "adamw"} and all(
         c["unfreeze_depth"] == 8 for c in configs
     )
-    search = tuning.search_algorithm(space, seed=0)  # what the study's own searcher proposes first
-    search.set_search_properties(space.metric, space.mode, tuning.param_space(space))
-    assert search.suggest("first")["lr"] == configs[0]["lr"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("search", ["random", "optuna"])
+def test_planned_trials_are_the_trials_a_real_study_then_runs(tmp_path, search):
+    """The dry run's list against what Ray Tune and Optuna actually ran with the same seed: not against itself."""
+    space = write(
+        tmp_path,
+        f"""
+        fixed: {{backbone: tf_efficientnet_lite0, data: digits, img_size: 32, batch_size: 256, unfreeze_depth: 0}}
+        dimensions:
+          lr: {{loguniform: [1.0e-4, 1.0e-2]}}
+          optimizer: {{choice: [sgd, adamw]}}
+        search: {search}
+        num_samples: 3
+        max_epochs: 1
+        asha: false
+        """,
+    )
+    planned, total = tuning.planned_trials(load_space(space), seed=0)  # the study's default sampler seed
+    assert total == len(planned) == 3
+    out = tmp_path / "out"
+    result = run_module(
+        "study.run", "--space", space, "--out", str(out), "--no-dashboard", "--data-root", str(tmp_path / "data")
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    ran = pd.read_parquet(out / "trials.parquet").sort_values("lr")
+    expected = sorted((c["lr"], c["optimizer"]) for c in planned)
+    assert ran["lr"].tolist() == pytest.approx([lr for lr, _ in expected], rel=1e-9)
+    assert ran["optimizer"].tolist() == [optimizer for _, optimizer in expected]
 
 
 def test_a_trial_run_again_after_resume_keeps_its_last_run_only():
@@ -248,3 +277,43 @@ def test_the_tables_are_rewritten_at_most_once_a_period_while_trials_finish_and_
     finish(4)
     callback.on_experiment_end([])
     assert rows() == 4 and callback.get_state()["finished"].keys() == {"t1", "t2", "t3", "t4"}
+
+
+def test_each_finished_trial_is_made_into_table_rows_once_however_often_the_tables_and_console_are_rewritten(
+    tmp_path, monkeypatch
+):
+    """The driver's cost per trial must not grow with the study: rebuilding every trial's row for every finished
+    trial (the console's front) or every rewrite made a 1,000-trial study spend most of its driver time there."""
+    import io
+
+    from ray.tune.experiment import Trial
+
+    from study import results
+    from study.console import StudyConsole
+
+    made, trial_rows = [], results.trial_rows
+    counted = lambda record: made.append(record["trial_id"]) or trial_rows(record)
+    for module in (tuning, results):  # results.trials_table's calls are counted too
+        monkeypatch.setattr(module, "trial_rows", counted)
+    monkeypatch.setattr(tuning, "EXPORT_PERIOD_S", 0.0)  # a rewrite at every chance
+    export = tuning.ExportCallback(tmp_path, max_epochs=2)
+    watch = tuning.WatchCallback(export, total=6, searched=["lr"], console=False)
+    watch._console = console = StudyConsole(6, ["lr"], stream=io.StringIO())
+    runs = [(0.9, 5.0, 2), (0.8, 1.0, 2), (0.95, 9.0, 2), (0.7, 3.0, 2), (0.99, 0.5, 1), (0.85, 0.9, 2)]
+    for number, (accuracy, seconds, epochs) in enumerate(runs):
+        trial = Trial("trainable", config={"lr": 0.01 * (number + 1)}, trial_id=f"t{number}", stub=True)
+        export.on_trial_start(0, [], trial)
+        for epoch in range(1, epochs + 1):
+            report = {"epoch": epoch, "val_acc": accuracy, "train_time_s": seconds * epoch / epochs}
+            export.on_trial_result(0, [], trial, {**report, "eval_time_s": 0.1, "images_per_s": 10.0})
+        for callback in (export, watch):  # Ray calls them in this order
+            callback.on_trial_complete(0, [], trial)
+            callback.on_step_end(0, [])
+    export.on_experiment_end([])
+    assert sorted(made) == [f"t{n}" for n in range(len(runs))]  # once each
+    table, _ = results.trials_table([export.finished[f"t{n}"] for n in range(len(runs))])
+    stored = pd.read_parquet(tmp_path / "trials.parquet")
+    assert stored.drop(columns="lr").equals(table.drop(columns="lr")) and stored["lr"].tolist() == table["lr"].tolist()
+    # the console's front, kept trial by trial, is the front of all of them (t4 stopped early: not on it)
+    assert {row["trial_id"] for row in console.front} == brute_force_front(table[table["status"] == "completed"])
+    assert {row["trial_id"] for row in console.front} == {"t0", "t2", "t5"}  # t5 beats t1 and t3

@@ -151,7 +151,7 @@ def test_plain_console_prints_each_trial_and_a_status_line_at_most_every_30_s():
     console.close()
     lines = stream.getvalue().splitlines()
     assert not CONTROL.search(stream.getvalue())
-    best = "best val_acc 0.6100 (unfreeze_depth=0) | 0 on the front"
+    best = "best val_acc 0.6100 (unfreeze_depth=0) | 1 on the front"  # the one completed trial
     assert lines == [
         "[1/5] a_00000 unfreeze_depth=0: completed, val_acc 0.6100, train 0.4 s",
         f"1/5 trials: 1 completed, 0 stopped, 0 errors, 2 running, 2 pending | elapsed 31 s | ~2m04s left | {best}",
