@@ -109,6 +109,16 @@ def trial_device(setting: str, gpu_ids: list[str], cuda_available: bool) -> str:
     return "cuda" if gpu_ids else "cpu"
 
 
+def quiet_exit(unraisable) -> None:
+    """sys.unraisablehook of a trial's worker: Ray stops a worker (at a study's end, on Ctrl-C) with SIGTERM, whose
+    handler raises SystemExit wherever the worker is, a garbage-collection callback included; Python reports an
+    exception there as "Exception ignored in ..." with a traceback, which Ray forwards to the driver's console.
+    That exit is intended: drop it; report anything else as Python would."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, SystemExit):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def trainable(config: dict) -> None:
     """Ray Tune function trainable: one report per epoch; ASHA may stop it between epochs.
 
@@ -118,6 +128,7 @@ def trainable(config: dict) -> None:
     and saves none.
     """
     started = time.time()
+    sys.unraisablehook = quiet_exit  # per process: every trial of a warm worker sets the same hook
     context = ray.get_runtime_context()
     cpus = context.get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))

@@ -317,3 +317,25 @@ def test_each_finished_trial_is_made_into_table_rows_once_however_often_the_tabl
     # the console's front, kept trial by trial, is the front of all of them (t4 stopped early: not on it)
     assert {row["trial_id"] for row in console.front} == brute_force_front(table[table["status"] == "completed"])
     assert {row["trial_id"] for row in console.front} == {"t0", "t2", "t5"}  # t5 beats t1 and t3
+
+
+def test_a_worker_stopped_by_ray_exits_without_a_traceback_and_other_ignored_errors_still_print(capsys, monkeypatch):
+    """Ray's SIGTERM handler raises SystemExit in whatever runs, e.g. a WeakSet callback during garbage collection:
+    Python would print that as "Exception ignored in" with a traceback on the driver's console."""
+    import gc
+    import sys
+
+    class Raises:
+        def __init__(self, error: BaseException):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    monkeypatch.setattr(sys, "unraisablehook", tuning.quiet_exit)
+    Raises(SystemExit(1))  # dropped at once: __del__ raises where nothing can catch it
+    gc.collect()
+    assert capsys.readouterr().err == ""
+    Raises(ValueError("a real bug"))
+    gc.collect()
+    assert "ValueError: a real bug" in capsys.readouterr().err
