@@ -478,6 +478,7 @@ def cli_runs(tmp_path_factory) -> dict:
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", SUBPROCESS_CASES, ids=lambda c: c.name)
 def test_bad_input_through_the_cli(case, cli_runs):
     skip_unless_applicable(case)

@@ -36,6 +36,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_smoke_study_through_ray_exports_consistent_results(smoke_study):
     out, result = smoke_study.out, smoke_study.result
     assert "Ray dashboard: http://127.0.0.1:" in result.stdout
@@ -70,6 +71,7 @@ def test_smoke_study_through_ray_exports_consistent_results(smoke_study):
     assert f"Report: {(out / 'report.html').resolve()}" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_study_on_folder_data_runs_end_to_end(tmp_path):
     from PIL import Image
 

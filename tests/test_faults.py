@@ -129,6 +129,7 @@ def test_ctrl_c_before_the_first_trial_finished_and_a_second_ctrl_c_record_the_i
         assert finished_rows(out) == 4
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_retried_then_recorded_and_overwrite_replaces_a_study(tmp_path):
     space = tmp_path / "space.yaml"
     # device=cuda in a trial Ray gives no GPU (--gpus-per-trial 0) raises in the trial, on any machine

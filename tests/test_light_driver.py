@@ -5,6 +5,7 @@ import pickle
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -28,6 +29,7 @@ def test_the_optuna_searcher_class_pickles_by_name_as_rays_experiment_state_need
     assert searcher_class.__module__ == "study.tuning" and searcher_class.__qualname__ == "FullBudgetOptunaSearch"
 
 
+@pytest.mark.slow
 def test_study_json_records_where_the_studys_time_went(smoke_study):
     phases = json.loads((smoke_study.out / "study.json").read_text())["phases"]
     names = ("imports", "preflight", "ray_import", "ray_start", "first_trial_start", "trials", "export")

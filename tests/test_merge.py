@@ -162,6 +162,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_two_smoke_trials_on_different_digits_merge_end_to_end(tmp_path, digit_subsets):
     space = tmp_path / "two_tasks.yaml"
     space.write_text(

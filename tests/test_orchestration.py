@@ -139,6 +139,7 @@ FAULTS = """
     """
 
 
+@pytest.mark.slow
 def test_faults_are_recorded_while_the_dashboard_answers_and_other_trials_finish(tmp_path, capsys):
     space = write_space(tmp_path, FAULTS)
     out = tmp_path / "study"
@@ -257,6 +258,7 @@ MULTI_OBJECTIVE = """
     """
 
 
+@pytest.mark.slow
 def test_a_multi_objective_study_runs_on_a_two_node_cluster_packing_two_trials_per_gpu(tmp_path):
     space = write_space(tmp_path, MULTI_OBJECTIVE)
     out, storage = tmp_path / "study", tmp_path / "shared"
@@ -324,6 +326,7 @@ RESUMABLE = """
     """
 
 
+@pytest.mark.slow
 def test_a_study_killed_mid_way_resumes_without_losing_or_repeating_finished_trials(tmp_path):
     space = write_space(tmp_path, RESUMABLE)
     out = tmp_path / "study"

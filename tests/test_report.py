@@ -224,6 +224,7 @@ def test_report_cli_on_a_missing_directory_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "does not exist" in result.stderr
 
 
+@pytest.mark.slow
 def test_smoke_study_writes_its_report(smoke_study):
     page = (smoke_study.out / REPORT_FILE).read_text()
     results = load_results(smoke_study.out)
@@ -259,6 +260,7 @@ def interrupted_smoke(smoke_study, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_report_of_interrupted_smoke_results(interrupted_smoke):
     page = (interrupted_smoke / REPORT_FILE).read_text()
     status = pd.read_parquet(interrupted_smoke / "trials.parquet")["status"].iloc[0].replace("_", " ")
@@ -266,6 +268,7 @@ def test_report_of_interrupted_smoke_results(interrupted_smoke):
     assert "not recorded (the study did not finish)" in page
 
 
+@pytest.mark.slow
 def test_notebook_runs_headless_on_the_smoke_study_with_filters_and_another_objective_pair(smoke_study):
     def run(parameters: str):
         notebook = nbformat.read(NOTEBOOK, as_version=4)
@@ -384,6 +387,7 @@ def interrupted_report(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("results", ["smoke_study", "interrupted_report", "interrupted_smoke"])
 def test_report_renders_in_a_real_browser_offline_without_errors(browser, results, request):
     from selenium.webdriver.common.by import By

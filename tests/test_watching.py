@@ -303,6 +303,7 @@ def test_directory_and_sqlite_stores(tmp_path):
     assert store("http://mlflow.example:5000") == ("http://mlflow.example:5000", None)
 
 
+@pytest.mark.slow
 def test_smoke_study_logged_every_trial_to_mlflow(smoke_study):
     from mlflow import MlflowClient
 
@@ -330,6 +331,7 @@ def test_smoke_study_logged_every_trial_to_mlflow(smoke_study):
         assert result["trial_id"] == trial["trial_id"] and result["status"] == trial["status"]
 
 
+@pytest.mark.slow
 def test_smoke_study_wrote_tensorboard_event_files_with_per_epoch_val_acc(smoke_study):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -350,6 +352,7 @@ def test_smoke_study_wrote_tensorboard_event_files_with_per_epoch_val_acc(smoke_
 # --- the study's console as a user sees it --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_piped_smoke_study_prints_one_line_per_trial_and_no_control_characters(smoke_study):
     output = smoke_study.result.stdout
     assert not CONTROL.search(output) and not ESCAPE.search(smoke_study.result.stderr)
