@@ -576,6 +576,12 @@ class ExportCallback(tune.Callback):
         self.pending = True
         self.flush()
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_rows": {}}  # derived from `finished`: never pickled with the Tuner
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({"_rows": {}, **state})  # a Tuner pickled before the rows existed has none
+
     def rows(self, trial_id: str) -> tuple[dict, list[dict]]:
         """A finished trial's rows of the trials and epochs tables (study/results.py trial_rows), made once."""
         if trial_id not in self._rows:

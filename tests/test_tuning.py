@@ -339,3 +339,16 @@ def test_a_worker_stopped_by_ray_exits_without_a_traceback_and_other_ignored_err
     Raises(ValueError("a real bug"))
     gc.collect()
     assert "ValueError: a real bug" in capsys.readouterr().err
+
+
+def test_the_export_callback_pickles_without_its_derived_rows_and_unpickles_from_an_older_pickle(tmp_path):
+    import pickle
+
+    callback = tuning.ExportCallback(tmp_path, max_epochs=1)
+    callback.finished["t0"] = {"trial_id": "t0", "config": {}, "history": [], "error": "E: x", "max_epochs": 1}
+    callback.rows("t0")
+    again = pickle.loads(pickle.dumps(callback))
+    assert again._rows == {} and again.finished == callback.finished and again.rows("t0") == callback.rows("t0")
+    older = tuning.ExportCallback.__new__(tuning.ExportCallback)  # as pickle restores a Tuner saved before the cache
+    older.__setstate__({key: value for key, value in callback.__dict__.items() if key != "_rows"})
+    assert older.rows("t0")[0]["status"] == "error"
