@@ -82,14 +82,21 @@ def test_trials_table_statuses_final_and_best_metrics():
 
 
 def test_export_writes_every_file_and_a_true_front(tmp_path):
-    trials, epochs = trials_table(RECORDS)
+    dominated = {  # completed, less accurate and slower than t3: on no front
+        "trial_id": "t4",
+        "config": {"unfreeze_depth": 2, "epochs": 3},
+        "error": None,
+        "max_epochs": 3,
+        "history": [epoch(1, 0.7, 5.0), epoch(2, 0.8, 10.0), epoch(3, 0.85, 14.0)],
+    }
+    trials, epochs = trials_table([*RECORDS, dominated])
     front = export(tmp_path, trials, epochs, title="test")
     for name in ("trials.csv", "trials.parquet", "epochs.parquet", "pareto.csv", "pareto.html"):
         assert (tmp_path / name).stat().st_size > 0
     assert not list(tmp_path.glob(".*.tmp"))
     # depth mixes numbers and 'all': stored as text, read back intact
-    assert pd.read_parquet(tmp_path / "trials.parquet")["unfreeze_depth"].tolist() == ["0", "all", "4", "8"]
-    assert front["trial_id"].tolist() == ["t0", "t3"]  # t1 (0.4 in 5 s) is beaten by t0; t2 errored
+    assert pd.read_parquet(tmp_path / "trials.parquet")["unfreeze_depth"].tolist() == ["0", "all", "4", "8", "2"]
+    assert front["trial_id"].tolist() == ["t0", "t3"]  # t1 stopped (and beaten by t0), t2 errored, t4 beaten by t3
     saved = pd.read_csv(tmp_path / "pareto.csv")
     assert saved["trial_id"].tolist() == front["trial_id"].tolist() and "t2" not in saved["trial_id"].tolist()
     usable = trials[trials["status"] != "error"]
