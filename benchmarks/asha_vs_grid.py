@@ -7,7 +7,7 @@ tf_efficientnet_lite0 (real ImageNet weights) on the CIFAR-10 photos at 64 px, A
 crosses unfreeze depths with learning rates (DEPTHS x LRS), every trial has up to MAX_EPOCHS epochs. The same
 space runs three times, each from an empty feature cache: `asha: false` (every trial to the end), ASHA on
 validation accuracy alone (`objectives: metric`, Ray's ASHAScheduler) and multi-objective ASHA
-(`objectives: pareto`, study/rungs.py), both with grace 1 epoch and reduction factor 3.
+(`objectives: pareto`, study/tune/rungs.py), both with grace 1 epoch and reduction factor 3.
 
 Measured for each: trial-epochs (against the grid's), wall time, the best final validation accuracy of
 completed trials, and the hypervolume of the accuracy-time front, of completed trials (the report's default
@@ -83,7 +83,7 @@ def space_file(path: Path, depths: list, lrs: list, asha: dict | bool) -> Path:
 
 
 def hypervolume(trials: pd.DataFrame, cost: str, reference: float, include_stopped: bool) -> float:
-    from study.pareto import hypervolume_history
+    from study.analysis.pareto import hypervolume_history
 
     history = hypervolume_history(trials, cost=cost, include_stopped=include_stopped, reference_cost=reference)
     return float(history.history["hypervolume"].iloc[-1])
@@ -99,7 +99,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from study.pareto import REFERENCE_MARGIN
+    from study.analysis.pareto import REFERENCE_MARGIN
 
     per_class = 50 if args.quick else 300
     depths, lrs = (DEPTHS[1:], LRS[1:]) if args.quick else (DEPTHS, LRS)

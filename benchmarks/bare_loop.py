@@ -29,10 +29,10 @@ import timm.data
 import torch
 from torch import nn
 
-from study.augment import preprocessor
-from study.config import TrialConfig
-from study.data import ImageSet, load_data, train_loader
-from study.models import apply_freeze, create_backbone, plan_for
+from study.core.config import TrialConfig
+from study.trial.augment import preprocessor
+from study.trial.data import ImageSet, load_data, train_loader
+from study.trial.models import apply_freeze, create_backbone, plan_for
 
 
 def evaluate(model: nn.Module, data: ImageSet, prepare, batch_size: int) -> float:

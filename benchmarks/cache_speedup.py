@@ -31,7 +31,7 @@ def build_vs_forward(config, splits, data_root) -> dict:
     """Seconds to build the training split's features against one uncached forward pass over it (module doc)."""
     import time
 
-    from study.train import build_trial, evaluate
+    from study.trial.train import build_trial, evaluate
 
     uncached = build_trial(config.replace(feature_cache=False), splits)
     builds, passes = [], []
@@ -50,9 +50,9 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=64)
     args = parser.parse_args()
 
-    from study.config import TrialConfig
-    from study.data import load_data
-    from study.train import run_trial
+    from study.core.config import TrialConfig
+    from study.trial.data import load_data
+    from study.trial.train import run_trial
 
     per_class, epochs = (50, 3) if args.quick else (300, 5)
     data = cifar_subset(args.archive, args.work, per_class, 20)

@@ -142,7 +142,7 @@ def bare_command(data: Path, data_root: Path, out: Path, **settings) -> list[str
 
 def forget_features(data_root: Path) -> None:
     """An empty feature cache: every study starts cold (the decoded images stay: both sides load them the same way)."""
-    from study.features import CACHE_DIR
+    from study.trial.features import CACHE_DIR
 
     shutil.rmtree(data_root / CACHE_DIR, ignore_errors=True)
 
@@ -153,7 +153,7 @@ def warm_images(data: Path, data_root: Path, img_size: int) -> None:
         [
             sys.executable,
             "-c",
-            f"from study.data import load_data; load_data('folder:{data}', 0, {img_size}, '{data_root}')",
+            f"from study.trial.data import load_data; load_data('folder:{data}', 0, {img_size}, '{data_root}')",
         ],
         check=True,
         cwd=REPO,

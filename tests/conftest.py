@@ -1,15 +1,10 @@
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
+"""Fixtures shared by every test directory; plain helpers are in tests/helpers.py."""
 
 import pytest
 import torch
 
-from study.data import ImageSet, Splits, load_digits
-
-REPO = Path(__file__).resolve().parent.parent
+from study.trial.data import ImageSet, Splits, load_digits
+from tests.helpers import SmokeStudy, run_module
 
 
 @pytest.fixture(scope="session")
@@ -23,36 +18,6 @@ def small_digits() -> Splits:
 @pytest.fixture(autouse=True)
 def _few_threads():
     torch.set_num_threads(2)
-
-
-def brute_force_front(trials, accuracy: str = "val_acc", cost: str = "train_time_s") -> set[str]:
-    """The trial ids no other trial dominates (higher or equal accuracy at lower or equal cost, better on one), by
-    comparing every pair: an independent check of study.pareto, which writes the fronts."""
-    rows = list(trials[["trial_id", accuracy, cost]].itertuples(index=False, name=None))
-    return {
-        trial
-        for trial, acc, seconds in rows
-        if not any(a >= acc and s <= seconds and (a > acc or s < seconds) for _, a, s in rows)
-    }
-
-
-def run_module(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
-    """Run `python -m ...` as a user would, in a fresh process (`env` adds to the environment)."""
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd or REPO,
-        timeout=timeout,
-        env={**os.environ, **env} if env else None,
-    )
-
-
-@dataclass
-class SmokeStudy:
-    out: Path
-    result: subprocess.CompletedProcess
-    mlflow: Path  # the MLflow store (a directory) it logged to
 
 
 @pytest.fixture(scope="session")

@@ -67,8 +67,8 @@ def test_the_bare_loop_and_a_study_trial_reach_the_same_accuracies_epoch_by_epoc
     """The naive side of naive_vs_study trains the same models as a trial: same split, weights, head, frozen layers,
     batch order, optimizer and weight decay (torch's AdamW default of 0.01 once made them differ); here with the same
     threads and memory format, so not even float rounding may differ."""
-    from study.config import TrialConfig
-    from study.train import run_trial
+    from study.core.config import TrialConfig
+    from study.trial.train import run_trial
 
     bare_loop = importlib.import_module("bare_loop")
     settings = dict(img_size=32, seed=0, lr=1e-3, batch_size=64, epochs=2)

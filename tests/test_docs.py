@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from study.space import available_spaces
+from study.core.space import available_spaces
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -1,0 +1,351 @@
+"""A study's results as tables and figures: trials, per-epoch curves, the Pareto front.
+
+Everything here works on plain records and DataFrames (no Ray), so results can
+be rebuilt, tested and analysed without a cluster. Files are written atomically
+(study/core/files.py: temporary file, then rename): an interrupted export never leaves half a file.
+`load_results` reads a results directory back, whatever part of it exists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from study.analysis.pareto import ACCURACY, COSTS, INCLUDE_STOPPED, MAIN_COST, pareto_front
+from study.core.config import FIELD_TYPES, StudyError, TrialConfig
+from study.core.files import atomic_write
+
+if TYPE_CHECKING:  # Plotly is imported where a figure is drawn: a study's driver and its trials need it only then
+    import plotly.graph_objects as go
+
+# What a trial reports every epoch (study/trial/train.py); the rest of a report is static trial information. None of
+# these names is a setting (TrialConfig field): the trials table holds every setting as set and, beside it, what the
+# trial measured or resolved it to (img_size_used, device_used, amp_dtype, loader_workers_used).
+EPOCH_METRICS = (
+    "epoch",
+    "phase",  # study/trial/models.py: head_warmup or main
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "epoch_time_s",
+    "train_time_s",
+    "standalone_train_time_s",
+    "eval_time_s",
+    "images_per_s",
+    "peak_memory_mib",
+    "reported_at",
+)
+TRIAL_INFO = (
+    "weights_used",
+    "num_layers",
+    "unfrozen_layers",
+    "trainable_params",
+    "total_params",
+    "inserted_bn",
+    "effective",
+    "img_size_used",
+    "device_used",
+    "memory_measure",
+    "amp_dtype",
+    "channels_last",
+    "cache",
+    "cache_cut",
+    "cache_note",
+    "cache_build_s",
+    "cache_cost_s",
+    "cache_device",
+    "data_load_s",
+    "model_build_s",
+    "cut_check_s",
+    "loader_workers_used",
+    "train_images",
+    "val_images",
+    "test_images",
+    "skipped_images",
+    "data_splits",
+)
+# Where and when a trial ran, added to its reports by study/tune/tuning.py: Ray's node, its address and host name,
+# the GPUs Ray gave it.
+PLACEMENT_INFO = ("node_id", "node_ip", "hostname", "gpu_ids", "gpu_name", "started_at")
+# The early-stopping scheduler's decision at this epoch, added by study/tune/tuning.py: "passed rung epoch 2: ..." or
+# "stopped at rung epoch 2: ...", empty between rungs (study/tune/rungs.py words the Pareto-aware ones).
+SCHEDULER_INFO = ("rung_decision",)
+FINAL_METRICS = (
+    "val_acc",
+    "val_loss",
+    "train_acc",
+    "train_loss",
+    "test_acc",
+    "test_loss",
+    "train_time_s",
+    "standalone_train_time_s",
+    "peak_memory_mib",
+)
+
+
+def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Build (trials, epochs) from records of {trial_id, config, history, error, max_epochs}.
+
+    `history` is the list of epoch reports. Status: `error` if the trial raised,
+    `completed` if it ran all `max_epochs`, else `stopped_early` (by ASHA).
+    `stop_reason` says why the trial ended where it did (see `stop_reason`).
+    Final metrics are those of the last epoch run; `best_val_acc` is reported beside.
+    `efficiency` is validation accuracy per second of training (document 004's
+    accuracy / time, with evaluation excluded from the time); `finished_at` is
+    the Unix time of the trial's last report (its finishing order).
+    """
+    return assemble([trial_rows(record) for record in records])
+
+
+def assemble(rows: list[tuple[dict, list[dict]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, epochs) from each trial's `trial_rows`: a running study keeps those per finished trial, so that
+    rewriting its tables costs one table's construction, not every trial's rows again."""
+    trials = pd.DataFrame([row for row, _ in rows])
+    epoch_table = pd.DataFrame(
+        [epoch for _, epochs in rows for epoch in epochs], columns=["trial_id", *EPOCH_METRICS, *SCHEDULER_INFO]
+    )
+    return _uniform_types(trials), epoch_table
+
+
+def trial_rows(record: dict) -> tuple[dict, list[dict]]:
+    """One record's row of the trials table and its rows of the epochs table (see trials_table)."""
+    history = record["history"]
+    row = {"trial_id": record["trial_id"]}
+    row["status"] = (
+        "error" if record["error"] else "completed" if len(history) >= record["max_epochs"] else "stopped_early"
+    )
+    row["error"] = record["error"] or ""
+    row["stop_reason"] = stop_reason(row["status"], history, record["max_epochs"])
+    row.update(TrialConfig.from_dict(record["config"]).to_dict())  # every setting, defaults included
+    row["epochs_run"] = len(history)
+    last = history[-1] if history else {}
+    row.update({key: last.get(key, math.nan) for key in FINAL_METRICS})
+    row["efficiency"] = row["val_acc"] / row["train_time_s"] if row["train_time_s"] > 0 else math.nan
+    best = max(history, key=lambda h: h["val_acc"]) if history else {}
+    row["best_val_acc"] = best.get("val_acc", math.nan)
+    row["best_epoch"] = best.get("epoch", math.nan)
+    row["eval_time_s"] = sum(h["eval_time_s"] for h in history) if history else math.nan
+    row["images_per_s"] = sum(h["images_per_s"] for h in history) / len(history) if history else math.nan
+    row["finished_at"] = last.get("reported_at", math.nan)
+    row.update({key: last.get(key) for key in (*TRIAL_INFO, *PLACEMENT_INFO)})
+    row["checkpoint"] = record.get("checkpoint") or ""  # the saved final model (save_checkpoint), for study.merge
+    epochs = [{"trial_id": record["trial_id"], **{k: h.get(k) for k in EPOCH_METRICS}, **_decision(h)} for h in history]
+    return row, epochs
+
+
+def _decision(report: dict) -> dict:
+    """The scheduler's decision in a report; Ray's result tables read an empty one back as NaN."""
+    decision = report.get("rung_decision")
+    return {"rung_decision": decision if isinstance(decision, str) else ""}
+
+
+def stop_reason(status: str, history: list[dict], max_epochs: int) -> str:
+    """Why a trial ended where it did: the rung that stopped it, or for a completed one every rung it passed."""
+    decisions = [decision for h in history if (decision := _decision(h)["rung_decision"])]
+    ran = f"{len(history)} epoch{'' if len(history) == 1 else 's'}"
+    if status == "error":
+        return f"failed after {ran} (see error)"
+    if status == "completed":
+        passed = f"; {'; '.join(decisions)}" if decisions else ""
+        return f"completed all {max_epochs} epochs{passed}"
+    if decisions and decisions[-1].startswith("stopped"):
+        return decisions[-1]
+    return f"stopped after {ran} without a rung decision"
+
+
+def _uniform_types(table: pd.DataFrame) -> pd.DataFrame:
+    """Columns mixing types (unfreeze_depth: 3 and 'all') become text so Parquet can store them."""
+    for column in table.columns:
+        kinds = {type(v) for v in table[column] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        if len(kinds) > 1 and not kinds <= {int, float}:
+            table[column] = table[column].map(lambda v: None if v is None else str(v))
+    return table
+
+
+def varying_settings(trials: pd.DataFrame) -> list[str]:
+    """Trial settings that differ between trials: what the study searched."""
+    return [key for key in FIELD_TYPES if key in trials and trials[key].astype(str).nunique() > 1]
+
+
+def export(out: Path, trials: pd.DataFrame, epochs: pd.DataFrame, title: str) -> pd.DataFrame:
+    """Write trials.csv/.parquet, epochs.parquet, pareto.csv/.html into `out`; return the front."""
+    front = write_tables(out, trials, epochs)
+    figure = pareto_figure(trials, front, title)
+    atomic_write(out / "pareto.html", lambda p: figure.write_html(p, include_plotlyjs=True, full_html=True))
+    return front
+
+
+def write_tables(out: Path, trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """The tables alone (trials.csv/.parquet, epochs.parquet, pareto.csv), as rewritten after every finished trial
+    while a study runs; return the front."""
+    front = pareto_front(trials)
+    atomic_write(out / "trials.csv", lambda p: trials.to_csv(p, index=False))
+    atomic_write(out / "trials.parquet", lambda p: trials.to_parquet(p, index=False))
+    atomic_write(out / "epochs.parquet", lambda p: epochs.to_parquet(p, index=False))
+    atomic_write(out / "pareto.csv", lambda p: front.to_csv(p, index=False))
+    return front
+
+
+@dataclass
+class Results:
+    """A results directory as read back: whatever part of it exists, and notes on what does not."""
+
+    path: Path
+    trials: pd.DataFrame
+    epochs: pd.DataFrame  # empty (with its columns) when the directory has no epochs.parquet
+    study: dict  # study.json; empty when missing
+    notes: list[str] = field(default_factory=list)
+
+
+def damaged(path: Path, error: BaseException, fix: str) -> StudyError:
+    """One line for a file that cannot be read as what it should be: the file, what is wrong, what to do."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    return StudyError(f"{path} is damaged or not what it should be ({type(error).__name__}: {reason}): {fix}")
+
+
+def read_json(path: Path, fix: str = "restore it from a copy, or remove it") -> object:
+    """A JSON file an earlier run wrote; damage (unreadable, not UTF-8, not JSON) is a StudyError. Missing: raises
+    FileNotFoundError, which callers answer in their own words."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise damaged(path, error, fix) from None
+
+
+def read_table(path: Path, fix: str = "rewrite it with python -m study.run --resume, or restore it from a copy"):
+    """A results table (parquet or CSV); damage (truncated, empty, not a table) is a StudyError."""
+    import pyarrow
+
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pyarrow.ArrowException) as error:
+        # EmptyDataError and ArrowInvalid are ValueErrors
+        raise damaged(path, error, fix) from None
+
+
+def load_results(path: str | Path) -> Results:
+    """Read a study's results directory; only a trials table (parquet or CSV) is required. A damaged file is a
+    StudyError naming it; a damaged study.json, which only describes the study, is a note."""
+    path = Path(path)
+    if not path.is_dir():
+        raise StudyError(
+            f"results directory {path} does not exist: pass the --out directory of a study (python -m study.run)"
+        )
+    notes = []
+    if (path / "trials.parquet").exists():
+        trials = read_table(path / "trials.parquet")
+    elif (path / "trials.csv").exists():
+        trials = read_table(path / "trials.csv")
+    else:
+        raise StudyError(
+            f"{path} holds no trials.parquet or trials.csv: pass a study's results directory (the --out of python -m "
+            "study.run)"
+        )
+    missing = [column for column in ("trial_id", "status", ACCURACY) if column not in trials]
+    if missing:
+        raise StudyError(f"{path}: the trials table lacks the column '{missing[0]}': it was not written by study.run")
+    if (path / "epochs.parquet").exists():
+        epochs = read_table(path / "epochs.parquet")
+        if "trial_id" not in epochs:
+            raise StudyError(f"{path / 'epochs.parquet'} has no trial_id column: it was not written by study.run")
+    else:
+        epochs = pd.DataFrame(columns=["trial_id", *EPOCH_METRICS])
+        notes.append("epochs.parquet is missing: no per-epoch curves.")
+    study = {}
+    try:
+        study = read_json(path / "study.json")
+    except FileNotFoundError:
+        notes.append("study.json is missing: the study's settings are unknown.")
+    except StudyError as error:
+        notes.append(f"study.json is unreadable ({error}); the study's settings are unknown.")
+    if not isinstance(study, dict):
+        notes.append(
+            f"study.json holds a {type(study).__name__}, not a study's record: the study's settings are unknown."
+        )
+        study = {}
+    return Results(path, trials, epochs, study, notes)
+
+
+def trial_hover(trials: pd.DataFrame, settings: list[str]) -> list[str]:
+    """One hover text per trial: its settings, status and every measure it has."""
+    measures = (
+        ("val_acc", "val acc", "{:.4f}"),
+        ("test_acc", "test acc (not used to choose)", "{:.4f}"),
+        ("train_time_s", "training time", "{:.1f} s"),
+        ("trainable_params", "trainable params", "{:,.0f}"),
+        ("peak_memory_mib", "peak memory", "{:,.0f} MiB"),
+        ("efficiency", "efficiency", "{:.4f} acc/s"),
+        ("epochs_run", "epochs run", "{:.0f}"),
+    )
+    texts = []
+    for row in trials.to_dict("records"):
+        lines = [f"<b>{row['trial_id']}</b> ({row['status'].replace('_', ' ')})"]
+        lines += [f"{key} = {row[key]}" for key in settings if key in row]
+        lines += [
+            f"{label} = {form.format(row[key])}" for key, label, form in measures if key in row and pd.notna(row[key])
+        ]
+        texts.append("<br>".join(lines))
+    return texts
+
+
+def pareto_figure(
+    trials: pd.DataFrame,
+    front: pd.DataFrame,
+    title: str,
+    cost: str = MAIN_COST,
+    include_stopped: bool = INCLUDE_STOPPED,
+    accuracy: str = ACCURACY,
+) -> go.Figure:
+    """Every trial with values, the front highlighted; stopped trials marked (and named ineligible when they are)."""
+    import plotly.graph_objects as go
+
+    shown = trials[(trials["status"] != "error") & trials[accuracy].notna() & trials[cost].notna()]
+    settings = ["backbone", *[k for k in varying_settings(trials) if k != "backbone"]]
+    stopped = "stopped early by ASHA" + ("" if include_stopped else " (not eligible for the front)")
+    figure = go.Figure()
+    for status, name, symbol in (("completed", "completed", "circle"), ("stopped_early", stopped, "x")):
+        part = shown[shown["status"] == status]
+        figure.add_trace(
+            go.Scatter(
+                x=part[cost],
+                y=part[accuracy],
+                mode="markers",
+                name=name,
+                marker=dict(symbol=symbol, size=9, color="#9aa5b1"),
+                text=trial_hover(part, settings),
+                hoverinfo="text",
+            )
+        )
+    figure.add_trace(
+        go.Scatter(
+            x=front[cost],
+            y=front[accuracy],
+            mode="lines+markers",
+            name="Pareto front",
+            line=dict(shape="hv", color="#d1495b"),
+            marker=dict(size=12, color="#d1495b"),
+            text=trial_hover(front, settings),
+            hoverinfo="text",
+        )
+    )
+    figure.update_layout(
+        title=title,
+        xaxis_title=COSTS.get(cost, cost),
+        yaxis_title=f"{accuracy} (final epoch)" if accuracy != ACCURACY else "validation accuracy (final epoch)",
+        xaxis_type="log" if cost == "trainable_params" else None,  # counts span orders of magnitude
+        template="plotly_white",
+        hovermode="closest",
+    )
+    return figure
