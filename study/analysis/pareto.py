@@ -24,13 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-ACCURACY = "val_acc"
-COSTS = {
-    "train_time_s": "training time (s, evaluation excluded)",
-    "trainable_params": "trainable parameters",
-    "peak_memory_mib": "peak memory during training (MiB)",
-}
-MAIN_COST = "train_time_s"
+from study.core.metrics import ACCURACY, MAIN_COST
+
 INCLUDE_STOPPED = False
 # Hypervolume reference: accuracy 0, and a cost a little beyond the costliest eligible trial, so that the
 # slowest trial still adds area; the cost axis is divided by the reference cost, so hypervolumes lie in [0, 1].

@@ -34,10 +34,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from study.analysis.pareto import (
-    ACCURACY,
-    COSTS,
     INCLUDE_STOPPED,
-    MAIN_COST,
     eligible,
     hypervolume_history,
     pareto_front,
@@ -46,24 +43,21 @@ from study.analysis.pareto import (
 from study.analysis.results import Results, load_results, pareto_figure, trial_hover, varying_settings
 from study.core.config import StudyError
 from study.core.files import atomic_write
-from study.tune.rungs import RUNG_ACCURACY, RUNG_COST
+from study.core.metrics import (
+    ACCURACY,
+    FRONT_COSTS,
+    MAIN_COST,
+    METRICS,
+    RUNG_ACCURACY,
+    RUNG_COST,
+    SUMMARY_MEASURES,
+)
 
 REPORT_FILE = "report.html"
 # fANOVA fits a random forest to the trials: with fewer, its importances are noise.
 MIN_TRIALS_FOR_IMPORTANCE = 5
 # A numeric dimension spanning this ratio or more is shown on a log scale when the space does not say.
 LOG_SPAN = 100
-MEASURES = (
-    "val_acc",
-    "test_acc",
-    "train_time_s",
-    "efficiency",
-    "trainable_params",
-    "peak_memory_mib",
-    "epochs_run",
-    "best_val_acc",
-)
-FRONT_NAMES = {"train_time_s": "time", "trainable_params": "params", "peak_memory_mib": "memory"}
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 # A running study's report is rewritten at most this often, and its page reloads itself as often.
 LIVE_PERIOD_S = 30
@@ -150,7 +144,7 @@ def category_order(values) -> list[str]:
 def pareto_view(
     trials: pd.DataFrame, cost: str = MAIN_COST, accuracy: str = ACCURACY, include_stopped: bool = INCLUDE_STOPPED
 ) -> View:
-    title = f"Pareto front: {accuracy} vs {COSTS.get(cost, cost)}"
+    title = f"Pareto front: {accuracy} vs {FRONT_COSTS.get(cost, cost)}"
     if cost not in trials or trials[cost].isna().all():
         return View(
             title,
@@ -183,14 +177,14 @@ def front_table_view(
     cost: str = MAIN_COST,
     accuracy: str = ACCURACY,
 ) -> View:
-    title = f"The front ({accuracy} vs {COSTS.get(cost, cost)}), cheapest first"
+    title = f"The front ({accuracy} vs {FRONT_COSTS.get(cost, cost)}), cheapest first"
     if cost not in trials or trials[cost].isna().all():
         return View(title, note=f"No trial has '{cost}' in these results.")
     front = pareto_front(trials, accuracy, cost, include_stopped)
     note = "Test accuracy is reported beside the front, never used to pick it."
     if front.empty:
         note = "No trial is on the front (none is eligible). " + note
-    columns = ["trial_id", *dimensions, "status", *[m for m in MEASURES if m in trials]]
+    columns = ["trial_id", *dimensions, "status", *[m for m in SUMMARY_MEASURES if m in trials]]
     return View(title, table=front[columns].reset_index(drop=True), note=note)
 
 
@@ -199,18 +193,18 @@ def trials_table_view(
 ) -> View:
     table = trials.copy()
     memberships = []
-    for cost in COSTS:
+    for cost in FRONT_COSTS:
         if cost in trials and trials[cost].notna().any():
             on_front = set(pareto_front(trials, cost=cost, include_stopped=include_stopped)["trial_id"])
             memberships.append((cost, on_front))
     table["on fronts"] = [
-        ", ".join(FRONT_NAMES[cost] for cost, ids in memberships if t in ids) for t in table["trial_id"]
+        ", ".join(METRICS[cost].front_cost for cost, ids in memberships if t in ids) for t in table["trial_id"]
     ]
     columns = [
         "trial_id",
         *dimensions,
         "status",
-        *[m for m in MEASURES if m in table],
+        *[m for m in SUMMARY_MEASURES if m in table],
         "on fronts",
         *(["stop_reason"] if "stop_reason" in table else []),
         *(["error"] if "error" in table else []),
@@ -737,7 +731,7 @@ def views(results: Results, include_stopped: bool = INCLUDE_STOPPED) -> list[Vie
     trials, study = results.trials, results.study
     dimensions = searched_dimensions(trials, study)
     return [
-        *(pareto_view(trials, cost, include_stopped=include_stopped) for cost in COSTS),
+        *(pareto_view(trials, cost, include_stopped=include_stopped) for cost in FRONT_COSTS),
         front_table_view(trials, dimensions, include_stopped),
         hypervolume_view(trials, include_stopped),
         rungs_view(results.epochs, trials, dimensions),

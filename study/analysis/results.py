@@ -16,79 +16,22 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from study.analysis.pareto import ACCURACY, COSTS, INCLUDE_STOPPED, MAIN_COST, pareto_front
+from study.analysis.pareto import INCLUDE_STOPPED, pareto_front
 from study.core.config import FIELD_TYPES, StudyError, TrialConfig
 from study.core.files import atomic_write
+from study.core.metrics import (
+    ACCURACY,
+    EPOCH_METRICS,
+    FINAL_METRICS,
+    FRONT_COSTS,
+    MAIN_COST,
+    PLACEMENT_INFO,
+    SCHEDULER_INFO,
+    TRIAL_INFO,
+)
 
 if TYPE_CHECKING:  # Plotly is imported where a figure is drawn: a study's driver and its trials need it only then
     import plotly.graph_objects as go
-
-# What a trial reports every epoch (study/trial/train.py); the rest of a report is static trial information. None of
-# these names is a setting (TrialConfig field): the trials table holds every setting as set and, beside it, what the
-# trial measured or resolved it to (img_size_used, device_used, amp_dtype, loader_workers_used).
-EPOCH_METRICS = (
-    "epoch",
-    "phase",  # study/trial/models.py: head_warmup or main
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "test_loss",
-    "test_acc",
-    "epoch_time_s",
-    "train_time_s",
-    "standalone_train_time_s",
-    "eval_time_s",
-    "images_per_s",
-    "peak_memory_mib",
-    "reported_at",
-)
-TRIAL_INFO = (
-    "weights_used",
-    "num_layers",
-    "unfrozen_layers",
-    "trainable_params",
-    "total_params",
-    "inserted_bn",
-    "effective",
-    "img_size_used",
-    "device_used",
-    "memory_measure",
-    "amp_dtype",
-    "channels_last",
-    "cache",
-    "cache_cut",
-    "cache_note",
-    "cache_build_s",
-    "cache_cost_s",
-    "cache_device",
-    "data_load_s",
-    "model_build_s",
-    "cut_check_s",
-    "loader_workers_used",
-    "train_images",
-    "val_images",
-    "test_images",
-    "skipped_images",
-    "data_splits",
-)
-# Where and when a trial ran, added to its reports by study/tune/tuning.py: Ray's node, its address and host name,
-# the GPUs Ray gave it.
-PLACEMENT_INFO = ("node_id", "node_ip", "hostname", "gpu_ids", "gpu_name", "started_at")
-# The early-stopping scheduler's decision at this epoch, added by study/tune/tuning.py: "passed rung epoch 2: ..." or
-# "stopped at rung epoch 2: ...", empty between rungs (study/tune/rungs.py words the Pareto-aware ones).
-SCHEDULER_INFO = ("rung_decision",)
-FINAL_METRICS = (
-    "val_acc",
-    "val_loss",
-    "train_acc",
-    "train_loss",
-    "test_acc",
-    "test_loss",
-    "train_time_s",
-    "standalone_train_time_s",
-    "peak_memory_mib",
-)
 
 
 def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -342,7 +285,7 @@ def pareto_figure(
     )
     figure.update_layout(
         title=title,
-        xaxis_title=COSTS.get(cost, cost),
+        xaxis_title=FRONT_COSTS.get(cost, cost),
         yaxis_title=f"{accuracy} (final epoch)" if accuracy != ACCURACY else "validation accuracy (final epoch)",
         xaxis_type="log" if cost == "trainable_params" else None,  # counts span orders of magnitude
         template="plotly_white",

@@ -38,11 +38,11 @@ from study.analysis.results import export, read_json, trials_table, varying_sett
 from study.core.config import WEIGHT_SOURCES, StudyError, TrialConfig, check_number, parse_assignment, weights_source
 from study.core.environment import hardware, package_versions
 from study.core.files import atomic_write
+from study.core.metrics import RUNG_ACCURACY, RUNG_COST
 from study.core.registry import SCHEDULERS, SEARCHES
 from study.core.space import Dimension, Space, load_space
 from study.trial.data import DATA_NAMES, absolute_data, class_count, load_data
 from study.trial.models import create_backbone, default_input_size, phase_plans, plan_for, structure_only, weight_layers
-from study.tune.rungs import RUNG_ACCURACY, RUNG_COST
 
 DEFAULT_SPACE = "unfreeze_depth"
 # What defines a study: --resume takes all of it from the study's study.json.

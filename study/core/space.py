@@ -52,6 +52,7 @@ from pathlib import Path
 import yaml
 
 from study.core.config import FIELD_TYPES, StudyError, TrialConfig, check_number, closest_hint, load_yaml
+from study.core.metrics import SCHEDULER_METRICS
 from study.core.registry import SEARCHES, TRANSFER_SCORES
 
 # The shipped spaces are package data of `search_spaces` (pyproject), so an installed wheel has them too; both
@@ -72,12 +73,9 @@ SPACE_KEYS = (
     "mode",
     "prescreen",
 )
-# optuna_mo's two objectives: the Pareto front of the results (study/analysis/pareto.py) is over the same pair.
-MULTI_OBJECTIVE = {"val_acc": "max", "train_time_s": "min"}
 ASHA_KEYS = ("grace_period", "reduction_factor", "objectives")
 # How the rungs rank trials: pareto (multi-objective ASHA, study/tune/rungs.py) or metric (Ray's ASHA on `metric`).
 ASHA_OBJECTIVES = ("pareto", "metric")
-METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 DIMENSION_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 PRESCREEN_KEYS = ("score", "keep")
 PRESCREEN_SCORES = TRANSFER_SCORES.names()  # study/core/registry.py; study/ranking/scores.py computes them
@@ -152,8 +150,10 @@ class Space:
             check_number("max_epochs", self.max_epochs)
         except StudyError as error:
             raise StudyError(f"{where}: {error}") from None
-        if self.metric not in METRICS:
-            raise StudyError(f"{where}: metric '{self.metric}' is unknown{closest_hint(self.metric, METRICS)}")
+        if self.metric not in SCHEDULER_METRICS:
+            raise StudyError(
+                f"{where}: metric '{self.metric}' is unknown{closest_hint(self.metric, SCHEDULER_METRICS)}"
+            )
         if self.mode not in ("max", "min"):
             raise StudyError(f"{where}: mode '{self.mode}' must be max or min")
         if self.search not in SEARCHES:

@@ -41,9 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from study.analysis.pareto import non_dominated
-
-RUNG_ACCURACY = "val_acc"
-RUNG_COST = "standalone_train_time_s"
+from study.core.metrics import RUNG_ACCURACY, RUNG_COST
 
 
 def milestones(grace_period: int, reduction_factor: float, max_epochs: int) -> list[int]:

@@ -53,20 +53,13 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.variant_generator import generate_variants
 
-from study.analysis.results import (
-    EPOCH_METRICS,
-    PLACEMENT_INFO,
-    SCHEDULER_INFO,
-    TRIAL_INFO,
-    assemble,
-    trial_rows,
-    write_tables,
-)
+from study.analysis.results import assemble, trial_rows, write_tables
 from study.core.config import StudyError, TrialConfig
+from study.core.metrics import EPOCH_METRICS, MULTI_OBJECTIVE, REPORT_KEYS, RUNG_ACCURACY, RUNG_COST
 from study.core.registry import SCHEDULERS, SEARCHES
-from study.core.space import MULTI_OBJECTIVE, Dimension, Space
+from study.core.space import Dimension, Space
 from study.trial.train import run_trial
-from study.tune.rungs import RUNG_ACCURACY, RUNG_COST, ParetoRungs
+from study.tune.rungs import ParetoRungs
 from study.watch.tracking import MlflowTracker
 
 RAY_DIR = "ray"  # under the study's results directory: Ray Tune's own experiment files (without --storage)
@@ -82,7 +75,6 @@ CHECKPOINT_PERIOD_S = "1"
 EXPORT_PERIOD_S = 1.0
 # TPE draws this many trials at random before it models results (Optuna's default n_startup_trials).
 OPTUNA_STARTUP_TRIALS = 10
-REPORT_KEYS = (*EPOCH_METRICS, *TRIAL_INFO, *PLACEMENT_INFO, *SCHEDULER_INFO)
 
 
 # --- inside a trial ----------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from study.analysis.results import EPOCH_METRICS, TRIAL_INFO
 from study.core.config import TrialConfig
+from study.core.metrics import EPOCH_METRICS, TRIAL_INFO
 from study.trial.train import PROC_STATUS, build_trial, peak_memory_mib, reset_peak_memory, run_trial
 
 
