@@ -8,7 +8,6 @@ be rebuilt, tested and analysed without a cluster. Files are written atomically
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import pandas as pd
 
 from study.analysis.pareto import INCLUDE_STOPPED, pareto_front
 from study.core.config import FIELD_TYPES, StudyError, TrialConfig
-from study.core.files import atomic_write
+from study.core.files import atomic_write, damaged, read_json
 from study.core.metrics import (
     ACCURACY,
     EPOCH_METRICS,
@@ -146,23 +145,6 @@ class Results:
     epochs: pd.DataFrame  # empty (with its columns) when the directory has no epochs.parquet
     study: dict  # study.json; empty when missing
     notes: list[str] = field(default_factory=list)
-
-
-def damaged(path: Path, error: BaseException, fix: str) -> StudyError:
-    """One line for a file that cannot be read as what it should be: the file, what is wrong, what to do."""
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-    return StudyError(f"{path} is damaged or not what it should be ({type(error).__name__}: {reason}): {fix}")
-
-
-def read_json(path: Path, fix: str = "restore it from a copy, or remove it") -> object:
-    """A JSON file an earlier run wrote; damage (unreadable, not UTF-8, not JSON) is a StudyError. Missing: raises
-    FileNotFoundError, which callers answer in their own words."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise damaged(path, error, fix) from None
 
 
 def read_table(path: Path, fix: str = "rewrite it with python -m study.run --resume, or restore it from a copy"):

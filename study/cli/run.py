@@ -19,7 +19,6 @@ import dataclasses
 import fcntl
 import ipaddress
 import itertools
-import json
 import os
 import shutil
 import signal
@@ -34,10 +33,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from study.analysis.results import export, read_json, trials_table, varying_settings
+from study.analysis.results import export, trials_table, varying_settings
 from study.core.config import WEIGHT_SOURCES, StudyError, TrialConfig, check_number, parse_assignment, weights_source
 from study.core.environment import hardware, package_versions
-from study.core.files import atomic_write
+from study.core.files import read_json, write_json
 from study.core.metrics import RUNG_ACCURACY, RUNG_COST
 from study.core.registry import SCHEDULERS, SEARCHES
 from study.core.space import Dimension, Space, load_space
@@ -976,10 +975,6 @@ def interrupted(
         flush=True,
     )
     return code
-
-
-def write_json(path: Path, data: dict) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(data, indent=2, default=str) + "\n"))
 
 
 def print_summary(out: Path, trials, front, wall_time_s: float) -> None:

@@ -10,6 +10,7 @@ directory stays readable by the user's group.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -45,6 +46,28 @@ def atomic_write(path: Path, write: Callable[[str], None], before_publish: Calla
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data: dict) -> None:
+    """A JSON record (study.json, scores.json, merge.json), indented for people, written atomically."""
+    atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(data, indent=2, default=str) + "\n"))
+
+
+def damaged(path: Path, error: BaseException, fix: str) -> StudyError:
+    """One line for a file that cannot be read as what it should be: the file, what is wrong, what to do."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    return StudyError(f"{path} is damaged or not what it should be ({type(error).__name__}: {reason}): {fix}")
+
+
+def read_json(path: Path, fix: str = "restore it from a copy, or remove it") -> object:
+    """A JSON file an earlier run wrote; damage (unreadable, not UTF-8, not JSON) is a StudyError. Missing: raises
+    FileNotFoundError, which callers answer in their own words."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise damaged(path, error, fix) from None
 
 
 def publish(temporary: str, path: Path) -> None:

@@ -29,7 +29,6 @@ hardware). Bad input: one line on stderr, exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import pickle
 import sys
@@ -46,7 +45,7 @@ from torch import nn
 
 from study.core.config import DEVICES, StudyError, TrialConfig
 from study.core.environment import hardware, package_versions
-from study.core.files import atomic_write
+from study.core.files import atomic_write, write_json
 from study.merging.align import permutation_spec, permute, weight_matching
 from study.merging.similarity import ORDERS, conv_weight, filter_similarity, similarity_figures
 from study.trial.augment import preprocessor
@@ -601,7 +600,7 @@ def write_outputs(out: Path, table: pd.DataFrame, similarity, record: dict, orde
         + "\n</body></html>\n"
     )
     atomic_write(out / "similarity.html", lambda p: Path(p).write_text(page))
-    atomic_write(out / "merge.json", lambda p: Path(p).write_text(json.dumps(record, indent=2, default=str) + "\n"))
+    write_json(out / "merge.json", record)
 
 
 def merge_figure(table: pd.DataFrame, record: dict) -> go.Figure:

@@ -371,7 +371,7 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def write_scores(out: Path, table: pd.DataFrame, summary: dict, settings: dict) -> None:
-    from study.analysis.results import atomic_write
+    from study.core.files import atomic_write, write_json
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / f"{SCORES_FILE}.csv", lambda p: table.to_csv(p, index=False))
@@ -383,7 +383,7 @@ def write_scores(out: Path, table: pd.DataFrame, summary: dict, settings: dict) 
         "hardware": hardware(),
         "written": datetime.now().isoformat(timespec="seconds"),
     }
-    atomic_write(out / f"{SCORES_FILE}.json", lambda p: Path(p).write_text(json.dumps(record, indent=2) + "\n"))
+    write_json(out / f"{SCORES_FILE}.json", record)
 
 
 def scores_record(table: pd.DataFrame, summary: dict) -> dict:
@@ -434,7 +434,7 @@ def compare(results_dir: Path, echo=None) -> pd.DataFrame:
     """Score the candidates a study searched, with its settings; record and print the comparison."""
     from study.analysis.report import score_agreement, write_report
     from study.analysis.results import load_results
-    from study.cli.run import write_json
+    from study.core.files import write_json
 
     echo = echo or say
     results = load_results(results_dir)

@@ -46,7 +46,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +58,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from study.core.config import StudyError
-from study.core.files import atomic_write, data_lock, publish
+from study.core.files import atomic_write, data_lock
 
 VAL_FRACTION = 0.2  # of the training split, when a dataset has no validation split
 TEST_FRACTION = 0.2  # of all images, when a dataset has no split at all
@@ -323,11 +322,14 @@ def copy_debian_fashion_mnist(root: Path) -> bool:
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for source, file in zip(sources, FASHION_MNIST_FILES):
-        with gzip.open(source, "rb") as packed, tempfile.NamedTemporaryFile(dir=raw, delete=False) as unpacked:
-            shutil.copyfileobj(packed, unpacked)
-        publish(unpacked.name, raw / file)
+        atomic_write(raw / file, functools.partial(gunzip, source))
     print(f"fashion_mnist: using Debian's dataset-fashion-mnist files from {DEBIAN_FASHION_MNIST}", flush=True)
     return True
+
+
+def gunzip(source: Path, target: str) -> None:
+    with gzip.open(source, "rb") as packed, open(target, "wb") as unpacked:
+        shutil.copyfileobj(packed, unpacked)
 
 
 def load_torchvision(name: str, root: Path, img_size: int) -> tuple[dict[str, ImageSet], list[str], int]:

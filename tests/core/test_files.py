@@ -5,9 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from study.analysis import results
+import study
 from study.core.files import atomic_write
-from study.trial import data, features
+
+# The modules that write a study's files, decoded images, feature caches, scores and merge results.
+WRITERS = (
+    "analysis/results.py",
+    "trial/data.py",
+    "trial/features.py",
+    "ranking/scores.py",
+    "merging/merge.py",
+    "cli/run.py",
+)
 
 
 def test_an_atomic_write_publishes_a_whole_file_with_the_umask_permissions(tmp_path):
@@ -38,8 +47,18 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["table.csv"]
 
 
-def test_results_data_and_features_write_through_the_one_helper():
-    """One implementation: none of the writers keeps its own temporary-file-and-rename code."""
-    for module in (results, data, features):
-        source = Path(module.__file__).read_text()
-        assert "mkstemp" not in source and "os.replace" not in source, module.__name__
+def test_every_writer_writes_through_the_one_helper():
+    """One implementation: no module but study/core/files.py keeps its own temporary-file-and-rename code or dumps
+    JSON into a file of its own, and every module that writes results, data, caches or records calls it."""
+    package = Path(study.__file__).parent
+    helper = package / "core" / "files.py"
+    callers = set()
+    for path in sorted(package.rglob("*.py")):
+        if path == helper:
+            continue
+        source = path.read_text()
+        for own_write in ("mkstemp", "os.replace", "os.rename", "NamedTemporaryFile", "json.dump("):
+            assert own_write not in source, f"{path.relative_to(package)} uses {own_write}"
+        if "atomic_write(" in source or "write_json(" in source:
+            callers.add(path.relative_to(package).as_posix())
+    assert set(WRITERS) <= callers, set(WRITERS) - callers

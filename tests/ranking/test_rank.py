@@ -218,7 +218,7 @@ def test_rank_then_a_study_then_compare_share_the_features(tmp_path):
     scores the study's backbones against its accuracies."""
     from study.analysis.report import REPORT_FILE
     from study.analysis.results import export, trials_table
-    from study.cli.run import write_json
+    from study.core.files import write_json
     from study.trial.train import run_trial
 
     root, out = tmp_path / "root", tmp_path / "rank"
