@@ -31,8 +31,11 @@ from torch import nn
 
 from study.core.config import TrialConfig
 from study.trial.augment import preprocessor
-from study.trial.data import ImageSet, load_data, train_loader
-from study.trial.models import apply_freeze, create_backbone, plan_for
+from study.trial.backbones import create_backbone
+from study.trial.batching import train_loader
+from study.trial.data import load_data
+from study.trial.freeze import apply_freeze, plan_for
+from study.trial.splits import ImageSet
 
 
 def evaluate(model: nn.Module, data: ImageSet, prepare, batch_size: int) -> float:

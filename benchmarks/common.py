@@ -142,7 +142,7 @@ def bare_command(data: Path, data_root: Path, out: Path, **settings) -> list[str
 
 def forget_features(data_root: Path) -> None:
     """An empty feature cache: every study starts cold (the decoded images stay: both sides load them the same way)."""
-    from study.trial.features import CACHE_DIR
+    from study.trial.feature_cache import CACHE_DIR
 
     shutil.rmtree(data_root / CACHE_DIR, ignore_errors=True)
 

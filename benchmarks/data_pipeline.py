@@ -22,7 +22,8 @@ import torch
 
 from study.core.registry import AUGMENTATIONS
 from study.trial.augment import batch_mix, preprocessor, sample_transform
-from study.trial.data import load_data, train_loader
+from study.trial.batching import train_loader
+from study.trial.data import load_data
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

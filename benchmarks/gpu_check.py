@@ -43,8 +43,8 @@ REPO = BENCHMARKS.parent
 sys.path.insert(0, str(REPO))  # this checkout's `study`, here and in the worker processes (PYTHONPATH below)
 
 from study.core.config import TrialConfig  # noqa: E402 (after the path)
-from study.trial.data import ImageSet, Splits  # noqa: E402
-from study.trial.features import CACHE_DIR  # noqa: E402
+from study.trial.feature_cache import CACHE_DIR  # noqa: E402
+from study.trial.splits import ImageSet, Splits  # noqa: E402
 from study.trial.train import run_trial  # noqa: E402
 
 NAME = "gpu_check"
@@ -104,10 +104,14 @@ def load_splits(data: str | None, train_images: int) -> Splits:
     if data and data.endswith(".npz"):
         arrays = np.load(data)
         part = lambda name: ImageSet(
-            torch.from_numpy(arrays[f"{name}_images"]), torch.from_numpy(arrays[f"{name}_labels"])
+            store=torch.from_numpy(arrays[f"{name}_images"]), labels=torch.from_numpy(arrays[f"{name}_labels"])
         )
         splits = Splits(
-            str(arrays["name"]), [str(c) for c in arrays["classes"]], part("train"), part("val"), part("test")
+            name=str(arrays["name"]),
+            classes=[str(c) for c in arrays["classes"]],
+            train=part("train"),
+            val=part("val"),
+            test=part("test"),
         )
     else:
         from study.trial.data import load_data
@@ -116,12 +120,12 @@ def load_splits(data: str | None, train_images: int) -> Splits:
     cut = lambda images, n: images.subset(range(min(n, len(images))))
     evaluated = max(train_images // 5, 1)
     return Splits(
-        splits.name,
-        splits.classes,
-        cut(splits.train, train_images),
-        cut(splits.val, evaluated),
-        cut(splits.test, evaluated),
-        f"{splits.name}: the first {train_images} training images, {evaluated} val and test",
+        name=splits.name,
+        classes=splits.classes,
+        train=cut(splits.train, train_images),
+        val=cut(splits.val, evaluated),
+        test=cut(splits.test, evaluated),
+        description=f"{splits.name}: the first {train_images} training images, {evaluated} val and test",
     )
 
 

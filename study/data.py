@@ -1,6 +1,6 @@
 """`python -m study.data`: fetch a dataset for offline use (the command: study/cli/data.py)."""
 
-from study.trial.data import build_parser, main
+from study.cli.data import build_parser, main
 
 __all__ = ["build_parser", "main"]
 

@@ -1,6 +1,6 @@
 """`python -m study.merge`: interpolate two trials' weights (the command: study/cli/merge.py)."""
 
-from study.merging.merge import build_parser, main
+from study.cli.merge import build_parser, main
 
 __all__ = ["build_parser", "main"]
 

@@ -1,6 +1,6 @@
 """`python -m study.rank`: rank backbones before training (the command: study/cli/rank.py)."""
 
-from study.ranking.scores import build_parser, main
+from study.cli.rank import build_parser, main
 
 __all__ = ["build_parser", "main"]
 

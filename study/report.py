@@ -1,6 +1,6 @@
 """`python -m study.report`: (re)write a results directory's report (the command: study/cli/report.py)."""
 
-from study.analysis.report import build_parser, main
+from study.cli.report import build_parser, main
 
 __all__ = ["build_parser", "main"]
 

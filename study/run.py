@@ -1,4 +1,4 @@
-"""`python -m study.run`: run, resume or dry-run a study (the command: study/cli/run.py)."""
+"""`python -m study.run`: run, resume or dry-run a study (the command: study/cli/run/)."""
 
 from study.cli.run import build_parser, main
 

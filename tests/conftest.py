@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from study.trial.data import ImageSet, Splits, load_digits
+from study.trial.data import load_digits
+from study.trial.splits import ImageSet, Splits
 from tests.helpers import SmokeStudy, run_module
 
 
@@ -11,8 +12,10 @@ from tests.helpers import SmokeStudy, run_module
 def small_digits() -> Splits:
     """The real digits split, cut to a few hundred images so a trial takes seconds on 2 CPU cores."""
     full = load_digits(split_seed=0)
-    cut = lambda part, n: ImageSet(part.images[:n], part.labels[:n])
-    return Splits(full.name, full.classes, cut(full.train, 192), cut(full.val, 96), cut(full.test, 96))
+    cut = lambda part, n: ImageSet(store=part.images[:n], labels=part.labels[:n])
+    return Splits(
+        name=full.name, classes=full.classes, train=cut(full.train, 192), val=cut(full.val, 96), test=cut(full.test, 96)
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -31,7 +31,8 @@ def test_the_blocking_works(tmp_path):
 
 def test_what_gpu_check_imports_imports_no_ray_optuna_plotly_or_sklearn(tmp_path):
     code = (
-        "import sys; sys.path.insert(0, 'benchmarks'); import gpu_check; import study.trial.train, study.trial.features"
+        "import sys; sys.path.insert(0, 'benchmarks'); import gpu_check; "
+        "import study.trial.train, study.trial.feature_cache"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], env=blocking(tmp_path), capture_output=True, text=True, cwd=REPO

@@ -15,10 +15,7 @@ picks a trial. Which trials may sit on a front:
 
 from __future__ import annotations
 
-import contextlib
-import types
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,7 +70,7 @@ def finishing_order(trials: pd.DataFrame) -> pd.DataFrame:
     return trials.sort_values(["finished_at", "trial_id"], na_position="last", kind="stable")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Hypervolume:
     history: pd.DataFrame  # one row per trial in finishing order: finished, trial_id, status, hypervolume, improved
     reference: dict[str, float]  # the reference point, in the objectives' own units
@@ -88,14 +85,11 @@ def hypervolume_history(
 ) -> Hypervolume:
     """The hypervolume of the accuracy-cost front after each finished trial (an anytime curve).
 
-    Computed by Optuna (`plot_hypervolume_history`) on a two-objective study
-    holding the trials in finishing order;
-    trials that may not sit on the front (see `eligible`) or lack a value
-    leave the curve where it was. Reference point: accuracy 0 and
-    REFERENCE_MARGIN times the largest cost of an eligible trial; the cost axis
-    is scaled by that reference, so 1.0 would be accuracy 1 at no cost.
-    `reference_cost` sets the reference cost instead: two studies' hypervolumes
-    compare only against the same reference (points beyond it add nothing).
+    Trials in finishing order; those that may not sit on the front (see `eligible`), lack a value or cost at
+    least the reference leave the curve where it was. Reference point: accuracy 0 and REFERENCE_MARGIN times
+    the largest cost of an eligible trial; the cost axis is scaled by that reference, so 1.0 would be accuracy 1
+    at no cost. `reference_cost` sets the reference cost instead: two studies' hypervolumes compare only against
+    the same reference (points beyond it add nothing).
     """
     ordered = finishing_order(trials)
     points = ordered[[accuracy, cost]].to_numpy(dtype=float)
@@ -104,10 +98,9 @@ def hypervolume_history(
         largest = points[usable, 1].max() if usable.any() else 0.0
         reference_cost = float(REFERENCE_MARGIN * largest) if largest > 0 else 1.0
     usable &= points[:, 1] < reference_cost
-    hypervolumes = np.zeros(len(ordered))
-    if usable.any():
-        by_number = _optuna_hypervolumes(points, usable, reference_cost)
-        hypervolumes = pd.Series([by_number.get(i, np.nan) for i in range(len(ordered))]).ffill().fillna(0.0).to_numpy()
+    scaled = points / [1.0, reference_cost]
+    # Each trial's value is that of every usable trial up to it: a trial that adds nothing repeats the last value.
+    hypervolumes = np.array([hypervolume(scaled[: end + 1][usable[: end + 1]]) for end in range(len(ordered))])
     history = pd.DataFrame(
         {
             "finished": np.arange(1, len(ordered) + 1),
@@ -117,41 +110,23 @@ def hypervolume_history(
             "improved": np.diff(hypervolumes, prepend=0.0) > 0,
         }
     )
-    return Hypervolume(history, {accuracy: 0.0, cost: reference_cost})
+    return Hypervolume(history=history, reference={accuracy: 0.0, cost: reference_cost})
 
 
-def _optuna_hypervolumes(points: np.ndarray, usable: np.ndarray, reference_cost: float) -> dict[int, float]:
-    """Hypervolume after each usable point, keyed by the point's position.
+def hypervolume(points: np.ndarray) -> float:
+    """The area (accuracy, cost) points dominate against the reference point (accuracy 0, cost 1): accuracy
+    maximised, cost minimised and already divided by the reference cost, so the area lies in [0, 1].
 
-    Optuna's public hypervolume API is its hypervolume-history plot (the computation itself lives in
-    the private optuna._hypervolume), so the curve is read from the figure it returns.
+    In two objectives the dominated region is a staircase: the front's points sorted by cost, each step from one
+    point's cost to the next one's at that point's accuracy. Only the front's points are summed, so a trial that
+    adds nothing leaves the sum bit for bit as it was (and `improved` false). Points at or beyond the reference
+    (accuracy 0 or less, cost 1 or more) add nothing.
     """
-    with quiet_optuna() as optuna:
-        study = optuna.create_study(directions=["maximize", "minimize"])
-        for (accuracy, cost), use in zip(points, usable):
-            if use:
-                study.add_trial(optuna.trial.create_trial(values=[accuracy, cost / reference_cost]))
-            else:
-                study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
-        curve = optuna.visualization.plot_hypervolume_history(study, reference_point=[0.0, 1.0]).data[0]
-    return dict(zip(curve.x, curve.y))
-
-
-@contextlib.contextmanager
-def quiet_optuna() -> Iterator[types.ModuleType]:
-    """Optuna, imported on first use (Ray workers import this module and never need it), without its chatter.
-
-    It logs every study it creates, warns about experimental functions, and its tqdm import warns in
-    notebooks without ipywidgets: none of it concerns the reader of a report.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="IProgress not found")
-        import optuna
-
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
-        try:
-            yield optuna
-        finally:
-            optuna.logging.set_verbosity(verbosity)
+    points = np.asarray(points, dtype=float).reshape(-1, 2)
+    points = points[(points[:, 0] > 0) & (points[:, 1] < 1)]
+    order = np.lexsort((-points[:, 0], points[:, 1]))  # cheapest first, the most accurate first among equal costs
+    accuracies, costs = points[order, 0], points[order, 1]
+    best_before = np.maximum.accumulate(np.concatenate([[0.0], accuracies]))[:-1]
+    on_front = accuracies > best_before  # more accurate than every cheaper point
+    accuracies, costs = accuracies[on_front], costs[on_front]
+    return float((accuracies * np.diff(costs, append=1.0)).sum())

@@ -1,9 +1,10 @@
-"""A study's results as tables and figures: trials, per-epoch curves, the Pareto front.
+"""A study's results as tables: trials, per-epoch curves, the Pareto front; written and read back.
 
-Everything here works on plain records and DataFrames (no Ray), so results can
-be rebuilt, tested and analysed without a cluster. Files are written atomically
-(study/core/files.py: temporary file, then rename): an interrupted export never leaves half a file.
-`load_results` reads a results directory back, whatever part of it exists.
+Everything here works on plain records and DataFrames (no Ray, no Plotly), so results can be rebuilt, tested and
+analysed without a cluster, and the Ray layer rewrites the tables after every finished trial without importing a
+plotting library. Files are written atomically (study/core/files.py: temporary file, then rename): an
+interrupted export never leaves half a file. `load_results` reads a results directory back, whatever part of it
+exists. The figures drawn from these tables are in study/analysis/views/, the pages in study/analysis/page.py.
 """
 
 from __future__ import annotations
@@ -11,29 +12,39 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import pandas as pd
 
-from study.analysis.pareto import INCLUDE_STOPPED, pareto_front
+from study.analysis.pareto import pareto_front
 from study.core.config import FIELD_TYPES, StudyError, TrialConfig
 from study.core.files import atomic_write, damaged, read_json
 from study.core.metrics import (
     ACCURACY,
     EPOCH_METRICS,
     FINAL_METRICS,
-    FRONT_COSTS,
     MAIN_COST,
     PLACEMENT_INFO,
     SCHEDULER_INFO,
     TRIAL_INFO,
 )
 
-if TYPE_CHECKING:  # Plotly is imported where a figure is drawn: a study's driver and its trials need it only then
-    import plotly.graph_objects as go
+
+class Tables(NamedTuple):
+    """A study's two tables: one row per trial, and one row per epoch of every trial."""
+
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
 
 
-def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+class TrialRows(NamedTuple):
+    """One trial's row of the trials table and its rows of the epochs table."""
+
+    trial: dict
+    epochs: list[dict]
+
+
+def trials_table(records: list[dict]) -> Tables:
     """Build (trials, epochs) from records of {trial_id, config, history, error, max_epochs}.
 
     `history` is the list of epoch reports. Status: `error` if the trial raised,
@@ -47,17 +58,17 @@ def trials_table(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return assemble([trial_rows(record) for record in records])
 
 
-def assemble(rows: list[tuple[dict, list[dict]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def assemble(rows: list[TrialRows]) -> Tables:
     """(trials, epochs) from each trial's `trial_rows`: a running study keeps those per finished trial, so that
     rewriting its tables costs one table's construction, not every trial's rows again."""
     trials = pd.DataFrame([row for row, _ in rows])
     epoch_table = pd.DataFrame(
         [epoch for _, epochs in rows for epoch in epochs], columns=["trial_id", *EPOCH_METRICS, *SCHEDULER_INFO]
     )
-    return _uniform_types(trials), epoch_table
+    return Tables(trials=_uniform_types(trials), epochs=epoch_table)
 
 
-def trial_rows(record: dict) -> tuple[dict, list[dict]]:
+def trial_rows(record: dict) -> TrialRows:
     """One record's row of the trials table and its rows of the epochs table (see trials_table)."""
     history = record["history"]
     row = {"trial_id": record["trial_id"]}
@@ -70,9 +81,9 @@ def trial_rows(record: dict) -> tuple[dict, list[dict]]:
     row["epochs_run"] = len(history)
     last = history[-1] if history else {}
     row.update({key: last.get(key, math.nan) for key in FINAL_METRICS})
-    row["efficiency"] = row["val_acc"] / row["train_time_s"] if row["train_time_s"] > 0 else math.nan
-    best = max(history, key=lambda h: h["val_acc"]) if history else {}
-    row["best_val_acc"] = best.get("val_acc", math.nan)
+    row["efficiency"] = row[ACCURACY] / row[MAIN_COST] if row[MAIN_COST] > 0 else math.nan
+    best = max(history, key=lambda h: h[ACCURACY]) if history else {}
+    row["best_val_acc"] = best.get(ACCURACY, math.nan)
     row["best_epoch"] = best.get("epoch", math.nan)
     row["eval_time_s"] = sum(h["eval_time_s"] for h in history) if history else math.nan
     row["images_per_s"] = sum(h["images_per_s"] for h in history) / len(history) if history else math.nan
@@ -80,7 +91,7 @@ def trial_rows(record: dict) -> tuple[dict, list[dict]]:
     row.update({key: last.get(key) for key in (*TRIAL_INFO, *PLACEMENT_INFO)})
     row["checkpoint"] = record.get("checkpoint") or ""  # the saved final model (save_checkpoint), for study.merge
     epochs = [{"trial_id": record["trial_id"], **{k: h.get(k) for k in EPOCH_METRICS}, **_decision(h)} for h in history]
-    return row, epochs
+    return TrialRows(trial=row, epochs=epochs)
 
 
 def _decision(report: dict) -> dict:
@@ -117,14 +128,6 @@ def varying_settings(trials: pd.DataFrame) -> list[str]:
     return [key for key in FIELD_TYPES if key in trials and trials[key].astype(str).nunique() > 1]
 
 
-def export(out: Path, trials: pd.DataFrame, epochs: pd.DataFrame, title: str) -> pd.DataFrame:
-    """Write trials.csv/.parquet, epochs.parquet, pareto.csv/.html into `out`; return the front."""
-    front = write_tables(out, trials, epochs)
-    figure = pareto_figure(trials, front, title)
-    atomic_write(out / "pareto.html", lambda p: figure.write_html(p, include_plotlyjs=True, full_html=True))
-    return front
-
-
 def write_tables(out: Path, trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     """The tables alone (trials.csv/.parquet, epochs.parquet, pareto.csv), as rewritten after every finished trial
     while a study runs; return the front."""
@@ -136,7 +139,7 @@ def write_tables(out: Path, trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.Da
     return front
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Results:
     """A results directory as read back: whatever part of it exists, and notes on what does not."""
 
@@ -200,77 +203,4 @@ def load_results(path: str | Path) -> Results:
             f"study.json holds a {type(study).__name__}, not a study's record: the study's settings are unknown."
         )
         study = {}
-    return Results(path, trials, epochs, study, notes)
-
-
-def trial_hover(trials: pd.DataFrame, settings: list[str]) -> list[str]:
-    """One hover text per trial: its settings, status and every measure it has."""
-    measures = (
-        ("val_acc", "val acc", "{:.4f}"),
-        ("test_acc", "test acc (not used to choose)", "{:.4f}"),
-        ("train_time_s", "training time", "{:.1f} s"),
-        ("trainable_params", "trainable params", "{:,.0f}"),
-        ("peak_memory_mib", "peak memory", "{:,.0f} MiB"),
-        ("efficiency", "efficiency", "{:.4f} acc/s"),
-        ("epochs_run", "epochs run", "{:.0f}"),
-    )
-    texts = []
-    for row in trials.to_dict("records"):
-        lines = [f"<b>{row['trial_id']}</b> ({row['status'].replace('_', ' ')})"]
-        lines += [f"{key} = {row[key]}" for key in settings if key in row]
-        lines += [
-            f"{label} = {form.format(row[key])}" for key, label, form in measures if key in row and pd.notna(row[key])
-        ]
-        texts.append("<br>".join(lines))
-    return texts
-
-
-def pareto_figure(
-    trials: pd.DataFrame,
-    front: pd.DataFrame,
-    title: str,
-    cost: str = MAIN_COST,
-    include_stopped: bool = INCLUDE_STOPPED,
-    accuracy: str = ACCURACY,
-) -> go.Figure:
-    """Every trial with values, the front highlighted; stopped trials marked (and named ineligible when they are)."""
-    import plotly.graph_objects as go
-
-    shown = trials[(trials["status"] != "error") & trials[accuracy].notna() & trials[cost].notna()]
-    settings = ["backbone", *[k for k in varying_settings(trials) if k != "backbone"]]
-    stopped = "stopped early by ASHA" + ("" if include_stopped else " (not eligible for the front)")
-    figure = go.Figure()
-    for status, name, symbol in (("completed", "completed", "circle"), ("stopped_early", stopped, "x")):
-        part = shown[shown["status"] == status]
-        figure.add_trace(
-            go.Scatter(
-                x=part[cost],
-                y=part[accuracy],
-                mode="markers",
-                name=name,
-                marker=dict(symbol=symbol, size=9, color="#9aa5b1"),
-                text=trial_hover(part, settings),
-                hoverinfo="text",
-            )
-        )
-    figure.add_trace(
-        go.Scatter(
-            x=front[cost],
-            y=front[accuracy],
-            mode="lines+markers",
-            name="Pareto front",
-            line=dict(shape="hv", color="#d1495b"),
-            marker=dict(size=12, color="#d1495b"),
-            text=trial_hover(front, settings),
-            hoverinfo="text",
-        )
-    )
-    figure.update_layout(
-        title=title,
-        xaxis_title=FRONT_COSTS.get(cost, cost),
-        yaxis_title=f"{accuracy} (final epoch)" if accuracy != ACCURACY else "validation accuracy (final epoch)",
-        xaxis_type="log" if cost == "trainable_params" else None,  # counts span orders of magnitude
-        template="plotly_white",
-        hovermode="closest",
-    )
-    return figure
+    return Results(path=path, trials=trials, epochs=epochs, study=study, notes=notes)

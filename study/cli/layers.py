@@ -17,17 +17,50 @@ import argparse
 import sys
 
 from study.core.config import StudyError, TrialConfig, parse_assignment
-from study.trial.models import default_input_size, head_modules, phase_plans, structure_only, weight_layers
+from study.trial.backbones import default_input_size, structure_only
+from study.trial.freeze import FreezePlan, Phase, phase_plans
+from study.trial.heads import head_modules
+from study.trial.layers import weight_layers
+
+# The settings of one configuration that decide what it trains, echoed on its `configuration:` line.
+SURGERY_SETTINGS = (
+    "head",
+    "unfreeze_depth",
+    "unfreeze_unit",
+    "bn_insert",
+    "train_bn_affine",
+    "frozen_bn",
+    "train_bias",
+    "head_warmup_epochs",
+    "layer_lr_decay",
+)
 
 
 def describe(backbone: str, num_classes: int, settings: dict | None = None) -> str:
+    """The printout: the numbered layers, the head and the counts at every depth, then what this configuration
+    trains."""
     config = TrialConfig.from_dict({**(settings or {}), "backbone": backbone}, where="--set")
     size = config.img_size or default_input_size(backbone)
     model = structure_only(backbone, num_classes, config.head, size)  # meta device: no weights, no memory
     phases = phase_plans(model, config, weight_layers(model))
     plan = phases[-1].plan
-    blocks, stages = ({getattr(layer, unit) for layer in plan.layers} - {None} for unit in ("block", "stage"))
     width = max(len(layer.name) for layer in plan.layers)
+    lines = numbered_layers(backbone, num_classes, plan, width)
+    lines.append(f"head: {', '.join(head_modules(model))} ({plan.head_params:,} params, always trained)")
+    lines.append(f"total params: {plan.total_params}")
+    lines += [
+        f"trainable params at depth {depth}: {plan.trainable_params_at(depth)}" for depth in range(len(plan.layers) + 1)
+    ]
+    lines += configuration(config, phases)
+    if config.layer_lr_decay < 1:
+        lines += learning_rates(plan, config, width)
+    return "\n".join(lines)
+
+
+def numbered_layers(backbone: str, num_classes: int, plan: FreezePlan, width: int) -> list[str]:
+    """A summary line, the table's header, and one row per weight layer: its number, name, kind, parameters, block,
+    stage and the modules riding with it (BatchNorm, biases of other modules)."""
+    blocks, stages = ({getattr(layer, unit) for layer in plan.layers} - {None} for unit in ("block", "stage"))
     lines = [
         f"{backbone}: {len(plan.layers)} layers (conv and linear modules in forward order), {len(blocks)} blocks, "
         f"{len(stages)} stages (timm's groups); depth K trains the last K layers (or blocks, stages) and the new "
@@ -42,26 +75,15 @@ def describe(backbone: str, num_classes: int, settings: dict | None = None) -> s
             f"{layer.index:>4}  {layer.name:<{width}}  {layer.kind:<6}  {layer.num_params:>11,}  {block:>5}  "
             f"{stage:>5}  {', '.join(riders)}"
         )
-    lines.append(f"head: {', '.join(head_modules(model))} ({plan.head_params:,} params, always trained)")
-    lines.append(f"total params: {plan.total_params}")
-    lines += [
-        f"trainable params at depth {depth}: {plan.trainable_params_at(depth)}" for depth in range(len(plan.layers) + 1)
-    ]
-    surgery = ", ".join(
-        f"{key}={getattr(config, key)}"
-        for key in (
-            "head",
-            "unfreeze_depth",
-            "unfreeze_unit",
-            "bn_insert",
-            "train_bn_affine",
-            "frozen_bn",
-            "train_bias",
-            "head_warmup_epochs",
-            "layer_lr_decay",
-        )
-    )
-    lines += [
+    return lines
+
+
+def configuration(config: TrialConfig, phases: list[Phase]) -> list[str]:
+    """What one configuration trains: its settings, trainable parameters, inserted BatchNorm, the effect of each
+    setting, and each training phase where a head warm-up comes first."""
+    plan = phases[-1].plan
+    surgery = ", ".join(f"{key}={getattr(config, key)}" for key in SURGERY_SETTINGS)
+    lines = [
         f"configuration: {surgery}",
         f"trainable params: {plan.trainable_params}",
         f"inserted BN layers: {len(plan.inserted_bn)}",
@@ -69,12 +91,10 @@ def describe(backbone: str, num_classes: int, settings: dict | None = None) -> s
     ]
     if len(phases) > 1:
         lines += [f"phase {phase.describe()}" for phase in phases]
-    if config.layer_lr_decay < 1:
-        lines += learning_rates(plan, config, width)
-    return "\n".join(lines)
+    return lines
 
 
-def learning_rates(plan, config: TrialConfig, width: int) -> list[str]:
+def learning_rates(plan: FreezePlan, config: TrialConfig, width: int) -> list[str]:
     """Each trained layer's learning rate, lr * layer_lr_decay ** (its unit's distance from the head)."""
     unit = config.unfreeze_unit
     lines = [

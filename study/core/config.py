@@ -26,7 +26,7 @@ class StudyError(Exception):
 
 DEVICES = ("auto", "cpu", "cuda")
 ALL_LAYERS = "all"
-# Named weight sources; anything else must be a path to one of WEIGHT_FILE_SUFFIXES (study/trial/models.py loads it).
+# Named weight sources; anything else must be a path to one of WEIGHT_FILE_SUFFIXES (study/trial/backbones.py loads it).
 WEIGHT_SOURCES = ("imagenet", "random")
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".safetensors")
 BN_INSERTS = ("none", "before_retrained_conv")
@@ -51,7 +51,7 @@ class Limit:
 
 SEED_LIMIT = Limit(0, 2**32 - 1, rule="is outside 0..4294967295: a seed is an unsigned 32-bit integer (NumPy's)")
 # Every number a user gives, checked in one place (check_number): the trial settings (TrialConfig), the CLI's
-# numbers (study/cli/run.py), a space's study keys and the bounds of its ranges (study/core/space.py). NaN and
+# numbers (study/cli/run/checks.py), a space's study keys and the bounds of its ranges (study/core/space.py). NaN and
 # infinity never pass, for any number, limited here or not.
 NUMBER_LIMITS = {
     "lr": Limit(0, low_open=True, rule="must be positive"),
@@ -108,10 +108,10 @@ class TrialConfig:
     # replaced; single_linear = VGG's three fully connected layers replaced by one linear layer.
     head: str = "linear"
     # Units trained counted back from the head (the new head always trains):
-    # 0 = linear probe, "all" = full fine-tuning. See study/trial/models.py for "layer", "block", "stage".
+    # 0 = linear probe, "all" = full fine-tuning. See study/trial/layers.py for "layer", "block", "stage".
     unfreeze_depth: int | str = 0
     unfreeze_unit: str = "layer"
-    # Model surgery (study/trial/models.py): a new trainable BatchNorm in front of every retrained conv
+    # Model surgery (study/trial/freeze.py): a new trainable BatchNorm in front of every retrained conv
     # layer; training the affine parameters of the norm layers in the frozen part; whether the
     # frozen part's BatchNorm keeps its running statistics (eval) or updates them (train).
     bn_insert: str = "none"
@@ -131,7 +131,7 @@ class TrialConfig:
     optimizer: str = "adamw"
     lr: float = 1e-3
     momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0  # on weights only: norm parameters and biases are exempt (study/trial/train.py)
+    weight_decay: float = 0.0  # on weights only: norm parameters and biases are exempt (study/trial/optim.py)
     batch_size: int = 64
     epochs: int = 5
     # Fine-tuning protocol (study/trial/train.py). The first head_warmup_epochs epochs train the new head alone (every
@@ -145,7 +145,7 @@ class TrialConfig:
     layer_lr_decay: float = 1.0
     seed: int = 0
     device: str = "auto"
-    # Speed (study/trial/train.py, study/trial/features.py): mixed precision (autocast) on CUDA; CPU trials run in
+    # Speed (study/trial/device.py, study/trial/feature_cache.py): mixed precision (autocast) on CUDA; CPU trials run in
     # float32.
     amp: bool = True
     # Compute the frozen prefix's output once and train only the rest on it, where the results stay the same.

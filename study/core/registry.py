@@ -10,7 +10,7 @@ docs (`python -m study.core.registry` prints it; docs/options.md is that output,
 
 Registering a new name is one line here, beside its kind's others; the implementation stays in its own module:
 
-    OPTIMIZERS.add("lion", "study.trial.train:lion", "Lion (Chen et al. 2023): the sign of the momentum")
+    OPTIMIZERS.add("lion", "study.trial.optim:lion", "Lion (Chen et al. 2023): the sign of the momentum")
 
 and what calls the implementation gets it by name (`OPTIMIZERS.get(config.optimizer)`). The implementation's
 signature is that of its kind's others (see each registry's `calls` line). Names are known without importing any
@@ -80,15 +80,15 @@ AUGMENTATIONS.add(
 AUGMENTATIONS.add("trivialaugment", "study.trial.augment:TRIVIAL_AUGMENT", "torchvision's TrivialAugmentWide")
 
 OPTIMIZERS = Registry("optimizer", "optimizer", "(param_groups, config) -> torch.optim.Optimizer")
-OPTIMIZERS.add("sgd", "study.trial.train:sgd", "SGD with momentum (`momentum`)")
-OPTIMIZERS.add("adam", "study.trial.train:adam", "Adam (its weight decay is L2 added to the gradient)")
-OPTIMIZERS.add("adamw", "study.trial.train:adamw", "AdamW (decoupled weight decay)")
+OPTIMIZERS.add("sgd", "study.trial.optim:sgd", "SGD with momentum (`momentum`)")
+OPTIMIZERS.add("adam", "study.trial.optim:adam", "Adam (its weight decay is L2 added to the gradient)")
+OPTIMIZERS.add("adamw", "study.trial.optim:adamw", "AdamW (decoupled weight decay)")
 
 HEADS = Registry("head", "head", "(model, num_classes, backbone) -> None, replacing the classifier in place")
-HEADS.add("linear", "study.trial.models:linear_head", "the backbone's classifier replaced by a new one (timm)")
+HEADS.add("linear", "study.trial.heads:linear_head", "the backbone's classifier replaced by a new one (timm)")
 HEADS.add(
     "single_linear",
-    "study.trial.models:single_linear_head",
+    "study.trial.heads:single_linear_head",
     "VGG only: its three fully connected layers replaced by one linear layer (document 000)",
 )
 
@@ -96,40 +96,40 @@ UNFREEZE_UNITS = Registry(
     "unfreeze unit", "unfreeze_unit", "(model, layers) -> {parameter name: unit number} or None where undefined"
 )
 UNFREEZE_UNITS.add(
-    "layer", "study.trial.models:layer_units", "one weight layer (conv or linear) with its norm and bias"
+    "layer", "study.trial.layers:layer_units", "one weight layer (conv or linear) with its norm and bias"
 )
-UNFREEZE_UNITS.add("block", "study.trial.models:block_units", "timm's fine parameter groups (e.g. a residual block)")
-UNFREEZE_UNITS.add("stage", "study.trial.models:stage_units", "timm's coarse parameter groups (a resolution stage)")
+UNFREEZE_UNITS.add("block", "study.trial.layers:block_units", "timm's fine parameter groups (e.g. a residual block)")
+UNFREEZE_UNITS.add("stage", "study.trial.layers:stage_units", "timm's coarse parameter groups (a resolution stage)")
 
 SEARCHES = Registry("search algorithm", "search", "(space, seed, max_concurrent) -> a Ray Tune Searcher")
 SEARCHES.add(
-    "grid", "study.tune.tuning:variant_generator", "every combination of the grid dimensions (Ray's generator)"
+    "grid", "study.tune.search:variant_generator", "every combination of the grid dimensions (Ray's generator)"
 )
-SEARCHES.add("random", "study.tune.tuning:variant_generator", "grids crossed, sampled dimensions drawn (Ray, seeded)")
-SEARCHES.add("optuna", "study.tune.tuning:optuna_tpe", "Optuna's TPE on the space's metric (seeded)")
+SEARCHES.add("random", "study.tune.search:variant_generator", "grids crossed, sampled dimensions drawn (Ray, seeded)")
+SEARCHES.add("optuna", "study.tune.search:optuna_tpe", "Optuna's TPE on the space's metric (seeded)")
 SEARCHES.add(
-    "optuna_mo", "study.tune.tuning:optuna_tpe", "multi-objective TPE: maximise val_acc and minimise train_time_s"
+    "optuna_mo", "study.tune.search:optuna_tpe", "multi-objective TPE: maximise val_acc and minimise train_time_s"
 )
 
 SCHEDULERS = Registry("trial scheduler", "asha", "(space) -> a Ray Tune TrialScheduler")
 SCHEDULERS.add(
     "pareto_asha",
-    "study.tune.tuning:pareto_asha_scheduler",
+    "study.tune.schedulers:pareto_asha_scheduler",
     "multi-objective ASHA: at each rung, the top 1/reduction_factor by non-dominated sorting on validation accuracy "
     "against standalone training time continue (`asha: {objectives: pareto}`, the default; study/tune/rungs.py)",
 )
 SCHEDULERS.add(
-    "asha", "study.tune.tuning:asha_scheduler", "Ray's ASHA on `metric` alone (`asha: {objectives: metric}`)"
+    "asha", "study.tune.schedulers:asha_scheduler", "Ray's ASHA on `metric` alone (`asha: {objectives: metric}`)"
 )
-SCHEDULERS.add("fifo", "study.tune.tuning:fifo_scheduler", "every trial runs all its epochs (`asha: false`)")
+SCHEDULERS.add("fifo", "study.tune.schedulers:fifo_scheduler", "every trial runs all its epochs (`asha: false`)")
 
 LR_SCHEDULES = Registry(
     "learning-rate schedule", "lr_schedule", "(optimizer, batches after the warm-up) -> a torch LRScheduler"
 )
-LR_SCHEDULES.add("constant", "study.trial.train:constant_schedule", "the learning rate stays `lr` (after any warm-up)")
-LR_SCHEDULES.add("cosine", "study.trial.train:cosine_schedule", "cosine annealing to 0 at the phase's end (torch)")
+LR_SCHEDULES.add("constant", "study.trial.optim:constant_schedule", "the learning rate stays `lr` (after any warm-up)")
+LR_SCHEDULES.add("cosine", "study.trial.optim:cosine_schedule", "cosine annealing to 0 at the phase's end (torch)")
 LR_SCHEDULES.add(
-    "step", "study.trial.train:step_schedule", "x0.1 at one and two thirds of the batches after the warm-up"
+    "step", "study.trial.optim:step_schedule", "x0.1 at one and two thirds of the batches after the warm-up"
 )
 
 TRANSFER_SCORES = Registry(

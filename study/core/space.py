@@ -17,7 +17,7 @@ A space file (search_spaces/NAME.yaml):
     metric: val_acc
     mode: max
 
-Early stopping (`asha`, study/tune/tuning.py builds the scheduler): rungs at grace_period x reduction_factor^k
+Early stopping (`asha`, study/tune/schedulers.py builds the scheduler): rungs at grace_period x reduction_factor^k
 epochs below max_epochs; at each, a trial continues if it ranks in the top 1/reduction_factor of the
 results recorded there. `objectives` says how it ranks:
 - pareto (the default): multi-objective ASHA (study/tune/rungs.py): non-dominated sorting on validation accuracy
@@ -25,7 +25,7 @@ results recorded there. `objectives` says how it ranks:
   for being less accurate;
 - metric: Ray's ASHA on `metric`/`mode` alone.
 
-Search algorithms (registered in study/core/registry.py SEARCHES; Ray Tune runs them all, study/tune/tuning.py builds
+Search algorithms (registered in study/core/registry.py SEARCHES; Ray Tune runs them all, study/tune/search.py builds
 them):
 - grid: every combination of the grid dimensions, num_samples times; only grid dimensions allowed.
 - random: Ray's variant generator: grids crossed, sampled dimensions drawn num_samples times (seeded).
@@ -37,7 +37,7 @@ them):
   shorter budget).
 
 Everything is validated when the file is read; mistakes name the file and the key. This module is plain
-Python: study/tune/tuning.py translates a space into Ray Tune's (`param_space`).
+Python: study/tune/search.py translates a space into Ray Tune's (`param_space`).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class Space:
     mode: str = "max"
     search: str = "grid"
     # Rank the backbone dimension's values by a transferability score before the search; search the top `keep`
-    # (study/ranking/scores.py). None once applied: study.json keeps the narrowed space and, apart, the ranking.
+    # (study/ranking/candidates.py). None once applied: study.json keeps the narrowed space and, apart, the ranking.
     prescreen: dict | None = None
 
     @classmethod

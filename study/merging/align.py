@@ -170,13 +170,13 @@ ELEMENTWISE_BINARY = {
 HARMLESS = {getattr, "size", "dim"}  # read a tensor's shape, never its values
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PermutationGroup:
     size: int
     axes: list[tuple[str, int]]  # (state-dict key, dimension) pairs that carry these channels
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PermutationSpec:
     groups: list[PermutationGroup]
     fixed: Counter = field(default_factory=Counter)  # operation -> how many of its calls kept channels in place
@@ -292,7 +292,8 @@ class _SpecBuilder:
             if root != 0 and self.spaces.size[root] > 1:
                 groups.setdefault(root, []).append((key, dim))
         return PermutationSpec(
-            [PermutationGroup(self.spaces.size[root], axes) for root, axes in groups.items()], self.fixed
+            groups=[PermutationGroup(size=self.spaces.size[root], axes=axes) for root, axes in groups.items()],
+            fixed=self.fixed,
         )
 
     # --- helpers

@@ -78,7 +78,7 @@ def optimal_order(similarity: np.ndarray) -> np.ndarray:
     return columns
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FilterSimilarity:
     layer: str
     shape: tuple[int, ...]  # the conv weight's shape
@@ -133,7 +133,7 @@ def filter_similarity(
         )
     matrix = cosine_matrix(conv_filters(weight_a), conv_filters(weight_b))
     orders = {"greedy": greedy_order(matrix), "optimal": optimal_order(matrix)}
-    return FilterSimilarity(layer, tuple(weight_a.shape), matrix, orders, threshold)
+    return FilterSimilarity(layer=layer, shape=tuple(weight_a.shape), matrix=matrix, orders=orders, threshold=threshold)
 
 
 def similarity_figures(result: FilterSimilarity, order: str, labels: tuple[str, str]) -> list[go.Figure]:

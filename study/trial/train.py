@@ -2,38 +2,31 @@
 
 `run_trial` is a generator so the same loop serves Ray Tune (which reports each
 epoch and may stop it early), tests and benchmarks. Training time counts only
-the optimisation passes (CUDA synchronised before each clock read), with the
-computing of cached training features where a trial does it (its first epoch);
-evaluation is timed separately and never counts as training time.
-
-Peak memory is measured over the training passes too, per trial: on CUDA the
-caching allocator's peak (`torch.cuda.max_memory_allocated`), on CPU the
-process's peak resident set size (Linux `VmHWM`). Both counters are reset before
-every training pass, so a process that ran an earlier trial (Ray reusing an
-actor, a notebook, a test session) does not pass its peak on to the next one.
+the optimisation passes (CUDA synchronised before each clock read,
+study/trial/device.py), with the computing of cached training features where a
+trial does it (its first epoch); evaluation is timed separately and never
+counts as training time. Peak memory is measured over the training passes,
+per trial (study/trial/device.py).
 
 Batches leave the data store as uint8 and are preprocessed on the trial's device
 (study/trial/augment.py). Under `cutmix_mixup` the loss is the cross-entropy against
 the mixed class probabilities, and train accuracy is NaN: a mixed image has no
 single correct class.
 
-Weight decay applies to weights only (timm's parameter groups): norm parameters
-(inserted BatchNorm and a frozen part's trained affine included) and biases are
-exempt, so a BatchNorm study does not also decay what it studies. `effective`
-says how many trained tensors are decayed.
+Each training phase (a head warm-up, then the trial's own plan) gets its own
+optimizer and learning-rate schedule (study/trial/optim.py: weight decay on
+weights only, layer-wise learning rates) and its own feature cache.
 
 Speed. Where the frozen prefix of the network is deterministic, its output is
-computed once and only the rest trains (study/trial/features.py: the feature cache;
-its build is part of the first epoch and recorded as `cache_build_s`).
-Convolutional models and their inputs are channels_last (faster on CUDA and, with
-oneDNN, on CPU). On CUDA, forward passes run under autocast (`amp: true`, the
-default: bfloat16 where the GPU has it, else float16 with a gradient scaler) and
-cuDNN picks its fastest algorithms (`cudnn.benchmark`); CPU trials run in
-float32. The inner loop never waits for the device: losses and counts stay there
-until the epoch ends (the float16 gradient scaler's overflow check is the one
-exception). Evaluation runs in batches under torch.inference_mode():
-CUDA_EVAL_BATCH_SIZE on CUDA, the training batch size on CPU (larger batches
-run slower there, out of the processor's caches).
+computed once and only the rest trains (study/trial/feature_cache.py; its build
+is part of the first epoch and recorded as `cache_build_s`). Convolutional
+models and their inputs are channels_last, and on CUDA forward passes run under
+autocast (study/trial/device.py); cuDNN picks its fastest algorithms
+(`cudnn.benchmark`). The inner loop never waits for the device: losses and
+counts stay there until the epoch ends (the float16 gradient scaler's overflow
+check is the one exception). Evaluation runs in batches under
+torch.inference_mode(): CUDA_EVAL_BATCH_SIZE on CUDA, the training batch size on
+CPU (larger batches run slower there, out of the processor's caches).
 """
 
 from __future__ import annotations
@@ -45,40 +38,43 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import timm.data
-import timm.optim
 import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from study.core.config import StudyError, TrialConfig
-from study.core.registry import LR_SCHEDULES, OPTIMIZERS
+from study.core.config import TrialConfig
+from study.core.metrics import ACCURACY, MAIN_COST
 from study.trial.augment import batch_mix, preprocessor, sample_transform
-from study.trial.data import Splits, batches, load_data, train_loader
-from study.trial.features import FeatureCache, FeatureStore, family_key, find_cut, off_report, rows_loader
-from study.trial.models import (
-    FreezePlan,
-    Phase,
-    TransferModel,
-    apply_freeze,
-    create_backbone,
-    default_input_size,
-    phase_plans,
-    weight_layers,
+from study.trial.backbones import create_backbone, default_input_size
+from study.trial.batching import batches, train_loader
+from study.trial.cut import find_cut
+from study.trial.data import load_data
+from study.trial.device import (
+    clock,
+    memory_measure,
+    mixed_precision,
+    peak_memory_mib,
+    pick_device,
+    reset_peak_memory,
+    wants_channels_last,
 )
+from study.trial.feature_cache import FeatureCache, FeatureStore, family_key, off_report, rows_loader
+from study.trial.freeze import FreezePlan, Phase, TransferModel, apply_freeze, phase_plans
+from study.trial.layers import weight_layers
+from study.trial.optim import lr_scheduler, make_optimizer, weight_decay_summary
+from study.trial.splits import Splits
 
 CUDA_EVAL_BATCH_SIZE = (
     256  # on CPU, evaluation uses the training batch size: larger batches leave the caches and run slower
 )
-PROC_STATUS = Path("/proc/self/status")
-PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 CHECKPOINT_FILE = "model.pt"
 CHECKPOINT_FORMAT = 1
-STEP_GAMMA = 0.1  # lr_schedule=step: the lr's factor at each third of a phase (after its warm-up)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Trial:
     config: TrialConfig
     data: Splits
@@ -88,18 +84,19 @@ class Trial:
     preprocess: v2.Transform  # uint8 batch -> normalised float batch at the input size
     loader: torch.utils.data.DataLoader  # shuffled, per-sample augmented uint8 training batches
     mix: v2.Transform | None  # CutMix/MixUp on preprocessed batches
-    optimizer: torch.optim.Optimizer  # a new one (and schedule) for each phase
-    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped after every batch
+    rows: torch.utils.data.DataLoader  # shuffled row positions for a cache: the image batches' order (one generator)
     device: torch.device
     img_size: int
     weights_used: str
     channels_last: bool
     amp_dtype: torch.dtype | None  # autocast's dtype; None: float32
     scaler: torch.amp.GradScaler | None  # float16 only
-    cache: FeatureCache | None  # the frozen prefix's features (study/trial/features.py)
-    cache_off: str  # why there is no cache ("" when there is one)
-    rows: torch.utils.data.DataLoader  # shuffled row positions for a cache: the image batches' order (one generator)
     data_config: dict  # timm's: preprocessing
+    # start_phase gives each phase these: a new optimizer, its schedule (stepped after every batch) and its cache
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    cache: FeatureCache | None = None  # the frozen prefix's features (study/trial/feature_cache.py)
+    cache_off: str = ""  # why there is no cache ("" when there is one)
     earlier_caches: list[tuple[Phase, dict]] = dataclasses.field(default_factory=list)  # phases done: cache report
     # seconds of set-up (data_load_s, model_build_s: backbone, weights, freezing; cut_check_s: the first phase's
     # optimizer and finding and checking its cache's cut): where a cheap trial's time goes besides training
@@ -172,13 +169,29 @@ class Trial:
         }
 
 
-def pick_device(setting: str) -> torch.device:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise StudyError(
-            "device='cuda' but no CUDA GPU is visible to this trial: use device=auto or give trials GPUs "
-            "(--gpus-per-trial)"
-        )
-    return torch.device("cuda" if setting != "cpu" and torch.cuda.is_available() else "cpu")
+class TrainingInputs(NamedTuple):
+    """How training batches reach the network: images through `loader`, or a cache's rows in the same order."""
+
+    preprocess: v2.Transform
+    loader: torch.utils.data.DataLoader
+    rows: torch.utils.data.DataLoader
+    mix: v2.Transform | None
+
+
+class PhaseCache(NamedTuple):
+    cache: FeatureCache | None
+    off_reason: str  # why there is no cache ("" when there is one): the trial's cache_note
+
+
+class EpochTraining(NamedTuple):
+    loss: float  # mean over the training split
+    accuracy: float  # NaN under CutMix/MixUp
+    seconds: float  # the timed pass (a cache's build included)
+
+
+class Evaluation(NamedTuple):
+    loss: float  # mean cross-entropy; NaN for an empty split
+    accuracy: float
 
 
 def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
@@ -195,43 +208,28 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
     )
     phases = phase_plans(backbone, config, weight_layers(backbone))
     model = apply_freeze(backbone, phases[0].plan).to(device)
-    channels_last = all(p.dim() != 5 for p in model.parameters()) and any(
-        isinstance(m, nn.Conv2d) for m in model.modules()
-    )
+    channels_last = wants_channels_last(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     amp_dtype = mixed_precision(config.amp, device)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     data_config = timm.data.resolve_data_config({}, model=backbone)
-    preprocess = preprocessor(size, data_config["mean"], data_config["std"], data_config["interpolation"])
-    per_sample = sample_transform(config.augment, size, data_config["interpolation"])
-    # one generator for images and cached rows: the same sampler draws the same batches from either, also when
-    # a phase's cache differs from the previous phase's
-    shuffle = torch.Generator().manual_seed(config.seed)
-    workers = loader_workers(config.loader_workers, per_sample is not None, device)
-    loader = train_loader(data.train, config.batch_size, per_sample, shuffle, workers, pin_memory=device.type == "cuda")
-    rows = rows_loader(len(data.train), config.batch_size, shuffle, device.type == "cuda")
-    mix = batch_mix(config.augment, data.num_classes)
+    inputs = training_inputs(config, data, size, data_config, device)
     trial = Trial(
-        config,
-        data,
-        model,
-        phases,
-        phases[0],
-        preprocess,
-        loader,
-        mix,
-        None,
-        None,
-        device,
-        size,
-        weights_used,
-        channels_last,
-        amp_dtype,
-        scaler,
-        cache=None,
-        cache_off="",
-        rows=rows,
+        config=config,
+        data=data,
+        model=model,
+        phases=phases,
+        phase=phases[0],
+        preprocess=inputs.preprocess,
+        loader=inputs.loader,
+        mix=inputs.mix,
+        rows=inputs.rows,
+        device=device,
+        img_size=size,
+        weights_used=weights_used,
+        channels_last=channels_last,
+        amp_dtype=amp_dtype,
+        scaler=torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None,
         data_config=data_config,
     )
     built = time.perf_counter()
@@ -244,6 +242,26 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
     return trial
 
 
+def training_inputs(
+    config: TrialConfig, data: Splits, size: int, data_config: dict, device: torch.device
+) -> TrainingInputs:
+    """The preprocessing, the shuffled image batches (augmented per sample), a cache's rows in their order, and the
+    per-batch mix of the trial's augmentation policy."""
+    preprocess = preprocessor(size, data_config["mean"], data_config["std"], data_config["interpolation"])
+    per_sample = sample_transform(config.augment, size, data_config["interpolation"])
+    # one generator for images and cached rows: the same sampler draws the same batches from either, also when
+    # a phase's cache differs from the previous phase's
+    shuffle = torch.Generator().manual_seed(config.seed)
+    workers = loader_workers(config.loader_workers, per_sample is not None, device)
+    pin_memory = device.type == "cuda"
+    return TrainingInputs(
+        preprocess=preprocess,
+        loader=train_loader(data.train, config.batch_size, per_sample, shuffle, workers, pin_memory=pin_memory),
+        rows=rows_loader(len(data.train), config.batch_size, shuffle, pin_memory),
+        mix=batch_mix(config.augment, data.num_classes),
+    )
+
+
 def start_phase(trial: Trial, phase: Phase) -> None:
     """Freeze as the phase's plan says (the head warm-up's surgery-free model gets the trial's surgery now), and
     give it a new optimizer, learning-rate schedule and feature cache (its own cut, or none)."""
@@ -254,87 +272,35 @@ def start_phase(trial: Trial, phase: Phase) -> None:
         trial.cache = None
     trial.optimizer = make_optimizer(trial.config, trial.model, phase.plan)
     trial.scheduler = lr_scheduler(trial.optimizer, trial.config, phase.epochs, len(trial.rows))
-    trial.cache, trial.cache_off = feature_cache(trial, trial.data_config)
+    trial.cache, trial.cache_off = feature_cache(trial)
 
 
-def layer_lr_decay_groups(
-    groups: list[dict], model: TransferModel, plan: FreezePlan, config: TrialConfig
-) -> list[dict]:
-    """timm's weight-decay groups split by learning rate: lr * layer_lr_decay ** (the parameter's unit's distance
-    from the head, study/trial/models.py's numbering), the head at lr; each keeps its group's weight_decay."""
-    names = {id(parameter): name for name, parameter in model.backbone.named_parameters()}
-    split = []
-    for group in groups:
-        by_lr: dict[float, list[nn.Parameter]] = {}
-        for parameter in group["params"]:
-            rate = config.lr * plan.lr_scale(names[id(parameter)], config.layer_lr_decay)
-            by_lr.setdefault(rate, []).append(parameter)
-        split += [{**group, "params": params, "lr": rate} for rate, params in sorted(by_lr.items(), reverse=True)]
-    return split
-
-
-def lr_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrialConfig, epochs: int, batches_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """torch's schedulers over one phase of `epochs`, stepped per batch: a linear warm-up over the first
-    `warmup_epochs` (batch t of W at lr * (t + 1) / (W + 1)), then constant, cosine (CosineAnnealingLR to 0 at the
-    phase's end) or step (x STEP_GAMMA at one and two thirds of the batches after the warm-up). Every parameter
-    group keeps its own lr's proportion (layer_lr_decay)."""
-    total = epochs * batches_per_epoch
-    warmup = round(config.warmup_epochs * batches_per_epoch)
-    rest = total - warmup
-    main = LR_SCHEDULES.get(config.lr_schedule)(optimizer, rest)
-    if not warmup:
-        return main
-    schedules = torch.optim.lr_scheduler
-    ramp = schedules.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
-    return schedules.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
-
-
-# The schedules of study/core/registry.py LR_SCHEDULES: (optimizer, batches after the warm-up) -> torch's scheduler.
-def constant_schedule(optimizer: torch.optim.Optimizer, batches: int) -> torch.optim.lr_scheduler.LRScheduler:
-    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-
-
-def cosine_schedule(optimizer: torch.optim.Optimizer, batches: int) -> torch.optim.lr_scheduler.LRScheduler:
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=batches, eta_min=0.0)
-
-
-def step_schedule(optimizer: torch.optim.Optimizer, batches: int) -> torch.optim.lr_scheduler.LRScheduler:
-    milestones = [round(batches / 3), round(2 * batches / 3)]
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=STEP_GAMMA)
-
-
-def mixed_precision(enabled: bool, device: torch.device) -> torch.dtype | None:
-    """Autocast's dtype on CUDA (bfloat16 where supported: no gradient scaling needed), None for float32."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def feature_cache(trial: Trial, data_config: dict) -> tuple[FeatureCache | None, str]:
-    """The current phase's frozen-prefix cache (study/trial/features.py), or None and why not."""
+def feature_cache(trial: Trial) -> PhaseCache:
+    """The current phase's frozen-prefix cache (study/trial/feature_cache.py), or None and why not."""
     config = trial.config
     if not config.feature_cache:
-        return None, "feature_cache=false"
+        return PhaseCache(cache=None, off_reason="feature_cache=false")
     if config.augment != "none":
-        return None, f"augment={config.augment} changes the frozen prefix's input every epoch"
+        return PhaseCache(
+            cache=None, off_reason=f"augment={config.augment} changes the frozen prefix's input every epoch"
+        )
     # two random images from their own generator: the trial's random draws stay those of an uncached trial
     noise = torch.randint(
         0, 256, (2, *trial.data.train.store.shape[1:]), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
     example = trial.prepare(noise)
     trial.model.eval()
-    cut = find_cut(trial.model.backbone, trial.plan, example, trial.autocast)
+    search = find_cut(trial.model.backbone, trial.plan, example, trial.autocast)
     trial.model.train()
-    if isinstance(cut, str):
-        return None, cut
+    if search.cut is None:
+        return PhaseCache(cache=None, off_reason=search.reason)
+    cut = search.cut
     needed = cut.bytes_per_image() * sum(len(part) for part in (trial.data.train, trial.data.val, trial.data.test))
     store = FeatureStore(config.data_root)
     if needed > store.budget:
-        return (
-            None,
-            f"the features at {cut.name} would take {needed / 2**20:,.0f} MiB, over the cache's "
+        return PhaseCache(
+            cache=None,
+            off_reason=f"the features at {cut.name} would take {needed / 2**20:,.0f} MiB, over the cache's "
             f"{store.budget / 2**20:,.0f} MiB",
         )
     family = family_key(
@@ -342,23 +308,23 @@ def feature_cache(trial: Trial, data_config: dict) -> tuple[FeatureCache | None,
         weights=trial.weights_used,
         head=config.head,
         img_size=trial.img_size,
-        preprocess={key: data_config[key] for key in ("mean", "std", "interpolation")},
+        preprocess={key: trial.data_config[key] for key in ("mean", "std", "interpolation")},
         device=trial.device.type,
         dtype=str(trial.amp_dtype),
         channels_last=trial.channels_last,
     )
     cache = FeatureCache(
-        cut,
-        store,
-        family,
-        trial.data,
-        trial.prepare,
-        trial.memory_format,
-        trial.device,
-        trial.autocast,
-        trial.eval_batch_size,
+        cut=cut,
+        store=store,
+        family=family,
+        data=trial.data,
+        prepare=trial.prepare,
+        memory_format=trial.memory_format,
+        device=trial.device,
+        autocast=trial.autocast,
+        batch_size=trial.eval_batch_size,
     )
-    return cache, ""
+    return PhaseCache(cache=cache, off_reason="")
 
 
 def loader_workers(setting: int | None, per_sample: bool, device: torch.device) -> int:
@@ -422,11 +388,11 @@ def train_epochs(config: TrialConfig, data: Splits | None, checkpoint_dir: Path 
             "train_loss": train_loss,
             "train_acc": train_acc,
             "val_loss": val_loss,
-            "val_acc": val_acc,
+            ACCURACY: val_acc,
             "test_loss": test_loss,
             "test_acc": test_acc,
             "epoch_time_s": epoch_time,
-            "train_time_s": train_time,
+            MAIN_COST: train_time,
             # the time the same trial would take alone on a fresh node: reused features cost what they cost to build
             "standalone_train_time_s": train_time - info["cache_build_s"] + info["cache_cost_s"],
             "eval_time_s": eval_time,
@@ -458,8 +424,8 @@ def save_model(trial: Trial, directory: Path) -> Path:
     return path
 
 
-def train_epoch(trial: Trial) -> tuple[float, float, float]:
-    """One pass over the training split: (mean loss, accuracy, seconds). Metrics stay on the device until the end.
+def train_epoch(trial: Trial) -> EpochTraining:
+    """One pass over the training split. Metrics stay on the device until the end.
 
     With a feature cache, the first call computes (or reads) the training split's features, inside the timed pass.
     Accuracy is NaN under CutMix/MixUp (see the module docstring).
@@ -490,7 +456,7 @@ def train_epoch(trial: Trial) -> tuple[float, float, float]:
     seconds = clock(device) - start
     count = len(trial.data.train)
     accuracy = correct.item() / count if trial.mix is None else math.nan
-    return loss_sum.item() / count, accuracy, seconds
+    return EpochTraining(loss=loss_sum.item() / count, accuracy=accuracy, seconds=seconds)
 
 
 def training_batches(trial: Trial) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -505,84 +471,12 @@ def training_batches(trial: Trial) -> Iterator[tuple[torch.Tensor, torch.Tensor]
         yield trial.memory_format(features), labels
 
 
-def clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def memory_measure(device: torch.device) -> str:
-    """What `peak_memory_mib` measures on this device, named in the results so the two are never mixed up."""
-    return "cuda_max_allocated" if device.type == "cuda" else "process_peak_rss"
-
-
-def reset_peak_memory(device: torch.device) -> bool:
-    """Start a new peak; False where the platform cannot (the peak is then reported as NaN, not guessed)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return True
-    try:
-        # Linux: writing 5 resets the process's high-water mark (VmHWM) to its current RSS (see proc(5)).
-        PROC_CLEAR_REFS.write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    """Peak memory since the last `reset_peak_memory`, in MiB."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    for line in PROC_STATUS.read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024  # kB
-    return math.nan
-
-
-def make_optimizer(config: TrialConfig, model: nn.Module, plan: FreezePlan | None = None) -> torch.optim.Optimizer:
-    """The trial's optimizer over the model's trained parameters. Weight decay applies to weights only: norm
-    parameters (BatchNorm/LayerNorm gamma and beta, inserted BatchNorm included) and biases are exempt, as in timm
-    (`param_groups_weight_decay`: every tensor of one dimension or named `.bias`), so a BatchNorm study does not
-    also pull its affine parameters towards zero. With `plan`, each of timm's two groups is split by learning
-    rate (`layer_lr_decay_groups`)."""
-    groups = timm.optim.param_groups_weight_decay(model, config.weight_decay)
-    if plan is not None:
-        groups = layer_lr_decay_groups(groups, model, plan, config)
-    return OPTIMIZERS.get(config.optimizer)(groups, config)
-
-
-# The optimizers of study/core/registry.py OPTIMIZERS: (param_groups, config) -> optimizer; the groups carry weight
-# decay.
-def sgd(groups: list[dict], config: TrialConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-
-
-def adam(groups: list[dict], config: TrialConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=config.lr)
-
-
-def adamw(groups: list[dict], config: TrialConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=config.lr)
-
-
-def weight_decay_summary(optimizer: torch.optim.Optimizer) -> str:
-    """Which trained tensors the optimizer decays, in words (part of the results' `effective` column)."""
-    counts = [0, 0]  # exempt, decayed
-    rate = 0.0
-    for group in optimizer.param_groups:
-        counts[group["weight_decay"] > 0] += len(group["params"])
-        rate = max(rate, group["weight_decay"])
-    if not counts[1]:
-        return "weight_decay none"
-    return f"weight_decay {rate:g} on {counts[1]}/{sum(counts)} trained tensors (norm and bias exempt)"
-
-
 @torch.inference_mode()
-def evaluate(trial: Trial, split: str) -> tuple[float, float]:
+def evaluate(trial: Trial, split: str) -> Evaluation:
     """Mean cross-entropy and accuracy over the split ("val", "test" or "train"), in eval mode, never augmented."""
     count = len(getattr(trial.data, split))
     if count == 0:
-        return math.nan, math.nan
+        return Evaluation(loss=math.nan, accuracy=math.nan)
     trial.model.eval()
     loss_sum = torch.zeros((), device=trial.device)
     correct = torch.zeros((), device=trial.device, dtype=torch.long)
@@ -591,7 +485,7 @@ def evaluate(trial: Trial, split: str) -> tuple[float, float]:
             logits = trial.network(inputs)
         loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
-    return loss_sum.item() / count, correct.item() / count
+    return Evaluation(loss=loss_sum.item() / count, accuracy=correct.item() / count)
 
 
 def evaluation_batches(trial: Trial, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

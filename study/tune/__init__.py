@@ -1,0 +1,35 @@
+"""The Ray layer: the one package that imports Ray, written against Ray 2.60 (`ray.tune.report`, `tune.RunConfig`,
+`tune.Tuner`, `Tuner.restore`, token authentication). Ray's API has changed several times; keeping it here keeps
+each change in one package.
+
+Modules: trainable (what runs in a trial's worker), cluster (starting Ray, resources, where Tune writes), search
+(param_space, search algorithms, a dry run's planned configs), schedulers (early stopping over the pure rungs.py),
+callbacks (exporting and showing results while the study runs), records (a finished trial's record), runner (the
+Tuner, graceful stop, resume).
+
+This file is the layer's API for the command line (study/cli), which imports it once its input is known to be good:
+the names below and nothing else. Modules inside study/tune import each other by submodule path.
+"""
+
+from study.tune.callbacks import Monitoring
+from study.tune.cluster import RAY_DIR, Resources, check_fit, experiment_location, start_ray, token_location
+from study.tune.runner import GracefulStop, finished_before, restorable, resume_study, run_study
+from study.tune.schedulers import scheduler_name
+from study.tune.search import planned_configs
+
+__all__ = [
+    "RAY_DIR",
+    "GracefulStop",
+    "Monitoring",
+    "Resources",
+    "check_fit",
+    "experiment_location",
+    "finished_before",
+    "planned_configs",
+    "restorable",
+    "resume_study",
+    "run_study",
+    "scheduler_name",
+    "start_ray",
+    "token_location",
+]

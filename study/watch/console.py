@@ -11,7 +11,7 @@ trial finished since the last one, or after QUIET_PERIODS periods without
 news), and once at the end: a long study's log grows with its trials, not with
 its duration.
 
-Plain Python: study/tune/tuning.py drives it from a Ray Tune callback
+Plain Python: study/tune/callbacks.py drives it from a Ray Tune callback
 (`WatchCallback`); tests drive it with scripted rows.
 """
 
@@ -26,6 +26,7 @@ from typing import TextIO
 import pandas as pd
 
 from study.analysis.pareto import pareto_front
+from study.core.metrics import ACCURACY, MAIN_COST
 
 STATUS_PERIOD_S = 30.0
 QUIET_PERIODS = 10  # without a finished trial, a plain status line every 10 x 30 s: the study is alive
@@ -55,8 +56,9 @@ def settings_text(row: dict, searched: list[str]) -> str:
     return " ".join(f"{name}={setting_text(row.get(name))}" for name in searched) or "(no searched setting)"
 
 
-def stop_reason(row: dict) -> str:
-    """Why a trial stopped early: its recorded stop reason (the scheduler's words), else after which epoch."""
+def describe_stop(row: dict) -> str:
+    """Why a trial stopped early, in a few words: its recorded stop reason (the scheduler's words), else after which
+    epoch."""
     reason = row.get("stop_reason")
     if isinstance(reason, str) and reason:
         return reason
@@ -68,10 +70,10 @@ def trial_line(row: dict, searched: list[str], number: int, total: int | None) -
     its error."""
     count = f"{number}/{total}" if total else str(number)
     line = f"[{count}] {row.get('trial_id')} {settings_text(row, searched)}: {str(row.get('status')).replace('_', ' ')}"
-    if _finite(row.get("val_acc")):
-        line += f", val_acc {_number(row.get('val_acc'))}, train {duration(_float(row.get('train_time_s')))}"
+    if _finite(row.get(ACCURACY)):
+        line += f", val_acc {_accuracy_text(row.get(ACCURACY))}, train {duration(_float(row.get(MAIN_COST)))}"
     if row.get("status") == "stopped_early":
-        line += f" ({stop_reason(row)})"
+        line += f" ({describe_stop(row)})"
     elif row.get("status") == "error":
         line += f": {row.get('error') or 'no message'}"
     return line
@@ -185,10 +187,10 @@ class StudyConsole:
         if self.total and finished:
             left = elapsed / finished * (self.total - finished)
             parts.append(f"~{duration(left)} left" if finished < self.total else "done")
-        scored = [row for row in self.rows if row.get("status") != "error" and _finite(row.get("val_acc"))]
+        scored = [row for row in self.rows if row.get("status") != "error" and _finite(row.get(ACCURACY))]
         if scored:
-            best = max(scored, key=lambda row: row["val_acc"])
-            parts.append(f"best val_acc {_number(best['val_acc'])} ({settings_text(best, self.searched)})")
+            best = max(scored, key=lambda row: row[ACCURACY])
+            parts.append(f"best val_acc {_accuracy_text(best[ACCURACY])} ({settings_text(best, self.searched)})")
             parts.append(f"{len(self.front)} on the front")
         return " | ".join(parts)
 
@@ -227,5 +229,7 @@ def _finite(value) -> bool:
     return math.isfinite(_float(value))
 
 
-def _number(value) -> str:
+def _accuracy_text(value) -> str:
+    """An accuracy on the console: 4 decimals, fixed width for lines that read as a column (the report's tables
+    use 4 significant digits instead: study/analysis/page.py)."""
     return f"{_float(value):.4f}" if _finite(value) else "n/a"

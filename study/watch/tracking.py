@@ -7,7 +7,7 @@ as a parameter, the per-epoch metrics with the epoch as step, `status`,
 (numeric columns as `result.NAME` metrics, the whole row as result.json).
 
 Everything is logged by MLflow's own client in the driver process, fed by
-Tune's callback (study/tune/tuning.py `WatchCallback`): trials never talk to
+Tune's callback (study/tune/callbacks.py `WatchCallback`): trials never talk to
 MLflow, so the tracking URI is the one given (Ray's MLflowLoggerCallback
 ignores it inside trials, ray#36257) and concurrent trials cannot collide
 (ray#30649).
@@ -28,6 +28,7 @@ import numbers
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from study.core.config import StudyError, TrialConfig
 
@@ -37,15 +38,26 @@ CHECK_RETRIES = "0"
 CHECK_TIMEOUT_S = "10"
 
 
-def store(uri: str) -> tuple[str, str | None]:
-    """(tracking URI, artifact location for new experiments or None for the store's default)."""
+class Store(NamedTuple):
+    """Where MLflow keeps a study: its tracking URI, and the artifact location of new experiments (None: the
+    store's default)."""
+
+    tracking_uri: str
+    artifact_location: str | None
+
+
+def store(uri: str) -> Store:
+    """The store an --mlflow URI names (module docstring)."""
     if "://" in uri or uri.startswith("file:"):
         if uri.startswith("sqlite:///"):
             database = Path(uri.removeprefix("sqlite:///"))
-            return uri, (database.expanduser().resolve().parent / "mlartifacts").as_uri()
-        return uri, None
+            artifacts = (database.expanduser().resolve().parent / "mlartifacts").as_uri()
+            return Store(tracking_uri=uri, artifact_location=artifacts)
+        return Store(tracking_uri=uri, artifact_location=None)
     directory = Path(uri).expanduser().resolve()
-    return f"sqlite:///{directory / 'mlflow.db'}", (directory / "artifacts").as_uri()
+    return Store(
+        tracking_uri=f"sqlite:///{directory / 'mlflow.db'}", artifact_location=(directory / "artifacts").as_uri()
+    )
 
 
 class MlflowTracker:
@@ -89,7 +101,7 @@ class MlflowTracker:
             except ImportError:
                 raise StudyError(MISSING) from None
             logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (database set-up) are noise here
-            tracking_uri, _ = store(self.uri)
+            tracking_uri = store(self.uri).tracking_uri
             if tracking_uri.startswith("sqlite:///"):
                 Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             self._client = MlflowClient(tracking_uri=tracking_uri)
@@ -102,7 +114,8 @@ class MlflowTracker:
             if found is not None:
                 self._experiment_id = found.experiment_id
             else:
-                self._experiment_id = client.create_experiment(self.experiment, artifact_location=store(self.uri)[1])
+                artifacts = store(self.uri).artifact_location
+                self._experiment_id = client.create_experiment(self.experiment, artifact_location=artifacts)
         return self._experiment_id
 
     def trial_started(self, trial_id: str, config: dict) -> None:
@@ -126,7 +139,7 @@ class MlflowTracker:
         logged = [
             Metric(key, float(value), stamp, int(metrics["epoch"]))
             for key, value in metrics.items()
-            if key != "epoch" and _number(value)
+            if key != "epoch" and _is_number(value)
         ]
         self.client().log_batch(run_id, metrics=logged)
 
@@ -140,10 +153,10 @@ class MlflowTracker:
             return
         client = self.client()
         stamp = int(1000 * time.time())
-        tags = {"status": row.get("status"), "stop_reason": row.get("stop_reason") or _stop_reason(row)}
+        tags = {"status": row.get("status"), "stop_reason": row.get("stop_reason") or _stop_reason_tag(row)}
         if row.get("error"):
             tags["error"] = str(row["error"])[:5000]
-        metrics = [Metric(f"result.{key}", float(value), stamp, 0) for key, value in row.items() if _number(value)]
+        metrics = [Metric(f"result.{key}", float(value), stamp, 0) for key, value in row.items() if _is_number(value)]
         client.log_batch(run_id, metrics=metrics, tags=[RunTag(key, str(value)) for key, value in tags.items()])
         client.log_dict(run_id, {key: _json(value) for key, value in row.items()}, "result.json")
         client.set_terminated(run_id, "FAILED" if row.get("status") == "error" else "FINISHED")
@@ -155,13 +168,14 @@ class MlflowTracker:
         self._runs.clear()
 
 
-def _stop_reason(row: dict) -> str:
+def _stop_reason_tag(row: dict) -> str:
+    """The stop_reason tag of a row that records no reason: its status, and for a stopped trial after which epoch."""
     if row.get("status") == "stopped_early":
         return f"stopped by the scheduler after epoch {row.get('epochs_run')}"
     return row.get("status") or ""
 
 
-def _number(value) -> bool:
+def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 

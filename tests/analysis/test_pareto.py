@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study.analysis.pareto import hypervolume_history, non_dominated, pareto_front
+from study.analysis.importance import quiet_optuna
+from study.analysis.pareto import hypervolume, hypervolume_history, non_dominated, pareto_front
 
 
 def test_simple_front_maximise_first_minimise_second():
@@ -113,3 +114,45 @@ def test_hypervolumes_of_two_studies_compare_against_one_given_reference():
     assert result.history["hypervolume"].tolist() == pytest.approx(
         [0.5 * 20 / 30] * 2
     )  # beyond the reference: adds nothing
+
+
+def brute_force_area(points: np.ndarray) -> float:
+    """The area the (accuracy, cost) points dominate in the box [accuracy 0..] x [cost ..1], counted cell by cell on
+    the grid their coordinates make: a cell counts when one point is at most as costly as its left edge and at least
+    as accurate as its top. No sorting, no staircase: an independent check of `hypervolume`."""
+    points = [(a, c) for a, c in points if a > 0 and c < 1]
+    costs = sorted({c for _, c in points} | {1.0})
+    accuracies = sorted({a for a, _ in points} | {0.0})
+    area = 0.0
+    for left, right in zip(costs, costs[1:]):
+        for bottom, top in zip(accuracies, accuracies[1:]):
+            if any(c <= left and a >= top for a, c in points):
+                area += (right - left) * (top - bottom)
+    return area
+
+
+def optuna_hypervolumes(points: np.ndarray) -> list[float]:
+    """The hypervolume after each point by Optuna's public API, which computes it for its history plot (Optuna
+    5 exposes no hypervolume function of its own): a two-objective study of the points, reference (0, 1)."""
+    with quiet_optuna() as optuna:
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        for accuracy, cost in points:
+            study.add_trial(optuna.trial.create_trial(values=[accuracy, cost]))
+        return list(optuna.visualization.plot_hypervolume_history(study, reference_point=[0.0, 1.0]).data[0].y)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_hypervolume_is_the_area_a_brute_force_count_and_optuna_find(seed):
+    rng = np.random.default_rng(seed)
+    count = int(rng.integers(1, 30))
+    # some points beyond the reference (accuracy below 0, cost above 1); rounding makes ties on either axis
+    points = np.column_stack([rng.uniform(-0.1, 1.0, count), rng.uniform(0.0, 1.2, count)])
+    points = points.round(int(rng.integers(1, 4)))
+    assert hypervolume(points) == pytest.approx(brute_force_area(points), abs=1e-12)
+    after_each = [hypervolume(points[: end + 1]) for end in range(count)]
+    assert after_each == pytest.approx(optuna_hypervolumes(points), abs=1e-12)
+
+
+def test_hypervolume_of_no_point_and_of_points_beyond_the_reference_is_zero():
+    assert hypervolume(np.empty((0, 2))) == 0.0
+    assert hypervolume(np.array([[0.9, 1.0], [0.0, 0.5], [-0.2, 0.1]])) == 0.0

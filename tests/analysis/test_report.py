@@ -13,9 +13,11 @@ from nbclient import NotebookClient
 from PIL import Image
 from plotly.offline import get_plotlyjs
 
+from study.analysis.importance import dimension_importance
+from study.analysis.page import REPORT_FILE, export, render, views, write_report
 from study.analysis.pareto import pareto_front
-from study.analysis.report import REPORT_FILE, dimension_importance, main, render, views, write_report
-from study.analysis.results import export, load_results, trials_table
+from study.analysis.results import load_results, trials_table
+from study.cli.report import main
 from tests.helpers import REPO, history, run_module
 
 NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
@@ -394,7 +396,7 @@ def test_report_renders_in_a_real_browser_offline_without_errors(browser, result
 
 
 def test_the_rungs_view_shows_each_rungs_trials_in_the_objective_plane_continued_or_stopped():
-    from study.analysis.report import rungs_view
+    from study.analysis.views.curves import rungs_view
 
     def decided(accs, seconds, decisions):
         rows = history(accs, seconds)

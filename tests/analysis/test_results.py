@@ -3,7 +3,8 @@ import json
 import pandas as pd
 import pytest
 
-from study.analysis.results import export, load_results, trials_table
+from study.analysis.page import export
+from study.analysis.results import load_results, trials_table
 from study.core.config import FIELD_TYPES, StudyError, TrialConfig
 from study.core.metrics import EPOCH_METRICS, PLACEMENT_INFO, TRIAL_INFO
 from study.trial.train import run_trial

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from study.cli import run
+from tests.cli.test_run import STUDY_RECORD
 from tests.helpers import REPO
 
 # `python -m study.run` with no network: every URL goes through a proxy that refuses (torchvision's downloads use
@@ -71,10 +72,6 @@ def other_architecture(scratch: Path) -> list[str]:
 
     torch.save(timm.create_model("test_resnet").state_dict(), scratch / "resnet.pth")
     return ["--space", "smoke", "--set", f"weights={scratch / 'resnet.pth'}"]
-
-
-# What study.run records first in a study.json (study/cli/run.py is_study_record).
-STUDY_RECORD = {"command": ["python", "-m", "study.run"], "space": {}, "ray_experiment": "/x/ray/tune"}
 
 
 def existing_study(scratch: Path) -> Path:

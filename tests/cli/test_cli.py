@@ -6,17 +6,6 @@ import pytest
 from tests.helpers import brute_force_front, run_module
 
 
-def test_layers_cli_numbers_layers_and_counts_trainable_params_per_depth():
-    result = run_module("study.layers", "tf_efficientnet_lite0", "--num-classes", "10")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert "total params: 3383818" in lines
-    assert "trainable params at depth 0: 12810" in lines
-    assert "trainable params at depth 49: 3383818" in lines
-    assert sum(line.startswith("trainable params at depth") for line in lines) == 50
-    assert any(line.split()[:3] == ["1", "conv_stem", "conv"] for line in lines)
-
-
 @pytest.mark.parametrize(
     "args, message",
     [

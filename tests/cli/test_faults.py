@@ -18,7 +18,7 @@ import torch
 
 from study.core.config import TrialConfig
 from study.trial import train
-from study.tune.tuning import describe_error
+from study.tune.records import describe_error
 from tests.helpers import REPO, run_module
 
 SMALL = (
@@ -187,7 +187,7 @@ def test_out_of_memory_ends_the_trial_with_what_to_change(small_digits, monkeypa
     config = TrialConfig(img_size=32, epochs=1, batch_size=48, weights="random", device="cpu", feature_cache=False)
     with pytest.raises(MemoryError) as raised:
         list(train.run_trial(config, small_digits))
-    message = describe_error(raised.value)  # what trials.csv records for the trial (study/tune/tuning.py)
+    message = describe_error(raised.value)  # what trials.csv records for the trial (study/tune/records.py)
     assert message.startswith(f"MemoryError: out of memory ({type(error).__name__}")
     assert "lower batch_size (now 48) or img_size, or run fewer trials at once" in message and "\n" not in message
     assert raised.value.__cause__ is error
@@ -223,7 +223,7 @@ def test_the_package_loads_only_weights_and_safe_yaml_and_evaluates_no_input():
                     f"{name}: {ast.unparse(call)}"
                 )  # a yaml.SafeLoader subclass
             if function.endswith("pickle.load"):  # Ray's own error file of a trial, written by the same driver
-                assert (name, function) == ("tune/tuning.py", "cloudpickle.load"), f"{name}: {ast.unparse(call)}"
+                assert (name, function) == ("tune/callbacks.py", "cloudpickle.load"), f"{name}: {ast.unparse(call)}"
     assert torch_loads >= 3 and yaml_loads == 1  # the checks above looked at the real calls
 
     import yaml

@@ -27,42 +27,6 @@ from tests.helpers import REPO, run_module, write_space
 RAY = Path(sys.executable).with_name("ray")
 
 
-def test_dry_run_lists_the_documents_trials_with_their_parameter_counts(capsys):
-    assert run.main(["--space", "paper_001_transfer_vs_finetune", "--dry-run"]) == 0
-    printed = capsys.readouterr().out
-    assert (
-        "search grid, seed 0, 48 trials; up to 50 epochs each, no ASHA" in printed and "Nothing is trained" in printed
-    )
-    rows = [line.split() for line in printed.splitlines() if re.match(r"\s+\d+ ", line)]
-    assert len(rows) == 48
-    # document 001's own counts: trainable / total parameters with the 10-class head
-    counts = {(row[1].split(".")[0], row[2]): (row[-2], row[-1]) for row in rows}
-    assert counts[("resnet50", "0")] == ("20,490", "23,528,522") and counts[("resnet50", "all")] == (
-        "23,528,522",
-        "23,528,522",
-    )
-    assert counts[("densenet201", "0")] == ("19,210", "18,112,138")
-    assert counts[("vit_base_patch16_224", "0")] == ("7,690", "85,806,346")
-
-    assert run.main(["--space", "paper_000_bn_target", "--dry-run"]) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines() if re.match(r"\s+\d+ ", line)]
-    by_setting = {(row[1], row[2]): row for row in rows}
-    assert len(rows) == 26
-    # Target model n = 13: conv 13 (2,359,808) and the 512 x 10 head; BN Target adds one BatchNorm of 512 channels
-    assert by_setting[("1", "none")][-2] == "2,364,938" and by_setting[("1", "before_retrained_conv")][-3:] == [
-        "1",
-        "2,365,962",
-        "14,720,842",
-    ]
-
-    assert run.main(["--space", "paper_004_unfreeze_k", "--dry-run", "--seed", "3"]) == 0
-    printed = capsys.readouterr().out
-    rows = [line.split() for line in printed.splitlines() if re.match(r"\s+\d+ ", line)]
-    assert "seed 3, 22 trials; up to 6 epochs each" in printed and len(rows) == 22
-    assert {row[3] for row in rows} == {f"{k}/52" for k in (0, 1, 2, 3, 5, 6, 7, 8, 10, 20, 34)}
-    assert rows[0][5] == "2,562" and " ".join(rows[0][7:]) == "3 head_warmup (2,562) then 3 main (2,562)"
-
-
 def test_offline_a_document_study_stops_before_ray_naming_the_weights_it_needs(tmp_path):
     out = tmp_path / "study"
     result = run_module(
@@ -106,17 +70,6 @@ def test_bad_orchestration_options_are_one_line_errors_before_ray(capsys, args, 
     assert run.main(args) == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
-
-
-def test_seed_fixes_trial_seeds_only_when_given(tmp_path, capsys):
-    space = write_space(tmp_path, "dimensions: {seed: {grid: [1, 2, 3]}}\n")
-    kept = run.resolve_space(run.parse_args(["--space", str(space)]))
-    assert kept.dimensions["seed"].values == [1, 2, 3] and "seed" not in kept.fixed
-    fixed = run.resolve_space(run.parse_args(["--space", str(space), "--seed", "7"]))
-    assert "seed" not in fixed.dimensions and fixed.fixed["seed"] == 7
-    assert (
-        "--seed 7 fixes every trial's seed, replacing the space's seed dimension [1, 2, 3]" in capsys.readouterr().out
-    )
 
 
 FAULTS = """

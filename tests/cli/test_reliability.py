@@ -1,8 +1,9 @@
 """Misuse and damage found once a study's input is past the CLI's checks: image folders with link loops, a training
 batch of one with BatchNorm, mixed-size folders that outgrow memory once resized, damaged files read by report,
-merge and --resume, out of disk space, a study directory used by two processes, what --overwrite deletes.
+merge and --resume, out of disk space, a study directory used by two processes.
 
-The CLI's one-line errors before Ray starts are in tests/test_bad_input.py; signals in tests/test_faults.py.
+The CLI's one-line errors before Ray starts are in tests/cli/test_bad_input.py; signals in tests/cli/test_faults.py;
+what --overwrite deletes in tests/cli/test_run.py.
 """
 
 import fcntl
@@ -14,16 +15,16 @@ import pytest
 import torch
 from PIL import Image
 
-from study.analysis import report
 from study.analysis.results import load_results
-from study.cli import run
+from study.cli import report, run
 from study.core.config import StudyError, TrialConfig
 from study.core.files import atomic_write
-from study.merging import merge
-from study.trial import data
+from study.merging import checkpoints
+from study.trial import decode
+from study.trial.batching import drops_last_batch
+from study.trial.folders import scan_folder
 from study.trial.train import run_trial
-
-STUDY_RECORD = {"command": ["python", "-m", "study.run"], "space": {}, "ray_experiment": "/x/ray/tune"}
+from tests.cli.test_run import STUDY_RECORD
 
 
 def image(path, size=(12, 12), colour=0):
@@ -40,7 +41,7 @@ def test_a_link_loop_in_a_class_folder_labels_no_other_class_and_says_what_it_sk
     (root / "train" / "cat" / "loop").symlink_to("..", target_is_directory=True)  # train/cat/loop -> train/
     (root / "train" / "cat" / "again").symlink_to(".", target_is_directory=True)  # back into the class folder
     (root / "train" / "dog" / "stolen.png").symlink_to(root / "train" / "cat" / "0.png")  # a cat labelled dog
-    folders = data.scan_folder(root)
+    folders = scan_folder(root)
     train = folders["train"]
     labels = [train.classes[label] for _, label in train.samples]
     assert labels.count("cat") == 3 and labels.count("dog") == 3, train.samples
@@ -53,8 +54,8 @@ def test_a_link_loop_in_a_class_folder_labels_no_other_class_and_says_what_it_sk
 
 def test_a_last_training_batch_of_one_is_dropped_so_batchnorm_trains(small_digits):
     # 192 training images in batches of 191: the last batch would hold one image, which BatchNorm cannot normalise
-    assert len(small_digits.train) % 191 == 1 and data.drops_last_batch(192, 191)
-    assert not data.drops_last_batch(192, 64) and not data.drops_last_batch(1, 4)
+    assert len(small_digits.train) % 191 == 1 and drops_last_batch(192, 191)
+    assert not drops_last_batch(192, 64) and not drops_last_batch(1, 4)
     config = TrialConfig(
         img_size=32,
         epochs=1,
@@ -75,15 +76,15 @@ def test_the_memory_check_counts_images_as_resized_in_a_folder_of_mixed_sizes(tm
     for i, size in enumerate(((10, 10), (12, 9), (9, 14))):
         image(tmp_path / "mixed" / "a" / f"{i}.png", size)
         image(tmp_path / "mixed" / "b" / f"{i}.png", size)
-    folder = data.scan_folder(tmp_path / "mixed")["all"]
+    folder = scan_folder(tmp_path / "mixed")["all"]
     decoded = 6 * 3 * 14 * 14  # at most what the small images take as decoded
     resized = 6 * 3 * 64 * 64  # what they take at img_size 64
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    monkeypatch.setattr(data, "MEMORY_SHARE", (decoded + resized) / 2 / physical)
+    monkeypatch.setattr(decode, "MEMORY_SHARE", (decoded + resized) / 2 / physical)
     describe = lambda index: folder.samples[index][0]
     with pytest.raises(StudyError, match="6 images at 64 px do not fit in half of this node's memory once decoded"):
-        data.decode_files(folder, folder.classes, 64, "mixed", describe)
-    assert data.decode_files(folder, folder.classes, 16, "mixed", describe)["images"].shape == (6, 3, 16, 16)
+        decode.decode_files(folder, folder.classes, 64, "mixed", describe)
+    assert decode.decode_files(folder, folder.classes, 16, "mixed", describe)["images"].shape == (6, 3, 16, 16)
 
 
 def one_line(text: str) -> str:
@@ -152,12 +153,12 @@ def test_resume_answers_a_damaged_study_json_in_one_line(tmp_path, capsys, conte
 
 
 def test_merge_answers_a_checkpoint_of_a_foreign_structure_in_one_line(tmp_path, capsys):
-    torch.save({"format": merge.CHECKPOINT_FORMAT, "state_dict": {}}, tmp_path / "model.pt")
+    torch.save({"format": checkpoints.CHECKPOINT_FORMAT, "state_dict": {}}, tmp_path / "model.pt")
     with pytest.raises(StudyError, match="model.pt is a damaged study checkpoint \\(no 'config'\\)"):
-        merge.load_checkpoint(tmp_path / "model.pt")
+        checkpoints.load_checkpoint(tmp_path / "model.pt")
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(StudyError, match="is not a study checkpoint"):
-        merge.load_checkpoint(tmp_path / "list.pt")
+        checkpoints.load_checkpoint(tmp_path / "list.pt")
 
 
 def test_out_of_disk_space_keeps_the_file_written_before_and_says_so(tmp_path):
@@ -183,21 +184,3 @@ def test_a_study_directory_in_use_is_refused_to_a_second_resume(tmp_path, capsys
     finally:
         os.close(handle)
     assert "is in use by another python -m study.run" in one_line(capsys.readouterr().err)
-
-
-def test_overwrite_deletes_what_a_study_wrote_and_nothing_else(tmp_path, capsys):
-    out = tmp_path / "study"
-    (out / "ray" / "tune").mkdir(parents=True)
-    (out / "study.json").write_text(json.dumps(STUDY_RECORD))
-    for name in ("trials.csv", "trials.parquet", "epochs.parquet", "pareto.csv", "pareto.html", "report.html"):
-        (out / name).write_text("old")
-    (out / ".trials.csv.abc.tmp").write_text("a write cut short")
-    (out / "thesis").mkdir()
-    (out / "thesis" / "chapter1.tex").write_text("mine")
-    (out / "notes.txt").write_text("mine")
-    space = run.resolve_space(run.parse_args(["--space", "smoke"]))
-    assert run.check_out(out, space, overwrite=True) == out
-    run.create_out(out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "thesis"]
-    assert (out / "thesis" / "chapter1.tex").read_text() == "mine"
-    assert "--overwrite kept what no study writes" in capsys.readouterr().out

@@ -11,11 +11,13 @@ from study.core.files import atomic_write
 # The modules that write a study's files, decoded images, feature caches, scores and merge results.
 WRITERS = (
     "analysis/results.py",
-    "trial/data.py",
-    "trial/features.py",
-    "ranking/scores.py",
-    "merging/merge.py",
-    "cli/run.py",
+    "trial/decode.py",
+    "trial/torchvision_sets.py",
+    "trial/feature_cache.py",
+    "ranking/candidates.py",
+    "ranking/compare.py",
+    "merging/outputs.py",
+    "cli/run/orchestrate.py",
 )
 
 

@@ -4,12 +4,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from study.cli import run
 from study.core import registry
 from study.core.config import StudyError, TrialConfig
 from study.core.space import load_space
-from study.trial.train import run_trial
+from study.trial.train import build_trial, run_trial
 from tests.helpers import REPO
 
 
@@ -21,10 +22,15 @@ def test_every_registered_name_has_an_implementation_and_a_description(table):
 
 
 def test_a_name_added_to_the_registry_is_accepted_and_trained_with(small_digits):
-    """The config reads its valid choices from the registry: one added line makes a new optimizer usable."""
-    registry.OPTIMIZERS.add("plain_sgd", "study.trial.train:sgd", "SGD under a second name (a test's)")
+    """The config reads its valid choices from the registry: one added line makes a new optimizer usable, and the
+    trial trains with that optimizer (not a fallback such as the default adamw)."""
+    registry.OPTIMIZERS.add("plain_sgd", "study.trial.optim:sgd", "SGD under a second name (a test's)")
     try:
-        (report,) = run_trial(TrialConfig(optimizer="plain_sgd", img_size=32, epochs=1, lr=0.01), small_digits)
+        config = TrialConfig(optimizer="plain_sgd", momentum=0.5, img_size=32, epochs=1, lr=0.01)
+        optimizer = build_trial(config, small_digits).optimizer
+        assert type(optimizer) is torch.optim.SGD, type(optimizer)
+        assert {group["momentum"] for group in optimizer.param_groups} == {0.5}
+        (report,) = run_trial(config, small_digits)
         assert report["train_loss"] > 0
         with pytest.raises(StudyError, match=r"optimizer='plain_sdg' is unknown \(did you mean 'plain_sgd'\?\)"):
             TrialConfig(optimizer="plain_sdg")
@@ -36,7 +42,7 @@ def test_a_name_added_to_the_registry_is_accepted_and_trained_with(small_digits)
 
 def test_a_name_is_registered_once():
     with pytest.raises(ValueError, match="registered twice"):
-        registry.HEADS.add("linear", "study.trial.models:linear_head", "again")
+        registry.HEADS.add("linear", "study.trial.heads:linear_head", "again")
 
 
 @pytest.mark.parametrize(
@@ -71,7 +77,7 @@ def test_naming_options_imports_no_implementation():
     code = (
         "import sys; from study.core.config import TrialConfig; from study.core.space import load_space; "
         "TrialConfig(optimizer='sgd', augment='basic', head='linear', unfreeze_unit='block'); load_space('full'); "
-        "print(sorted(m for m in ('torch', 'ray', 'study.trial.train', 'study.tune.tuning') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'ray', 'study.trial.train', 'study.tune') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -8,7 +8,7 @@ import study
 from study.core.config import StudyError
 from study.core.registry import SEARCHES
 from study.core.space import Space, available_spaces, load_space
-from study.tune import tuning
+from study.tune.search import param_space
 from tests.helpers import write_space
 
 SHIPPED = {
@@ -85,7 +85,7 @@ def test_the_document_spaces_are_the_documents_experiments():
         3,
     )
     assert k.dimensions["train_fraction"].values == [0.1, 0.2]
-    # the document's K (Keras layers, 154) as conv layers of the same MobileNetV2 (study/trial/models.py's layers)
+    # the document's K (Keras layers, 154) as conv layers of the same MobileNetV2 (study/trial/layers.py's layers)
     assert k.dimensions["unfreeze_depth"].values == [0, 1, 2, 3, 5, 6, 7, 8, 10, 20, 34]
 
 
@@ -123,7 +123,7 @@ def test_param_space_maps_every_kind_to_ray(tmp_path):
         """,
         )
     )
-    params = tuning.param_space(space)
+    params = param_space(space)
     assert params["backbone"] == "resnet18" and params["epochs"] == 3
     assert params["unfreeze_depth"] == {"grid_search": [0, 1]}
     assert params["optimizer"].categories == ["sgd", "adam"]

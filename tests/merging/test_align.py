@@ -5,7 +5,7 @@ from torch import nn
 
 from study.core.config import StudyError
 from study.merging.align import permutation_spec, permute, weight_matching
-from study.merging.merge import interpolate
+from study.merging.interpolation import interpolate
 
 
 class InvertedResidual(nn.Module):

@@ -9,18 +9,14 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
+from study.cli.merge import main
 from study.core.config import StudyError, TrialConfig
-from study.merging.merge import (
-    Checkpoint,
-    Target,
-    check_compatible,
-    interpolate,
-    load_checkpoint,
-    main,
-    recompute_bn_stats,
-)
+from study.merging.checkpoints import Checkpoint, check_compatible, load_checkpoint
+from study.merging.evaluation import Target
+from study.merging.interpolation import interpolate, recompute_bn_stats
 from study.trial.augment import preprocessor
-from study.trial.data import ImageSet, load_digits
+from study.trial.data import load_digits
+from study.trial.splits import ImageSet
 from study.trial.train import build_trial, run_trial, save_model
 from tests.helpers import run_module
 
@@ -76,7 +72,7 @@ def test_recomputed_batchnorm_statistics_are_the_networks_own_with_dropout_off()
     images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
     preprocess = v2.ToDtype(torch.float32, scale=True)
     used = recompute_bn_stats(
-        model, ImageSet(images, torch.zeros(10, dtype=torch.long)), preprocess, torch.device("cpu"), 4
+        model, ImageSet(store=images, labels=torch.zeros(10, dtype=torch.long)), preprocess, torch.device("cpu"), 4
     )
     assert used == 8  # two full batches; the partial third is left out
     with torch.no_grad():
@@ -95,10 +91,10 @@ def test_a_saved_trial_reloads_with_weights_only_and_predicts_as_it_did(small_di
     model = checkpoint.build()
     data_config = timm.data.resolve_data_config({}, model=model)
     target = Target(
-        small_digits,
-        preprocessor(32, data_config["mean"], data_config["std"], data_config["interpolation"]),
-        torch.device("cpu"),
-        256,
+        data=small_digits,
+        preprocess=preprocessor(32, data_config["mean"], data_config["std"], data_config["interpolation"]),
+        device=torch.device("cpu"),
+        batch_size=256,
     )
     # features + classifier (how merge evaluates) give the trial's own numbers
     own = target.evaluate(model, {"own": model.get_classifier()}, None)["own"]
@@ -107,7 +103,9 @@ def test_a_saved_trial_reloads_with_weights_only_and_predicts_as_it_did(small_di
 
 def test_shapes_that_differ_outside_the_head_are_incompatible():
     config = TrialConfig()
-    make = lambda state: Checkpoint(Path("x"), state, config, "digits", ["0"], "random", 32)
+    make = lambda state: Checkpoint(
+        path=Path("x"), state=state, config=config, data="digits", classes=["0"], weights_used="random", img_size=32
+    )
     a = make({"stem.weight": torch.zeros(8, 3, 3, 3), "head.weight": torch.zeros(5, 8)})
     check_compatible(
         a, make({"stem.weight": torch.zeros(8, 3, 3, 3), "head.weight": torch.zeros(7, 8)}), {"head.weight"}

@@ -13,13 +13,18 @@ import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
+from study.cli.rank import main
 from study.core.config import TrialConfig
-from study.ranking import scores as rank
+from study.ranking import scores
+from study.ranking.candidates import Candidate, rank_candidates
 from tests.helpers import REPO, run_module
 
 CIFAR_JPEGS = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
-REAL = [rank.Candidate(f"tf_efficientnet_lite{n}", "imagenet") for n in range(3)]
-RANDOM = [rank.Candidate("tf_efficientnet_lite0", "random"), rank.Candidate("tf_efficientnet_lite2", "random")]
+REAL = [Candidate(backbone=f"tf_efficientnet_lite{n}", weights="imagenet") for n in range(3)]
+RANDOM = [
+    Candidate(backbone="tf_efficientnet_lite0", weights="random"),
+    Candidate(backbone="tf_efficientnet_lite2", weights="random"),
+]
 
 
 def problem(samples: int, dim: int, seed: int = 0, classes: int = 3):
@@ -40,41 +45,41 @@ def direct_evidence(features: np.ndarray, target: np.ndarray, alpha: float, beta
 @pytest.mark.parametrize("samples, dim", [(30, 5), (6, 10)])  # more samples than features, and fewer
 def test_evidence_is_the_closed_form_marginal_for_fixed_precisions(samples, dim):
     features, labels = problem(samples, dim)
-    spectrum = rank.Spectrum.of(features, labels)
-    targets = rank.one_hot(labels)
+    spectrum = scores.Spectrum.of(features, labels)
+    targets = scores.one_hot(labels)
     for alpha, beta in itertools.product((0.01, 1.0, 30.0), (0.1, 2.0, 50.0)):
         expected = [direct_evidence(features, targets[:, c], alpha, beta) for c in range(targets.shape[1])]
-        np.testing.assert_allclose(rank.evidence(spectrum, alpha, beta), expected, rtol=1e-9)
+        np.testing.assert_allclose(scores.evidence(spectrum, alpha, beta), expected, rtol=1e-9)
 
 
 def test_the_fixed_point_iteration_reaches_the_maximum_a_grid_search_finds():
     features, labels = problem(40, 6, seed=1)
-    target = rank.one_hot(labels)[:, 0]
+    target = scores.one_hot(labels)[:, 0]
     alphas, betas = np.logspace(-4, 3, 141), np.logspace(-2, 2, 161)  # steps of 0.05 and 0.025 in log10
     grid = np.array([[direct_evidence(features, target, a, b) for b in betas] for a in alphas])
     best_alpha, best_beta = np.unravel_index(grid.argmax(), grid.shape)
-    spectrum = rank.Spectrum.of(features, labels)
-    alpha, beta = rank.maximise_evidence(spectrum)
+    spectrum = scores.Spectrum.of(features, labels)
+    alpha, beta = scores.maximise_evidence(spectrum)
     found = direct_evidence(features, target, alpha[0], beta[0])
     assert found >= grid.max() - 1e-9  # no grid point is better
     assert abs(np.log10(alpha[0]) - np.log10(alphas[best_alpha])) <= 0.05
     assert abs(np.log10(beta[0]) - np.log10(betas[best_beta])) <= 0.025
-    assert rank.logme(features, labels) == pytest.approx(np.mean(rank.evidence(spectrum, alpha, beta)) / 40)
+    assert scores.logme(features, labels) == pytest.approx(np.mean(scores.evidence(spectrum, alpha, beta)) / 40)
 
 
 def test_logme_invariances_of_the_paper():
     """The evidence sees the features through F F' up to the prior's scale (study/ranking/scores.py's docstring)."""
     features, labels = problem(50, 8, seed=2)
-    score = rank.logme(features, labels)
+    score = scores.logme(features, labels)
     order = np.random.default_rng(0).permutation(50)
-    assert rank.logme(features[order], labels[order]) == pytest.approx(score, rel=1e-9)
-    assert rank.logme(7.3 * features, labels) == pytest.approx(score, rel=1e-7)
-    assert rank.logme(np.hstack([features, features]), labels) == pytest.approx(score, rel=1e-7)
+    assert scores.logme(features[order], labels[order]) == pytest.approx(score, rel=1e-9)
+    assert scores.logme(7.3 * features, labels) == pytest.approx(score, rel=1e-7)
+    assert scores.logme(np.hstack([features, features]), labels) == pytest.approx(score, rel=1e-7)
     # duplicating some columns re-weights them: a different model, a different evidence
-    assert rank.logme(np.hstack([features, features[:, :2]]), labels) != pytest.approx(score, rel=1e-4)
+    assert scores.logme(np.hstack([features, features[:, :2]]), labels) != pytest.approx(score, rel=1e-4)
     # and the score tells signal from noise
     noise = np.random.default_rng(3).normal(size=features.shape)
-    assert rank.logme(noise, labels) < score
+    assert scores.logme(noise, labels) < score
 
 
 def test_knn_is_cosine_majority_vote_and_the_probe_fits_what_is_linearly_separable():
@@ -83,19 +88,19 @@ def test_knn_is_cosine_majority_vote_and_the_probe_fits_what_is_linearly_separab
     train_labels, val_labels = torch.tensor(labels[:60]), torch.tensor(labels[60:])
     # two classes and an odd k: no ties, so scikit-learn's classifier must agree prediction for prediction
     reference = KNeighborsClassifier(n_neighbors=7, metric="cosine").fit(features[:60], labels[:60])
-    assert rank.knn_accuracy(train, train_labels, val, val_labels, k=7) == pytest.approx(
+    assert scores.knn_accuracy(train, train_labels, val, val_labels, k=7) == pytest.approx(
         reference.score(features[60:], labels[60:])
     )
     # a tie (one vote each, k=2) goes to the class with the larger summed similarity
     points = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     query = torch.tensor([[1.0, 0.2]])
-    assert rank.knn_accuracy(points, torch.tensor([0, 1]), query, torch.tensor([0]), k=2) == 1.0
-    assert rank.knn_accuracy(points, torch.tensor([1, 0]), query, torch.tensor([1]), k=2) == 1.0
+    assert scores.knn_accuracy(points, torch.tensor([0, 1]), query, torch.tensor([0]), k=2) == 1.0
+    assert scores.knn_accuracy(points, torch.tensor([1, 0]), query, torch.tensor([1]), k=2) == 1.0
     separable = np.vstack([np.zeros((20, 3)), np.ones((20, 3))]) + np.random.default_rng(5).normal(
         scale=0.05, size=(40, 3)
     )
     two = np.repeat([0, 1], 20)
-    assert rank.probe_accuracy(separable[::2], two[::2], separable[1::2], two[1::2]) == 1.0
+    assert scores.probe_accuracy(separable[::2], two[::2], separable[1::2], two[1::2]) == 1.0
 
 
 # --- prescreen in a space --------------------------------------------------------------------------
@@ -181,7 +186,7 @@ def cifar_photos(tmp_path_factory) -> Path:
 def assert_real_above_random(table: pd.DataFrame) -> None:
     real = table[table["weights"] == "imagenet"]
     random = table[table["weights"] == "random"]
-    for score in rank.SCORES:
+    for score in scores.SCORES:
         assert real[score].min() > random[score].max(), (score, table[["backbone", "weights", score]])
         assert set(real[f"rank_{score}"]) == {1, 2, 3}
 
@@ -192,10 +197,10 @@ def test_on_digits_logme_ranks_real_weights_above_random_ones(tmp_path):
     (measured at 64 and 96 px: docs/backbone-ranking.md), so only LogME is asked to tell them apart here."""
     base = TrialConfig(data="digits", img_size=64, train_fraction=0.3, data_root=str(tmp_path))
     candidates = [
-        rank.Candidate("tf_efficientnet_lite0", "imagenet"),
-        rank.Candidate("tf_efficientnet_lite0", "random"),
+        Candidate(backbone="tf_efficientnet_lite0", weights="imagenet"),
+        Candidate(backbone="tf_efficientnet_lite0", weights="random"),
     ]
-    table, summary = rank.rank(candidates, base, echo=lambda text: None)
+    table, summary = rank_candidates(candidates, base, echo=lambda text: None)
     assert table.set_index("weights")["rank_logme"].to_dict() == {"imagenet": 1, "random": 2}
     assert (table["feature_dim"] == 1280).all() and (table["train_images"] == 324).all()
     assert summary["scoring_s"] > 0 and (table["feature_status"] == "built").all()
@@ -204,7 +209,7 @@ def test_on_digits_logme_ranks_real_weights_above_random_ones(tmp_path):
 @pytest.mark.slow
 def test_real_weights_rank_above_random_ones_on_real_photos(cifar_photos, tmp_path):
     base = TrialConfig(data=f"folder:{cifar_photos}", img_size=64, data_root=str(tmp_path))
-    table, _ = rank.rank(REAL + RANDOM, base, echo=lambda text: None)
+    table, _ = rank_candidates(REAL + RANDOM, base, echo=lambda text: None)
     assert_real_above_random(table)
     assert (table["train_images"] == 240).all() and (table["val_images"] == 60).all()
 
@@ -216,8 +221,8 @@ def test_real_weights_rank_above_random_ones_on_real_photos(cifar_photos, tmp_pa
 def test_rank_then_a_study_then_compare_share_the_features(tmp_path):
     """study.rank builds the depth-0 features; linear-probe trials read them; --compare reads them again and
     scores the study's backbones against its accuracies."""
-    from study.analysis.report import REPORT_FILE
-    from study.analysis.results import export, trials_table
+    from study.analysis.page import REPORT_FILE, export
+    from study.analysis.results import trials_table
     from study.core.files import write_json
     from study.trial.train import run_trial
 
@@ -238,11 +243,11 @@ def test_rank_then_a_study_then_compare_share_the_features(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     table = pd.read_csv(out / "scores.csv")
     assert list(table["weights"]) == ["imagenet", "random"] and (table["feature_status"] == "built").all()
-    for score in rank.SCORES:
+    for score in scores.SCORES:
         assert sorted(table[f"rank_{score}"]) == [1, 2]
         assert f"{score}" in done.stdout
     record = json.loads((out / "scores.json").read_text())
-    assert record["summary"]["knn_k"] == rank.KNN_K and len(record["scores"]) == 2 and record["hardware"]
+    assert record["summary"]["knn_k"] == scores.KNN_K and len(record["scores"]) == 2 and record["hardware"]
     assert {"feature_s", "scoring_s", "logme_s", "knn_s", "probe_s", "feature_dim", "train_images"} <= set(table)
 
     records = []
@@ -266,11 +271,11 @@ def test_rank_then_a_study_then_compare_share_the_features(tmp_path):
     compared = pd.read_csv(study / "scores.csv")
     assert (compared["feature_status"] == "reused").all()
     pd.testing.assert_frame_equal(
-        compared[list(rank.SCORES)], table[list(rank.SCORES)], rtol=1e-6
+        compared[list(scores.SCORES)], table[list(scores.SCORES)], rtol=1e-6
     )  # the same features, the same scores
     tau = json.loads((study / "study.json").read_text())["scores"]["kendall_tau"]
     best = trials.set_index("weights")["best_val_acc"]
-    for score in rank.SCORES:
+    for score in scores.SCORES:
         agrees = (table.set_index("weights")[score].idxmax() == best.idxmax()) and best.nunique() == 2
         assert tau[score]["backbones"] == 2 and tau[score]["tau"] == (1.0 if agrees else -1.0)
     page = (study / REPORT_FILE).read_text()
@@ -278,9 +283,9 @@ def test_rank_then_a_study_then_compare_share_the_features(tmp_path):
 
 
 def test_compare_and_rank_refuse_what_they_cannot_score(tmp_path):
-    assert rank.main(["--compare", str(tmp_path / "absent")]) == 2
-    assert rank.main(["--data", "digits", "--backbones", "resnet18"]) == 2
-    assert rank.main(["--data", "digits", "--backbones", "resnet18,resnet99"]) == 2
+    assert main(["--compare", str(tmp_path / "absent")]) == 2
+    assert main(["--data", "digits", "--backbones", "resnet18"]) == 2
+    assert main(["--data", "digits", "--backbones", "resnet18,resnet99"]) == 2
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ import torch
 from study.core.config import TrialConfig
 from study.core.registry import AUGMENTATIONS
 from study.trial.augment import batch_mix, preprocessor, sample_transform
-from study.trial.data import ImageSet, Splits, batches, train_loader
+from study.trial.batching import batches, train_loader
+from study.trial.splits import ImageSet, Splits
 from study.trial.train import build_trial, evaluate, run_trial, train_epoch
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -24,7 +25,7 @@ def photos(count: int = 48, size: int = 40) -> ImageSet:
         [ramp[None, :].expand(size, size), ramp[:, None].expand(size, size), ramp.flip(0)[None, :].expand(size, size)]
     )
     images = (base * 200 + torch.rand(count, 3, size, size, generator=generator) * 55).to(torch.uint8)
-    return ImageSet(images, torch.arange(count) % 10)
+    return ImageSet(store=images, labels=torch.arange(count) % 10)
 
 
 @pytest.fixture(params=["digits", "photos"])
@@ -63,7 +64,7 @@ def test_every_policy_gives_normalised_rgb_batches_at_the_input_size_with_the_ri
 
 @pytest.mark.parametrize("policy", PER_SAMPLE)
 def test_per_sample_policies_draw_their_parameters_for_each_image(policy):
-    same = ImageSet(photos(1).store.expand(16, -1, -1, -1), torch.zeros(16, dtype=torch.int64))
+    same = ImageSet(store=photos(1).store.expand(16, -1, -1, -1), labels=torch.zeros(16, dtype=torch.int64))
     raw, _ = next(
         iter(
             train_loader(same, 16, sample_transform(policy, 32, "bicubic"), torch.Generator().manual_seed(0), 0, False)
@@ -86,7 +87,11 @@ def test_evaluation_is_never_augmented(small_digits):
 def test_every_policy_trains(policy, small_digits):
     few = lambda part: part.subset(range(48))
     data = Splits(
-        small_digits.name, small_digits.classes, few(small_digits.train), few(small_digits.val), few(small_digits.test)
+        name=small_digits.name,
+        classes=small_digits.classes,
+        train=few(small_digits.train),
+        val=few(small_digits.val),
+        test=few(small_digits.test),
     )
     (report,) = run_trial(
         TrialConfig(augment=policy, img_size=32, epochs=1, unfreeze_depth=1, lr=0.01, batch_size=16), data

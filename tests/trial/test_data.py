@@ -19,8 +19,9 @@ import torch
 import torchvision.datasets
 from PIL import Image
 
+from study.cli.data import main as data_main
 from study.core.config import StudyError
-from study.trial import data as data_module
+from study.trial import torchvision_sets
 from study.trial.data import load_data, load_digits
 from tests.helpers import REPO
 
@@ -157,7 +158,7 @@ def test_fashion_mnist_reads_debians_gzipped_idx_files(tmp_path, monkeypatch, ca
         arrays[prefix] = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8), np.arange(count, dtype=np.uint8) % 10
         (debian / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_file(arrays[prefix][0])))
         (debian / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_file(arrays[prefix][1])))
-    monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr(torchvision_sets, "DEBIAN_FASHION_MNIST", debian)
     splits = load_data("fashion_mnist", 0, 32, str(tmp_path / "root"))
     assert "using Debian's dataset-fashion-mnist files" in capsys.readouterr().out
     assert splits.classes[0] == "T-shirt/top" and splits.train.store.shape == (50, 1, 28, 28)
@@ -181,7 +182,7 @@ def test_an_absent_dataset_offline_is_one_line_naming_it_the_directory_and_the_f
         and "\n" not in message
     )
     assert f"`python -m study.data download cifar10 --data-root {tmp_path}`" in message
-    assert data_module.main(["download", "stl10", "--data-root", str(tmp_path)]) == 2
+    assert data_main(["download", "stl10", "--data-root", str(tmp_path)]) == 2
     assert "dataset 'stl10' is not in" in capsys.readouterr().err
 
 

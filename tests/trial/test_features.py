@@ -10,9 +10,11 @@ import torch
 
 from study.analysis.results import trials_table
 from study.core.config import TrialConfig
-from study.trial.data import Splits
-from study.trial.features import CACHE_DIR, FeatureStore, cut_points, find_cut, trace
-from study.trial.models import create_backbone, freeze_plan
+from study.trial.backbones import create_backbone
+from study.trial.cut import cut_points, find_cut, trace
+from study.trial.feature_cache import CACHE_DIR, FeatureStore
+from study.trial.freeze import freeze_plan
+from study.trial.splits import Splits
 from study.trial.train import build_trial, run_trial, train_epoch
 from tests.helpers import REPO
 
@@ -82,7 +84,7 @@ def test_cuts_fall_between_residual_blocks_never_inside_one():
     )  # a shortcut is pending
     # one trained layer (layer4.1.conv2) sits inside the last block: the cut moves back to the block before it
     plan = freeze_plan(model, 1, "resnet18")
-    cut = find_cut(model, plan, torch.randn(2, 3, 32, 32), contextlib.nullcontext)
+    cut = find_cut(model, plan, torch.randn(2, 3, 32, 32), contextlib.nullcontext).cut
     assert cut.name == "layer4_0_act2" and cut.prefix_layers == 18 and plan.frozen_prefix_layers == 19
 
 
@@ -139,11 +141,11 @@ def test_features_are_shared_across_trials_and_their_build_is_charged_once(small
 def test_a_smaller_training_split_shares_validation_and_test_features_only(small_digits, tmp_path):
     list(run_trial(trial_config(tmp_path, epochs=1), small_digits))
     fewer = Splits(
-        small_digits.name,
-        small_digits.classes,
-        small_digits.train.subset(range(100)),
-        small_digits.val,
-        small_digits.test,
+        name=small_digits.name,
+        classes=small_digits.classes,
+        train=small_digits.train.subset(range(100)),
+        val=small_digits.val,
+        test=small_digits.test,
     )
     (report,) = run_trial(trial_config(tmp_path, epochs=1), fewer)
     assert (

@@ -4,13 +4,9 @@ import torch
 from PIL import Image
 
 from study.core.config import StudyError, TrialConfig
-from study.trial.models import (
-    create_backbone,
-    freeze_plan,
-    load_packaged_weights,
-    structure_only,
-    weight_layers,
-)
+from study.trial.backbones import create_backbone, load_packaged_weights, structure_only
+from study.trial.freeze import freeze_plan
+from study.trial.layers import weight_layers
 from study.trial.train import build_trial, train_epoch
 
 # Layer counts and parameter totals the definition must give (totals as in document 001 where it lists them).
@@ -120,12 +116,12 @@ def test_weights_other_than_the_supported_ones_are_rejected():
 
 
 def test_a_warm_process_copies_the_loaded_backbone_instead_of_building_and_reading_it_again(tmp_path, monkeypatch):
-    from study.trial import models
+    from study.trial import backbones
 
     calls = []
-    original = models._with_weights
-    monkeypatch.setattr(models, "_with_weights", lambda *args: calls.append(args[1]) or original(*args))
-    monkeypatch.setattr(models, "_LOADED", models.OrderedDict())
+    original = backbones._with_weights
+    monkeypatch.setattr(backbones, "_with_weights", lambda *args: calls.append(args[1]) or original(*args))
+    monkeypatch.setattr(backbones, "_LOADED", backbones.OrderedDict())
     first, source = create_backbone("tf_efficientnet_lite0", "imagenet", 10, seed=1, img_size=64)
     with torch.no_grad():
         first.conv_stem.weight.add_(1.0)  # a trial trains its copy: the next one must not see it

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from study.cli import run
-from study.cli.layers import main as layers_main
 from study.core.config import StudyError, TrialConfig
 from study.trial import train
-from study.trial.models import structure_only, weight_layers
-from study.trial.train import build_trial, lr_scheduler, run_trial, train_epoch
+from study.trial.backbones import structure_only
+from study.trial.layers import weight_layers
+from study.trial.optim import lr_scheduler
+from study.trial.train import build_trial, run_trial, train_epoch
 
 
 def config(tmp_path, **settings) -> TrialConfig:
@@ -109,15 +110,6 @@ def test_layer_lr_decay_groups_follow_the_layer_numbering(small_digits, tmp_path
         decays = {p.ndim > 1 and not names[id(p)].endswith(".bias") for p in group["params"]}
         assert decays == {group["weight_decay"] > 0}
     assert len(trial.optimizer.param_groups) == 8  # the head and three units, each split by weight decay
-
-
-def test_layers_cli_prints_each_trained_layer_s_learning_rate(capsys):
-    assert layers_main(["tf_efficientnet_lite0", "--set", "unfreeze_depth=2", "--set", "layer_lr_decay=0.8"]) == 0
-    out = capsys.readouterr().out
-    assert "learning rates (lr=0.001 x layer_lr_decay=0.8 ** distance from the head in layers): head 0.001" in out
-    assert "  49  conv_head            layer 49, distance 1: lr 0.0008" in out
-    assert "  48  blocks.6.0.conv_pwl  layer 48, distance 2: lr 0.00064" in out
-    assert "  47  " not in out.split("learning rates")[1]
 
 
 def lr_trace(schedule: str, warmup_epochs: float, epochs: int, batches: int) -> list[list[float]]:

@@ -8,17 +8,11 @@ import timm
 import torch
 from torch import nn
 
-from study.cli import layers
 from study.core.config import StudyError, TrialConfig
-from study.trial.models import (
-    INSERTED_BN,
-    apply_freeze,
-    create_backbone,
-    freeze_plan,
-    head_modules,
-    structure_only,
-    weight_layers,
-)
+from study.trial.backbones import create_backbone, structure_only
+from study.trial.freeze import INSERTED_BN, apply_freeze, freeze_plan
+from study.trial.heads import head_modules
+from study.trial.layers import weight_layers
 from study.trial.train import build_trial
 
 # (backbone, head): the documents' models and the small ones used on CPU
@@ -350,43 +344,6 @@ def test_inserted_batchnorm_keeps_layer_numbers_and_names(small_digits):
     )
     info = trial.info()
     assert info["inserted_bn"] == 2 and info["unfrozen_layers"] == 2 and "bn_inserted 2" in info["effective"]
-
-
-def test_layers_cli_takes_surgery_settings_and_counts_that_configuration(capsys):
-    args = [
-        "vgg16",
-        "--num-classes",
-        "10",
-        "--set",
-        "head=single_linear",
-        "--set",
-        "unfreeze_depth=1",
-        "--set",
-        "bn_insert=before_retrained_conv",
-    ]
-    assert layers.main(args) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("vgg16: 13 layers (conv and linear modules in forward order), 13 blocks, 13 stages")
-    assert "trainable params: 2365962" in lines and "inserted BN layers: 1" in lines
-    assert (
-        "effective: trains 1/13 layers; bn_inserted 1; frozen_bn eval has no effect (no BatchNorm in the frozen part)"
-        in lines
-    )
-    assert layers.main(["resnet18", "--set", "unfreeze_unit=block", "--set", "unfreeze_depth=2"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split()[:6] == ["#", "layer", "kind", "params", "block", "stage"]
-    assert lines[2].split()[:7] == ["1", "conv1", "conv", "9,536", "1", "1", "bn1"]  # 7x7x3x64 + BatchNorm(64)
-    block_4_0 = (
-        3 * 3 * 256 * 512 + 3 * 3 * 512 * 512 + 256 * 512 + 3 * 2 * 512
-    )  # conv1, conv2, downsample conv, their BNs
-    block_4_1 = 2 * 3 * 3 * 512 * 512 + 2 * 2 * 512
-    assert f"trainable params: {block_4_0 + block_4_1 + 512 * 10 + 10}" in lines
-    assert layers.main(["resnet18", "--set", "head=single_linear"]) == 2
-    error = capsys.readouterr().err
-    assert (
-        error.startswith("error: head=single_linear replaces VGG's three fully connected layers")
-        and error.count("\n") == 1
-    )
 
 
 def test_distilled_models_get_both_heads_new_and_trained():

@@ -4,7 +4,8 @@ from torch import nn
 
 from study.core.config import TrialConfig
 from study.core.metrics import EPOCH_METRICS, TRIAL_INFO
-from study.trial.train import PROC_STATUS, build_trial, peak_memory_mib, reset_peak_memory, run_trial
+from study.trial.device import PROC_STATUS, peak_memory_mib, reset_peak_memory
+from study.trial.train import build_trial, run_trial
 
 
 def test_a_trial_reports_every_metric_each_epoch(small_digits):

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from study.cli import run
 from study.core.config import StudyError, TrialConfig
-from study.trial.models import create_backbone
+from study.trial.backbones import create_backbone
 from tests.helpers import REPO, run_module
 
 IMAGES = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -115,7 +115,7 @@ OFFLINE_SCRIPT = textwrap.dedent(
     from huggingface_hub import constants
     from safetensors.torch import save_file
     from study.core.config import StudyError
-    from study.trial.models import create_backbone
+    from study.trial.backbones import create_backbone
 
     result = {}
     try:

@@ -18,16 +18,16 @@ def imported_after(code: str) -> set[str]:
 
 
 def test_the_driver_and_the_ray_layer_import_neither_plotly_nor_optuna_until_they_are_needed():
-    assert imported_after("import study.cli.run, study.tune.tuning, study.analysis.results, study.trial.train") == set()
-    assert imported_after("import study.analysis.report") == {"plotly"}
+    assert imported_after("import study.cli.run, study.tune, study.analysis.results, study.trial.train") == set()
+    assert imported_after("import study.analysis.page") == {"plotly"}
 
 
 def test_the_optuna_searcher_class_pickles_by_name_as_rays_experiment_state_needs():
-    from study.tune import tuning
+    from study.tune import search
 
-    searcher_class = tuning.FullBudgetOptunaSearch
+    searcher_class = search.FullBudgetOptunaSearch
     assert pickle.loads(pickle.dumps(searcher_class)) is searcher_class
-    assert searcher_class.__module__ == "study.tune.tuning" and searcher_class.__qualname__ == "FullBudgetOptunaSearch"
+    assert searcher_class.__module__ == "study.tune.search" and searcher_class.__qualname__ == "FullBudgetOptunaSearch"
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""study/tune/tuning.py without a running cluster: device choice, resource checks, search algorithms, planned trials."""
+"""study/tune without a running cluster: device choice, resource checks, search algorithms, planned trials."""
 
 import optuna
 import pandas as pd
@@ -6,7 +6,13 @@ import pytest
 
 from study.core.config import StudyError
 from study.core.space import load_space
-from study.tune import tuning
+from study.tune import callbacks
+from study.tune.callbacks import ExportCallback, WatchCallback
+from study.tune.cluster import Cluster, check_fit, experiment_location
+from study.tune.records import describe_error, last_run
+from study.tune.schedulers import ExplainedASHAScheduler, ParetoASHAScheduler, RungDecisions, scheduler_for
+from study.tune.search import OPTUNA_STARTUP_TRIALS, FullBudgetOptunaSearch, planned_configs, tune_domain
+from study.tune.trainable import quiet_exit, trial_device
 from tests.helpers import brute_force_front, run_module, write_space
 
 
@@ -22,41 +28,49 @@ from tests.helpers import brute_force_front, run_module, write_space
     ],
 )
 def test_a_trial_trains_on_the_device_its_ray_resources_give_it(setting, gpu_ids, cuda, device):
-    assert tuning.trial_device(setting, gpu_ids, cuda) == device
+    assert trial_device(setting, gpu_ids, cuda) == device
 
 
 def test_device_mistakes_inside_a_trial_are_one_line_errors():
     with pytest.raises(StudyError, match=r"device=cuda but Ray gave this trial no GPU: .*--gpus-per-trial"):
-        tuning.trial_device("cuda", [], True)
+        trial_device("cuda", [], True)
     with pytest.raises(StudyError, match=r"Ray gave this trial GPU 0,1 but PyTorch cannot use CUDA"):
-        tuning.trial_device("auto", ["0", "1"], False)
+        trial_device("auto", ["0", "1"], False)
 
 
-def cluster(cpus: float, gpus: float) -> tuning.Cluster:
-    return tuning.Cluster(None, True, False, 2, 2 * cpus, 2 * gpus, {"CPU": cpus, "GPU": gpus})
+def cluster(cpus: float, gpus: float) -> Cluster:
+    return Cluster(
+        dashboard_url=None,
+        token_auth=True,
+        client=False,
+        nodes=2,
+        cpus=2 * cpus,
+        gpus=2 * gpus,
+        largest_node={"CPU": cpus, "GPU": gpus},
+    )
 
 
 def test_a_trial_larger_than_every_node_is_an_error_locally_and_a_warning_on_a_cluster():
-    assert tuning.check_fit(cluster(4, 1), 2, 0.25, joined=False) is None
+    assert check_fit(cluster(4, 1), 2, 0.25, joined=False) is None
     with pytest.raises(StudyError, match=r"a trial asks for 1 GPU but the largest node has 4 CPU and 0 GPU"):
-        tuning.check_fit(cluster(4, 0), 1, 1, joined=False)
-    warning = tuning.check_fit(cluster(4, 0), 8, 1, joined=True)  # an autoscaler may still add such a node
+        check_fit(cluster(4, 0), 1, 1, joined=False)
+    warning = check_fit(cluster(4, 0), 8, 1, joined=True)  # an autoscaler may still add such a node
     assert warning.startswith("warning: a trial asks for 8 CPU and 1 GPU") and "autoscaler" in warning
 
 
-def searcher(storage, max_epochs=3, multi=True) -> tuning.FullBudgetOptunaSearch:
+def searcher(storage, max_epochs=3, multi=True) -> FullBudgetOptunaSearch:
     sampler = optuna.samplers.TPESampler(seed=0)
     if multi:
-        search = tuning.FullBudgetOptunaSearch(
+        search = FullBudgetOptunaSearch(
             max_epochs, metric=["val_acc", "train_time_s"], mode=["max", "min"], sampler=sampler, storage=storage
         )
         search.set_search_properties(
-            None, None, {"lr": tuning.tune_domain(load_space("optimizer").dimensions["lr"]), "epochs": max_epochs}
+            None, None, {"lr": tune_domain(load_space("optimizer").dimensions["lr"]), "epochs": max_epochs}
         )
     else:
-        search = tuning.FullBudgetOptunaSearch(max_epochs, sampler=sampler, storage=storage)
+        search = FullBudgetOptunaSearch(max_epochs, sampler=sampler, storage=storage)
         search.set_search_properties(
-            "val_acc", "max", {"lr": tuning.tune_domain(load_space("optimizer").dimensions["lr"]), "epochs": max_epochs}
+            "val_acc", "max", {"lr": tune_domain(load_space("optimizer").dimensions["lr"]), "epochs": max_epochs}
         )
     return search
 
@@ -105,10 +119,10 @@ def test_planned_trials_are_the_seeded_draws_the_study_makes(tmp_path):
         """,
         )
     )
-    configs, total = tuning.planned_trials(space, seed=7)
+    configs, total = planned_configs(space, seed=7)
     assert total == len(configs) == 6 and [c["unfreeze_depth"] for c in configs] == [0, 2] * 3
-    assert configs == tuning.planned_trials(space, seed=7)[0]
-    assert [c["lr"] for c in configs] != [c["lr"] for c in tuning.planned_trials(space, seed=8)[0]]
+    assert configs == planned_configs(space, seed=7)[0]
+    assert [c["lr"] for c in configs] != [c["lr"] for c in planned_configs(space, seed=8)[0]]
     assert all(
         c["backbone"] == "tf_efficientnet_lite0" and c["epochs"] == 5 and 1e-4 <= c["lr"] <= 1e-2 for c in configs
     )
@@ -116,9 +130,9 @@ def test_planned_trials_are_the_seeded_draws_the_study_makes(tmp_path):
 
 def test_planned_optuna_trials_are_tpe_random_start_ones(tmp_path):
     space = load_space("optimizer").override({}, num_samples=14)
-    configs, total = tuning.planned_trials(space, seed=0)
-    assert total == 14 and len(configs) == tuning.OPTUNA_STARTUP_TRIALS  # later ones depend on results
-    assert configs == tuning.planned_trials(space, seed=0)[0]
+    configs, total = planned_configs(space, seed=0)
+    assert total == 14 and len(configs) == OPTUNA_STARTUP_TRIALS  # later ones depend on results
+    assert configs == planned_configs(space, seed=0)[0]
     assert {c["optimizer"] for c in configs} <= {"sgd", "adam", "adamw"} and all(
         c["unfreeze_depth"] == 8 for c in configs
     )
@@ -141,7 +155,7 @@ def test_planned_trials_are_the_trials_a_real_study_then_runs(tmp_path, search):
         asha: false
         """,
     )
-    planned, total = tuning.planned_trials(load_space(space), seed=0)  # the study's default sampler seed
+    planned, total = planned_configs(load_space(space), seed=0)  # the study's default sampler seed
     assert total == len(planned) == 3
     out = tmp_path / "out"
     result = run_module(
@@ -161,26 +175,26 @@ def test_a_trial_run_again_after_resume_keeps_its_last_run_only():
         {"epoch": 1, "val_acc": 0.3},
         {"epoch": 2, "val_acc": 0.4},
     ]
-    assert tuning.last_run(rows) == rows[2:] and tuning.last_run(rows[:2]) == rows[:2] and tuning.last_run([]) == []
+    assert last_run(rows) == rows[2:] and last_run(rows[:2]) == rows[:2] and last_run([]) == []
 
 
 def test_errors_become_one_line_with_the_original_type():
     assert (
-        tuning.describe_error(FloatingPointError("training loss became nan in epoch 1"))
+        describe_error(FloatingPointError("training loss became nan in epoch 1"))
         == "FloatingPointError: training loss became nan in epoch 1"
     )
     text = (
         "Failure # 1 (occurred at 2026)\nTraceback (most recent call last):\n  File x\nValueError: Expected more "
         "than 1 value per channel\n"
     )
-    assert tuning.describe_error(text) == "ValueError: Expected more than 1 value per channel"
+    assert describe_error(text) == "ValueError: Expected more than 1 value per channel"
 
 
 def test_storage_is_the_results_directory_or_a_fresh_experiment_under_a_shared_location(tmp_path):
-    assert tuning.experiment_location(tmp_path / "out", None) == (str((tmp_path / "out" / "ray").resolve()), "tune")
-    storage, name = tuning.experiment_location(tmp_path / "out", "s3://bucket/studies")
+    assert experiment_location(tmp_path / "out", None) == (str((tmp_path / "out" / "ray").resolve()), "tune")
+    storage, name = experiment_location(tmp_path / "out", "s3://bucket/studies")
     assert storage == "s3://bucket/studies" and name.startswith("out-")
-    assert tuning.experiment_location(tmp_path / "out", str(tmp_path / "nfs"))[0] == str(tmp_path / "nfs")
+    assert experiment_location(tmp_path / "out", str(tmp_path / "nfs"))[0] == str(tmp_path / "nfs")
 
 
 def report(trial: str, epoch: int, accuracy: float, cost: float) -> dict:
@@ -192,9 +206,9 @@ def test_the_pareto_scheduler_stops_by_rank_completes_at_the_budget_and_writes_i
 
     from ray.tune.schedulers import TrialScheduler
 
-    scheduler = tuning.scheduler_for(load_space("smoke"))  # rung at epoch 1, budget 2 epochs, reduction factor 2
-    assert isinstance(scheduler, tuning.ParetoASHAScheduler) and scheduler.set_search_properties("val_acc", "max")
-    callback = tuning.RungDecisions(scheduler)
+    scheduler = scheduler_for(load_space("smoke"))  # rung at epoch 1, budget 2 epochs, reduction factor 2
+    assert isinstance(scheduler, ParetoASHAScheduler) and scheduler.set_search_properties("val_acc", "max")
+    callback = RungDecisions(scheduler)
     decisions = {}
     for name, accuracy, cost in (("accurate", 0.75, 1.7), ("dominated", 0.53, 7.4), ("cheap", 0.60, 1.0)):
         trial = SimpleNamespace(trial_id=name)
@@ -208,8 +222,8 @@ def test_the_pareto_scheduler_stops_by_rank_completes_at_the_budget_and_writes_i
     assert scheduler.on_trial_result(None, SimpleNamespace(trial_id="cheap"), final) == TrialScheduler.STOP
     callback.on_trial_result(0, [], SimpleNamespace(trial_id="cheap"), final)
     assert final["rung_decision"] == ""  # the budget is not a rung
-    resumed = tuning.scheduler_for(load_space("smoke"))  # after --resume: Ray restores callbacks, not schedulers
-    tuning.RungDecisions(resumed).set_state(callback.get_state())
+    resumed = scheduler_for(load_space("smoke"))  # after --resume: Ray restores callbacks, not schedulers
+    RungDecisions(resumed).set_state(callback.get_state())
     assert resumed.rungs.recorded == scheduler.rungs.recorded and len(resumed.rungs.recorded[1]) == 3
     assert resumed.decision("cheap", 1) == scheduler.decision("cheap", 1)
 
@@ -227,8 +241,8 @@ def test_single_metric_asha_is_rays_and_says_which_cutoff_stopped_a_trial(tmp_pa
             """,
         )
     )
-    scheduler = tuning.scheduler_for(space)
-    assert isinstance(scheduler, tuning.ExplainedASHAScheduler)
+    scheduler = scheduler_for(space)
+    assert isinstance(scheduler, ExplainedASHAScheduler)
     scheduler.set_search_properties("val_acc", "max")  # as the Tuner does for a single-objective search
     for name, accuracy in (("a", 0.75), ("b", 0.53), ("c", 0.60)):
         trial = SimpleNamespace(trial_id=name)
@@ -245,7 +259,7 @@ def test_the_tables_are_rewritten_at_most_once_a_period_while_trials_finish_and_
     import pandas as pd
     from ray.tune.experiment import Trial
 
-    callback = tuning.ExportCallback(tmp_path, max_epochs=1)
+    callback = ExportCallback(tmp_path, max_epochs=1)
     report = {"epoch": 1, "val_acc": 0.5, "train_time_s": 1.0, "eval_time_s": 0.1, "images_per_s": 10.0}
 
     def finish(number: int) -> None:
@@ -255,17 +269,17 @@ def test_the_tables_are_rewritten_at_most_once_a_period_while_trials_finish_and_
         callback.on_trial_complete(0, [], trial)
 
     rows = lambda: len(pd.read_csv(tmp_path / "trials.csv"))
-    monkeypatch.setattr(tuning, "EXPORT_PERIOD_S", 3600.0)
+    monkeypatch.setattr(callbacks, "EXPORT_PERIOD_S", 3600.0)
     finish(1)
     assert rows() == 1  # the first finished trial at once
     finish(2)
     finish(3)
     callback.on_step_end(0, [])
     assert rows() == 1  # within the period: not yet
-    monkeypatch.setattr(tuning, "EXPORT_PERIOD_S", 0.0)
+    monkeypatch.setattr(callbacks, "EXPORT_PERIOD_S", 0.0)
     callback.on_step_end(0, [])
     assert rows() == 3  # the period passed: Tune's next loop step writes them
-    monkeypatch.setattr(tuning, "EXPORT_PERIOD_S", 3600.0)
+    monkeypatch.setattr(callbacks, "EXPORT_PERIOD_S", 3600.0)
     finish(4)
     callback.on_experiment_end([])
     assert rows() == 4 and callback.get_state()["finished"].keys() == {"t1", "t2", "t3", "t4"}
@@ -285,11 +299,11 @@ def test_each_finished_trial_is_made_into_table_rows_once_however_often_the_tabl
 
     made, trial_rows = [], results.trial_rows
     counted = lambda record: made.append(record["trial_id"]) or trial_rows(record)
-    for module in (tuning, results):  # results.trials_table's calls are counted too
+    for module in (callbacks, results):  # results.trials_table's calls are counted too
         monkeypatch.setattr(module, "trial_rows", counted)
-    monkeypatch.setattr(tuning, "EXPORT_PERIOD_S", 0.0)  # a rewrite at every chance
-    export = tuning.ExportCallback(tmp_path, max_epochs=2)
-    watch = tuning.WatchCallback(export, total=6, searched=["lr"], console=False)
+    monkeypatch.setattr(callbacks, "EXPORT_PERIOD_S", 0.0)  # a rewrite at every chance
+    export = ExportCallback(tmp_path, max_epochs=2)
+    watch = WatchCallback(export, total=6, searched=["lr"], console=False)
     watch._console = console = StudyConsole(6, ["lr"], stream=io.StringIO())
     runs = [(0.9, 5.0, 2), (0.8, 1.0, 2), (0.95, 9.0, 2), (0.7, 3.0, 2), (0.99, 0.5, 1), (0.85, 0.9, 2)]
     for number, (accuracy, seconds, epochs) in enumerate(runs):
@@ -324,7 +338,7 @@ def test_a_worker_stopped_by_ray_exits_without_a_traceback_and_other_ignored_err
         def __del__(self):
             raise self.error
 
-    monkeypatch.setattr(sys, "unraisablehook", tuning.quiet_exit)
+    monkeypatch.setattr(sys, "unraisablehook", quiet_exit)
     Raises(SystemExit(1))  # dropped at once: __del__ raises where nothing can catch it
     gc.collect()
     assert capsys.readouterr().err == ""
@@ -336,11 +350,11 @@ def test_a_worker_stopped_by_ray_exits_without_a_traceback_and_other_ignored_err
 def test_the_export_callback_pickles_without_its_derived_rows_and_unpickles_from_an_older_pickle(tmp_path):
     import pickle
 
-    callback = tuning.ExportCallback(tmp_path, max_epochs=1)
+    callback = ExportCallback(tmp_path, max_epochs=1)
     callback.finished["t0"] = {"trial_id": "t0", "config": {}, "history": [], "error": "E: x", "max_epochs": 1}
     callback.rows("t0")
     again = pickle.loads(pickle.dumps(callback))
     assert again._rows == {} and again.finished == callback.finished and again.rows("t0") == callback.rows("t0")
-    older = tuning.ExportCallback.__new__(tuning.ExportCallback)  # as pickle restores a Tuner saved before the cache
+    older = ExportCallback.__new__(ExportCallback)  # as pickle restores a Tuner saved before the cache
     older.__setstate__({key: value for key, value in callback.__dict__.items() if key != "_rows"})
     assert older.rows("t0")[0]["status"] == "error"

@@ -1,6 +1,6 @@
-"""Watching a study: the compact console (terminal and plain), the live report, MLflow and TensorBoard."""
+"""study/watch/console.py: the compact console, scripted (plain and on a pseudo-terminal) and as a user of the
+smoke study sees it, piped and on a terminal (where the live report is watched too)."""
 
-import dataclasses
 import io
 import json
 import os
@@ -8,31 +8,19 @@ import pty
 import re
 import subprocess
 import sys
-import textwrap
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from study.analysis.report import REPORT_FILE, LiveReport, write_report
-from study.analysis.results import trials_table, write_tables
-from study.core.config import TrialConfig
+from study.analysis.page import REPORT_FILE
 from study.watch.console import StudyConsole, trial_line
-from study.watch.tracking import store
 from tests.helpers import REPO
+from tests.watch.clock import Clock
 
 ESCAPE = re.compile(r"\x1b")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # every control character but tab and newline
 CSI = re.compile(r"\x1b\[(\??)([0-9;]*)([A-Za-z])")
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def row(trial_id, depth, status="completed", val_acc=0.8, seconds=3.0, epochs_run=2, **extra):
@@ -208,145 +196,6 @@ def test_live_console_on_a_terminal_updates_one_line_in_place_and_leaves_the_sum
     assert len(status) == 1 and status[0].startswith("3/3 trials: 3 completed") and "best val_acc 0.7000" in status[0]
     assert shown[-2:] == [status[0], "Study finished: the summary"]
     assert [line for line in shown if line.startswith("a worker's line")] == [f"a worker's line {i}" for i in range(3)]
-
-
-# --- the live report, scripted -----------------------------------------------------------------------------------
-
-
-def test_live_report_is_partial_reloads_and_is_rewritten_at_most_every_30_s(tmp_path):
-    from tests.helpers import history
-
-    out = tmp_path / "results"
-    out.mkdir()
-    (out / "study.json").write_text(json.dumps({"space": {"name": "live", "num_samples": 1}}))
-    records = [
-        {
-            "trial_id": f"t{i}",
-            "config": {"unfreeze_depth": i, "epochs": 3},
-            "history": history([0.5, 0.6, 0.6 + i / 20]),
-        }
-        for i in range(4)
-    ]
-    for record in records:
-        record.update(error=None, max_epochs=3)
-    clock = Clock()
-    live = LiveReport(out, total=5, clock=clock)
-    live.start()
-    page = (out / REPORT_FILE).read_text()
-    assert "No trial has finished yet" in page and '<meta http-equiv="refresh" content="30">' in page
-
-    def finish(count: int, now: float) -> str:
-        clock.now = now
-        write_tables(out, *trials_table(records[:count]))
-        live.trial_finished(count)
-        return (out / REPORT_FILE).read_text()
-
-    clock.now = 29
-    live.update()
-    assert (out / REPORT_FILE).read_text() == page  # nothing new
-    page = finish(1, 30)
-    assert "Partial report: the study is still running" in page and "1 trial(s) finished, 4 still to come" in page
-    assert '<meta http-equiv="refresh" content="30">' in page and "t0" in page
-    assert "did not record a finish" not in page  # the banner says it better
-    assert finish(2, 45) == page  # 15 s after the last write: not yet
-    clock.now = 59
-    live.update()
-    assert (out / REPORT_FILE).read_text() == page
-    clock.now = 60
-    live.update()  # 30 s on: the trial that finished at 45 s appears
-    page = (out / REPORT_FILE).read_text()
-    assert "2 trial(s) finished, 3 still to come" in page and "t1" in page
-    final = write_report(out).read_text()  # what study/cli/run.py writes at the end
-    assert "http-equiv" not in final and "Partial report" not in final
-
-
-# --- MLflow and TensorBoard: the smoke study's real results -----------------------------------------------------
-
-
-def test_a_missing_mlflow_is_a_one_line_error(tmp_path):
-    script = textwrap.dedent(
-        """
-        import sys
-        sys.modules["mlflow"] = None  # what an environment without MLflow gives: ImportError
-        from study.cli import run
-        sys.exit(run.main(["--space", "smoke", "--out", sys.argv[1], "--mlflow", sys.argv[2]]))
-        """
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "out"), str(tmp_path / "mlruns")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
-    assert result.returncode == 2 and result.stdout == ""
-    assert (
-        result.stderr
-        == "error: --mlflow needs MLflow, which is not installed: pip install 'study[mlflow]' (or pip install mlflow)\n"
-    )
-    assert not (tmp_path / "out").exists()
-
-
-def test_an_unreachable_mlflow_server_is_a_one_line_error_before_ray(tmp_path):
-    from study.cli.run import main
-
-    assert main(["--space", "smoke", "--out", str(tmp_path / "out"), "--mlflow", "http://127.0.0.1:9"]) == 2
-    assert not (tmp_path / "out").exists()
-
-
-def test_directory_and_sqlite_stores(tmp_path):
-    assert store(str(tmp_path / "m")) == (
-        f"sqlite:///{tmp_path / 'm' / 'mlflow.db'}",
-        (tmp_path / "m" / "artifacts").as_uri(),
-    )
-    assert store(f"sqlite:///{tmp_path}/x.db")[1] == (tmp_path / "mlartifacts").as_uri()
-    assert store("http://mlflow.example:5000") == ("http://mlflow.example:5000", None)
-
-
-@pytest.mark.slow
-def test_smoke_study_logged_every_trial_to_mlflow(smoke_study):
-    from mlflow import MlflowClient
-
-    trials = pd.read_parquet(smoke_study.out / "trials.parquet")
-    epochs = pd.read_parquet(smoke_study.out / "epochs.parquet")
-    client = MlflowClient(tracking_uri=store(str(smoke_study.mlflow))[0])
-    experiment = client.get_experiment_by_name(smoke_study.out.name)
-    runs = {run.data.tags["trial_id"]: run for run in client.search_runs([experiment.experiment_id])}
-    assert sorted(runs) == sorted(trials["trial_id"])
-    for trial in trials.to_dict("records"):
-        run = runs[trial["trial_id"]]
-        assert run.info.run_name == trial["trial_id"] and run.info.status == "FINISHED"
-        assert run.data.params["unfreeze_depth"] == str(trial["unfreeze_depth"])
-        assert run.data.params["img_size"] == "32" and run.data.params["optimizer"] == "adamw"
-        assert len(run.data.params) == len(dataclasses.fields(TrialConfig))  # every setting, defaults included
-        assert run.data.tags["status"] == trial["status"] and run.data.tags["stop_reason"]
-        curve = client.get_metric_history(run.info.run_id, "val_acc")
-        expected = epochs[epochs["trial_id"] == trial["trial_id"]].sort_values("epoch")
-        assert [(m.step, round(m.value, 6)) for m in sorted(curve, key=lambda m: m.step)] == [
-            (int(e), round(v, 6)) for e, v in zip(expected["epoch"], expected["val_acc"])
-        ]
-        assert run.data.metrics["result.val_acc"] == pytest.approx(trial["val_acc"])
-        assert run.data.metrics["result.trainable_params"] == trial["trainable_params"]
-        result = json.loads(Path(client.download_artifacts(run.info.run_id, "result.json")).read_text())
-        assert result["trial_id"] == trial["trial_id"] and result["status"] == trial["status"]
-
-
-@pytest.mark.slow
-def test_smoke_study_wrote_tensorboard_event_files_with_per_epoch_val_acc(smoke_study):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    epochs = pd.read_parquet(smoke_study.out / "epochs.parquet")
-    trials = pd.read_parquet(smoke_study.out / "trials.parquet")
-    for trial_id in trials["trial_id"]:
-        directory = smoke_study.out / "ray" / "tune" / trial_id
-        assert list(directory.glob("events.out.tfevents.*")), f"no event file in {directory}"
-        events = EventAccumulator(str(directory))
-        events.Reload()
-        scalars = events.Scalars("ray/tune/val_acc")
-        expected = epochs[epochs["trial_id"] == trial_id].sort_values("epoch")
-        assert [(s.step, round(s.value, 5)) for s in scalars] == [
-            (int(e), round(v, 5)) for e, v in zip(expected["epoch"], expected["val_acc"])
-        ]
 
 
 # --- the study's console as a user sees it --------------------------------------------------------------------
