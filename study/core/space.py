@@ -82,7 +82,7 @@ PRESCREEN_SCORES = TRANSFER_SCORES.names()  # study/core/registry.py; study/rank
 MAX_SPACE_BYTES = 1_000_000  # a space is a few hundred bytes: anything this large is the wrong file
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Dimension:
     kind: str
     values: list  # the listed values (grid, choice) or [low, high]
@@ -92,7 +92,7 @@ class Dimension:
         return list(self.values)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Space:
     name: str
     source: str
@@ -375,7 +375,7 @@ def _dimension(key: str, spec, where: str) -> Dimension:
     if not isinstance(values, list) or not values:
         raise StudyError(f"{at}: {kind} needs a non-empty list")
     if kind in ("grid", "choice"):
-        return Dimension(kind, values)
+        return Dimension(kind=kind, values=values)
     if len(values) != 2 or not all(type(v) in (int, float) and math.isfinite(v) for v in values):
         raise StudyError(f"{at}: {kind} needs [low, high] finite numbers, got {values!r}")
     low, high = values
@@ -387,4 +387,4 @@ def _dimension(key: str, spec, where: str) -> Dimension:
         raise StudyError(f"{at}: loguniform needs low > 0 (a log scale), got {values!r}")
     if kind in ("uniform", "loguniform") and FIELD_TYPES[key] is not float:
         raise StudyError(f"{at}: {kind} draws floats but '{key}' is {FIELD_TYPES[key]}: use randint, grid or choice")
-    return Dimension(kind, [low, high] if kind == "randint" else [float(low), float(high)])
+    return Dimension(kind=kind, values=[low, high] if kind == "randint" else [float(low), float(high)])

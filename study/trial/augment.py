@@ -63,7 +63,7 @@ def preprocessor(img_size: int, mean, std, interpolation: str) -> v2.Transform:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Policy:
     """An augmentation policy (study/core/registry.py AUGMENTATIONS): its per-sample part, (img_size, interpolation) ->
     transform of one uint8 image, and its per-batch part, num_classes -> transform of (images, labels); either may

@@ -91,7 +91,7 @@ def crowding(points: np.ndarray) -> np.ndarray:
     return distance
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Decision:
     epoch: int  # the rung
     rank: int  # 1-based position of the trial among the rung's results
