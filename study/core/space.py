@@ -52,7 +52,7 @@ from pathlib import Path
 import yaml
 
 from study.core.config import FIELD_TYPES, StudyError, TrialConfig, check_number, closest_hint, load_yaml
-from study.core.metrics import SCHEDULER_METRICS
+from study.core.metrics import ACCURACY, SCHEDULER_METRICS
 from study.core.registry import SEARCHES, TRANSFER_SCORES
 
 # The shipped spaces are package data of `search_spaces` (pyproject), so an installed wheel has them too; both
@@ -104,7 +104,7 @@ class Space:
     asha: dict | None = field(
         default_factory=lambda: {"grace_period": 1, "reduction_factor": 2, "objectives": ASHA_OBJECTIVES[0]}
     )
-    metric: str = "val_acc"
+    metric: str = ACCURACY
     mode: str = "max"
     search: str = "grid"
     # Rank the backbone dimension's values by a transferability score before the search; search the top `keep`
@@ -296,7 +296,7 @@ def load_space(name_or_path: str) -> Space:
         num_samples=_typed(raw, "num_samples", int, where, 1),
         max_epochs=_typed(raw, "max_epochs", int, where, 5),
         asha=_asha(raw, where),
-        metric=_typed(raw, "metric", str, where, "val_acc"),
+        metric=_typed(raw, "metric", str, where, ACCURACY),
         mode=_typed(raw, "mode", str, where, "max"),
         search=_typed(raw, "search", str, where, default_search),
         prescreen=raw.get("prescreen"),
