@@ -68,7 +68,7 @@ TRIAL_COLUMNS = [
     "epochs_run",
     "val_acc",
     "train_time_s",
-    "standalone_train_time_s",
+    "study_train_time_s",
     "cache",
     "cache_build_s",
 ]

@@ -1,14 +1,16 @@
 """A study's report as a page: `write_report` writes RESULTS_DIR/report.html, `export` a finished study's files.
 
 One self-contained page (plotly.js embedded: it opens offline) with the views a decision needs, in this order:
-the Pareto fronts of validation accuracy against training time, trainable parameters and peak memory; the
-hypervolume of the accuracy-time front as trials finished; the early-stopping rungs; parallel coordinates of
-the searched dimensions; learning curves; accuracy per value of each dimension; dimension importance (Optuna's
-fANOVA); the pre-screen and whether the scores predicted the study; every trial as a table; the study's
-settings. The views themselves are in study/analysis/views/; this module orders them, renders them as HTML
-and writes the page. Whatever part of a results directory exists is shown: an interrupted study, error
-trials, a single trial. A running study's page (`progress`) says so and reloads itself (study/watch/live.py
-rewrites it).
+the answer (study/analysis/recommend.py: which configuration to pick, and what each smaller budget costs in
+accuracy) and what the time axis means; the Pareto fronts of validation accuracy against training time, trainable
+parameters and peak memory, every accuracy with its interval; the front as a table (and, with repeats, every
+configuration's spread over them); the hypervolume of the accuracy-time front as trials finished; the
+early-stopping rungs; parallel coordinates of the searched dimensions; learning curves; accuracy per value of each
+dimension; dimension importance (Optuna's fANOVA); the pre-screen and whether the scores predicted the study; every
+trial as a table; the study's settings. The views themselves are in study/analysis/views/; this module orders them,
+renders them as HTML and writes the page. Whatever part of a results directory exists is shown: an interrupted
+study, error trials, a single trial. A running study's page (`progress`) says so and reloads itself
+(study/watch/live.py rewrites it).
 """
 
 from __future__ import annotations
@@ -28,21 +30,31 @@ from plotly.offline import get_plotlyjs
 
 from study.analysis.agreement import candidate_accuracies
 from study.analysis.pareto import INCLUDE_STOPPED
-from study.analysis.results import Results, load_results, write_tables
+from study.analysis.recommend import Recommendation, recommend
+from study.analysis.repeats import front_candidates, repeated, trial_labels
+from study.analysis.results import OUTCOME_COLUMNS, Results, load_results, write_tables
 from study.analysis.searched import searched_dimensions
 from study.analysis.views import View
 from study.analysis.views.curves import curves_view, rungs_view
 from study.analysis.views.dimensions import dimension_views, importance_view, parallel_view
-from study.analysis.views.front import front_table_view, pareto_figure, pareto_view, trials_table_view
+from study.analysis.views.front import (
+    configurations_view,
+    front_table_view,
+    pareto_figure,
+    pareto_view,
+    trials_table_view,
+)
 from study.analysis.views.hypervolume import hypervolume_view
 from study.analysis.views.provenance import prediction_view, prescreen_view, settings_view
 from study.core.files import atomic_write
-from study.core.metrics import FRONT_COSTS
+from study.core.metrics import FRONT_COSTS, MAIN_COST
 
 REPORT_FILE = "report.html"
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 # A running study's report is rewritten at most this often, and its page reloads itself as often.
 LIVE_PERIOD_S = 30
+# The time-axis sentence names at most this many trials that reused cached features, then counts the rest.
+NAMED_REUSES = 8
 
 
 @dataclass(kw_only=True)
@@ -60,7 +72,7 @@ def planned_trial_count(study: dict) -> int | None:
     if "num_samples" not in space:
         return None
     grids = [len(d.get("values", [])) for d in (space.get("dimensions") or {}).values() if d.get("kind") == "grid"]
-    return int(space["num_samples"] * math.prod(grids))
+    return int(space["num_samples"] * math.prod(grids) * space.get("repeats", 1))  # no repeats before they existed
 
 
 def summary(results: Results, trials: pd.DataFrame, running: bool = False) -> str:
@@ -74,13 +86,46 @@ def summary(results: Results, trials: pd.DataFrame, running: bool = False) -> st
     return text
 
 
-def views(results: Results, include_stopped: bool = INCLUDE_STOPPED) -> list[View]:
-    """Every view of the report, in order."""
+def answer(results: Results, include_stopped: bool = INCLUDE_STOPPED) -> Recommendation:
+    """The study's recommendation (study/analysis/recommend.py); none for results without training times."""
+    if MAIN_COST not in results.trials:
+        return Recommendation(pick=None, sentence=f"No recommendation: these results have no '{MAIN_COST}' column.")
+    return recommend(results.trials, results.outcomes, include_stopped)
+
+
+def time_axis_note(trials: pd.DataFrame) -> str:
+    """What the fronts' time means, which trials reused cached features, and what this study spent training."""
+    if "study_train_time_s" not in trials:
+        return (
+            "Training time in these results is what each trial spent in its own study (they were written before the "
+            "time alone on a fresh node was recorded): a trial that reused cached features looks cheaper than it is."
+        )
+    text = "Training time is what each configuration costs alone on a fresh node"
+    reused = trials["cache"].eq("reused") if "cache" in trials else pd.Series(False, index=trials.index)
+    if reused.any():
+        named = [
+            f"{label} ({trial_id})" for label, trial_id in zip(trial_labels(trials)[reused], trials["trial_id"][reused])
+        ]
+        more = len(named) - NAMED_REUSES
+        listed = ", ".join(named[:NAMED_REUSES]) + (f" and {more} more" if more > 0 else "")
+        text += (
+            f": {len(named)} trial(s) reused features cached by an earlier trial or study ({listed}), which count "
+            "what building them cost"
+        )
+    return f"{text}; this study spent {trials['study_train_time_s'].sum():.1f} s training in all (study_train_time_s)."
+
+
+def views(
+    results: Results, include_stopped: bool = INCLUDE_STOPPED, recommendation: Recommendation | None = None
+) -> list[View]:
+    """Every view of the report, in order; `recommendation`: the study's, when the caller has it already."""
     trials, study = results.trials, results.study
     dimensions = searched_dimensions(trials, study)
+    judged = (recommendation or answer(results, include_stopped)).front
     return [
-        *(pareto_view(trials, cost, include_stopped=include_stopped) for cost in FRONT_COSTS),
-        front_table_view(trials, dimensions, include_stopped),
+        *(pareto_view(trials, cost, include_stopped=include_stopped, judged=judged) for cost in FRONT_COSTS),
+        front_table_view(trials, dimensions, include_stopped, judged=judged),
+        *([configurations_view(trials, dimensions)] if repeated(trials) else []),
         hypervolume_view(trials, include_stopped),
         rungs_view(results.epochs, trials, dimensions),
         parallel_view(trials, dimensions),
@@ -98,7 +143,9 @@ def render(results: Results, include_stopped: bool = INCLUDE_STOPPED, progress: 
     """The report as one HTML page, plotly.js inlined. With `progress` (a running study): a partial page that says
     so and reloads itself every LIVE_PERIOD_S seconds."""
     name = (results.study.get("space") or {}).get("name") or results.path.name
-    sections = [_section(number, view) for number, view in enumerate(views(results, include_stopped))]
+    recommendation = answer(results, include_stopped)
+    sections = [_section(number, view) for number, view in enumerate(views(results, include_stopped, recommendation))]
+    budgets = "".join(f"<li>{html.escape(line)}</li>" for line in recommendation.budgets)
     notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in results.notes)
     policy = "take part in" if include_stopped else "are shown but take no part in"
     reload = f'<meta http-equiv="refresh" content="{LIVE_PERIOD_S}">\n' if progress is not None else ""
@@ -120,13 +167,20 @@ table.table th, table.table td {{
 }}
 .scroll {{ overflow-x: auto; }}
 .partial {{ background: #e8f1fb; border-left: 4px solid #2b6cb0; padding: 0.5em 1em; font-weight: bold; }}
+.answer {{
+  background: #e6f4ea; border-left: 4px solid #2a9d8f; padding: 0.6em 1em; font-size: 1.15em; font-weight: bold;
+}}
 </style>
 </head>
 <body>
 <h1>Study report: {html.escape(name)}</h1>
 {partial}<p>{html.escape(opening)} Results: <code>{html.escape(str(results.path.resolve()))}</code>.</p>
+<p class="answer" id="recommendation">{html.escape(recommendation.sentence)}</p>
+{f'<ul class="budgets">{budgets}</ul>' if budgets else ""}
+<p id="time-axis">{html.escape(time_axis_note(results.trials))}</p>
 <p>Fronts maximise validation accuracy (final epoch) against one cost each; error trials never take part, trials stopped
-early by ASHA {policy} them. Test accuracy is shown beside, never used to choose.</p>
+early by ASHA {policy} them. Every accuracy carries its 95% interval (docs/results.md). Test accuracy is shown beside,
+never used to choose.</p>
 {notes}
 {"".join(sections)}
 </body>
@@ -209,10 +263,13 @@ def write_report(
     return path
 
 
-def export(out: Path, trials: pd.DataFrame, epochs: pd.DataFrame, title: str) -> pd.DataFrame:
-    """Write trials.csv/.parquet, epochs.parquet, pareto.csv/.html into `out`; return the front. The tables alone,
-    without Plotly, are study/analysis/results.py `write_tables` (rewritten while a study runs)."""
-    front = write_tables(out, trials, epochs)
-    figure = pareto_figure(trials, front, title)
+def export(
+    out: Path, trials: pd.DataFrame, epochs: pd.DataFrame, title: str, outcomes: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Write the tables (study/analysis/results.py `write_tables`, rewritten while a study runs) and pareto.html, its
+    members not significantly below the best ringed, into `out`; return the front."""
+    front = write_tables(out, trials, epochs, outcomes)
+    judged = recommend(trials, outcomes if outcomes is not None else pd.DataFrame(columns=OUTCOME_COLUMNS)).front
+    figure = pareto_figure(front_candidates(trials), front, title, judged=judged)
     atomic_write(out / "pareto.html", lambda p: figure.write_html(p, include_plotlyjs=True, full_html=True))
     return front

@@ -17,31 +17,44 @@ from typing import NamedTuple
 import pandas as pd
 
 from study.analysis.pareto import pareto_front
-from study.core.config import FIELD_TYPES, StudyError, TrialConfig
+from study.analysis.repeats import front_candidates
+from study.analysis.uncertainty import accuracy_interval
+from study.core.config import StudyError, TrialConfig
 from study.core.files import atomic_write, damaged, read_json
 from study.core.metrics import (
     ACCURACY,
     EPOCH_METRICS,
     FINAL_METRICS,
     MAIN_COST,
+    OUTCOMES,
     PLACEMENT_INFO,
     SCHEDULER_INFO,
     TRIAL_INFO,
 )
+from study.core.outcomes import decode, unpack
 
 
 class Tables(NamedTuple):
-    """A study's two tables: one row per trial, and one row per epoch of every trial."""
+    """A study's tables: one row per trial, one row per epoch of every trial, and each trial's per-image outcomes
+    at its final epoch (one row per trial and split)."""
 
     trials: pd.DataFrame
     epochs: pd.DataFrame
+    outcomes: pd.DataFrame
 
 
 class TrialRows(NamedTuple):
-    """One trial's row of the trials table and its rows of the epochs table."""
+    """One trial's row of the trials table, its rows of the epochs table and of the outcomes table."""
 
     trial: dict
     epochs: list[dict]
+    outcomes: list[dict]
+
+
+OUTCOMES_FILE = "outcomes.parquet"
+OUTCOME_COLUMNS = ["trial_id", "split", "images", "correct"]
+# The 95% interval of each accuracy a trial reports (study/analysis/uncertainty.py): column -> its image count.
+INTERVALS = {ACCURACY: "val_images", "test_acc": "test_images"}
 
 
 def trials_table(records: list[dict]) -> Tables:
@@ -61,11 +74,12 @@ def trials_table(records: list[dict]) -> Tables:
 def assemble(rows: list[TrialRows]) -> Tables:
     """(trials, epochs) from each trial's `trial_rows`: a running study keeps those per finished trial, so that
     rewriting its tables costs one table's construction, not every trial's rows again."""
-    trials = pd.DataFrame([row for row, _ in rows])
+    trials = pd.DataFrame([row.trial for row in rows])
     epoch_table = pd.DataFrame(
-        [epoch for _, epochs in rows for epoch in epochs], columns=["trial_id", *EPOCH_METRICS, *SCHEDULER_INFO]
+        [epoch for row in rows for epoch in row.epochs], columns=["trial_id", *EPOCH_METRICS, *SCHEDULER_INFO]
     )
-    return Tables(trials=_uniform_types(trials), epochs=epoch_table)
+    outcomes = pd.DataFrame([outcome for row in rows for outcome in row.outcomes], columns=OUTCOME_COLUMNS)
+    return Tables(trials=_uniform_types(trials), epochs=epoch_table, outcomes=outcomes)
 
 
 def trial_rows(record: dict) -> TrialRows:
@@ -89,9 +103,27 @@ def trial_rows(record: dict) -> TrialRows:
     row["images_per_s"] = sum(h["images_per_s"] for h in history) / len(history) if history else math.nan
     row["finished_at"] = last.get("reported_at", math.nan)
     row.update({key: last.get(key) for key in (*TRIAL_INFO, *PLACEMENT_INFO)})
+    for accuracy, images in INTERVALS.items():
+        interval = accuracy_interval(row[accuracy], _number(row.get(images)))
+        row[f"{accuracy}_low"], row[f"{accuracy}_high"] = interval.low, interval.high
     row["checkpoint"] = record.get("checkpoint") or ""  # the saved final model (save_checkpoint), for study.merge
     epochs = [{"trial_id": record["trial_id"], **{k: h.get(k) for k in EPOCH_METRICS}, **_decision(h)} for h in history]
-    return TrialRows(trial=row, epochs=epochs)
+    return TrialRows(trial=row, epochs=epochs, outcomes=outcome_rows(record["trial_id"], last))
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def outcome_rows(trial_id: str, report: dict) -> list[dict]:
+    """The final epoch's per-image outcomes of each split (study/core/outcomes.py), as packed bytes."""
+    rows = []
+    for key in OUTCOMES:
+        split = key.removesuffix("_correct")
+        images = _number(report.get(f"{split}_images"))
+        if isinstance(report.get(key), str) and math.isfinite(images):
+            rows.append({"trial_id": trial_id, "split": split, "images": int(images), "correct": decode(report[key])})
+    return rows
 
 
 def _decision(report: dict) -> dict:
@@ -114,6 +146,12 @@ def stop_reason(status: str, history: list[dict], max_epochs: int) -> str:
     return f"stopped after {ran} without a rung decision"
 
 
+def split_outcomes(outcomes: pd.DataFrame, split: str) -> dict:
+    """trial id -> its outcomes on `split`'s images (booleans in the split's order), from the outcomes table."""
+    rows = outcomes[outcomes["split"] == split] if "split" in outcomes else outcomes.iloc[0:0]
+    return {row.trial_id: unpack(bytes(row.correct), int(row.images)) for row in rows.itertuples()}
+
+
 def _uniform_types(table: pd.DataFrame) -> pd.DataFrame:
     """Columns mixing types (unfreeze_depth: 3 and 'all') become text so Parquet can store them."""
     for column in table.columns:
@@ -123,18 +161,22 @@ def _uniform_types(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def varying_settings(trials: pd.DataFrame) -> list[str]:
-    """Trial settings that differ between trials: what the study searched."""
-    return [key for key in FIELD_TYPES if key in trials and trials[key].astype(str).nunique() > 1]
-
-
-def write_tables(out: Path, trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
-    """The tables alone (trials.csv/.parquet, epochs.parquet, pareto.csv), as rewritten after every finished trial
-    while a study runs; return the front."""
-    front = pareto_front(trials)
+def write_tables(
+    out: Path, trials: pd.DataFrame, epochs: pd.DataFrame, outcomes: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The tables alone (trials.csv/.parquet, epochs.parquet, outcomes.parquet, pareto.csv; configurations.csv and
+    .parquet when the study has repeats), as rewritten after every finished trial while a study runs; return the
+    front (of configurations when the study has repeats, study/analysis/repeats.py)."""
+    candidates = front_candidates(trials)
+    front = pareto_front(candidates)
     atomic_write(out / "trials.csv", lambda p: trials.to_csv(p, index=False))
     atomic_write(out / "trials.parquet", lambda p: trials.to_parquet(p, index=False))
     atomic_write(out / "epochs.parquet", lambda p: epochs.to_parquet(p, index=False))
+    if outcomes is not None:
+        atomic_write(out / OUTCOMES_FILE, lambda p: outcomes.to_parquet(p, index=False))
+    if candidates is not trials:
+        atomic_write(out / "configurations.csv", lambda p: candidates.to_csv(p, index=False))
+        atomic_write(out / "configurations.parquet", lambda p: candidates.to_parquet(p, index=False))
     atomic_write(out / "pareto.csv", lambda p: front.to_csv(p, index=False))
     return front
 
@@ -147,6 +189,7 @@ class Results:
     trials: pd.DataFrame
     epochs: pd.DataFrame  # empty (with its columns) when the directory has no epochs.parquet
     study: dict  # study.json; empty when missing
+    outcomes: pd.DataFrame  # per-image outcomes (OUTCOME_COLUMNS); empty when the directory has no outcomes.parquet
     notes: list[str] = field(default_factory=list)
 
 
@@ -191,6 +234,13 @@ def load_results(path: str | Path) -> Results:
     else:
         epochs = pd.DataFrame(columns=["trial_id", *EPOCH_METRICS])
         notes.append("epochs.parquet is missing: no per-epoch curves.")
+    if (path / OUTCOMES_FILE).exists():
+        outcomes = read_table(path / OUTCOMES_FILE)
+    else:
+        outcomes = pd.DataFrame(columns=OUTCOME_COLUMNS)
+        notes.append(
+            f"{OUTCOMES_FILE} is missing (results from before per-image outcomes were recorded): no paired comparisons."
+        )
     study = {}
     try:
         study = read_json(path / "study.json")
@@ -203,4 +253,4 @@ def load_results(path: str | Path) -> Results:
             f"study.json holds a {type(study).__name__}, not a study's record: the study's settings are unknown."
         )
         study = {}
-    return Results(path=path, trials=trials, epochs=epochs, study=study, notes=notes)
+    return Results(path=path, trials=trials, epochs=epochs, study=study, outcomes=outcomes, notes=notes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from study.analysis.results import varying_settings
+from study.analysis.repeats import varying_settings
 from study.core.config import StudyError
 
 # A numeric dimension spanning this ratio or more is shown on a log scale when the space does not say.

@@ -15,6 +15,7 @@ import types
 import typing
 from dataclasses import dataclass
 
+import numpy as np
 import yaml
 
 from study.core.registry import AUGMENTATIONS, HEADS, LR_SCHEDULES, OPTIMIZERS, UNFREEZE_UNITS
@@ -61,11 +62,13 @@ NUMBER_LIMITS = {
     "epochs": Limit(1, rule="must be positive"),
     "seed": SEED_LIMIT,
     "split_seed": SEED_LIMIT,
+    "repeat": Limit(0, rule="is negative: repeats count from 0 (a space's `repeats: N` sets it, 0..N-1)"),
     "train_fraction": Limit(0, 1, low_open=True, rule="is outside (0, 1]: use e.g. 0.1 for a 10% subset, 1 for all"),
     "img_size": Limit(8, rule="is too small: use at least 8, or null for the backbone's default"),
     "loader_workers": Limit(0, rule="is negative: use 0 (load in the trial process), a count, or null"),
     "unfreeze_depth": Limit(0, rule="is invalid: use an integer >= 0 or 'all'"),
     "num_samples": Limit(1, rule="must be at least 1"),
+    "repeats": Limit(1, 1000, rule="is outside 1..1000: the runs of each configuration, e.g. 3 (1: no repeats)"),
     "max_epochs": Limit(1, rule="must be at least 1"),
     "cpus_per_trial": Limit(0, low_open=True, rule="must be positive"),
     "gpus_per_trial": Limit(
@@ -143,7 +146,11 @@ class TrialConfig:
     warmup_epochs: float = 0.0
     # Layer-wise lr decay: a trained unit (as unfreeze_unit counts) d units from the head trains at lr * decay**d.
     layer_lr_decay: float = 1.0
+    # The trial's randomness (head initialisation, batch order, random backbone weights) comes from `trial_seed`:
+    # `seed` itself for repeat 0, a seed derived from both for the later repeats of a configuration (a space's
+    # `repeats: N` runs repeat 0..N-1). The split has its own seed (split_seed): repeats share it.
     seed: int = 0
+    repeat: int = 0
     device: str = "auto"
     # Speed (study/trial/device.py, study/trial/feature_cache.py): mixed precision (autocast) on CUDA; CPU trials run in
     # float32.
@@ -183,6 +190,15 @@ class TrialConfig:
                 f"warmup_epochs={self.warmup_epochs} must be >= 0 and shorter than each training phase "
                 f"({shortest} epochs): lower it"
             )
+
+    @property
+    def trial_seed(self) -> int:
+        """The seed of the trial's randomness: `seed` for repeat 0, so a study without repeats trains exactly as
+        before they existed; for later repeats one drawn from (seed, repeat) by NumPy's SeedSequence, so repeats of
+        seeds 0 and 1 never collide the way seed + repeat would."""
+        if self.repeat == 0:
+            return self.seed
+        return int(np.random.SeedSequence([self.seed, self.repeat]).generate_state(1)[0])
 
     def phase_epochs(self) -> tuple[int, int]:
         """Epochs of the head warm-up and of the trial's own training after it."""

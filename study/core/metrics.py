@@ -10,6 +10,8 @@ Groups (`Metric.reported_by`):
 - `trial`: what the trial is and resolved its settings to, the same every epoch (`Trial.info`).
 - `placement`: where and when the trial ran, added inside Ray's worker (study/tune/trainable.py).
 - `scheduler`: the early-stopping decision at an epoch, added by the scheduler's callback (study/tune).
+- `outcome`: which validation and test images the trial classified correctly at that epoch (study/core/outcomes.py);
+  the tables keep the final epoch's in outcomes.parquet, not in trials.csv or epochs.parquet.
 
 FINAL_METRICS: the epoch metrics whose last value is copied into trials.csv beside the settings. `direction`
 says which way is better for a metric a user optimises or plots (`max`, `min`), None for information.
@@ -29,6 +31,7 @@ __all__ = [
     "MAIN_COST",
     "METRICS",
     "MULTI_OBJECTIVE",
+    "OUTCOMES",
     "PLACEMENT_INFO",
     "REPORT_KEYS",
     "RUNG_ACCURACY",
@@ -44,7 +47,7 @@ __all__ = [
 @dataclass(frozen=True, kw_only=True)
 class Metric:
     name: str
-    reported_by: str  # epoch, trial, placement or scheduler (module docstring)
+    reported_by: str  # epoch, trial, placement, scheduler or outcome (module docstring)
     unit: str = ""
     direction: str | None = None  # max, min, or None (information)
     front_cost: str | None = None  # the short name of a front drawn against this cost
@@ -58,7 +61,7 @@ class Metric:
             raise ValueError(f"metric {self.name}: direction must be max, min or None")
 
 
-GROUPS = ("epoch", "trial", "placement", "scheduler")
+GROUPS = ("epoch", "trial", "placement", "scheduler", "outcome")
 
 _EPOCH = (
     Metric(name="epoch", reported_by="epoch", unit="epochs", description="the epoch just finished, from 1"),
@@ -84,15 +87,16 @@ _EPOCH = (
         unit="s",
         direction="min",
         front_cost="time",
-        label="training time (s, evaluation excluded)",
-        description="training time so far, evaluation excluded",
+        label="training time (s, alone on a fresh node, evaluation excluded)",
+        description="training time so far, evaluation excluded, as the configuration costs alone on a fresh node: "
+        "features it reused from a cache count what building them cost (study_train_time_s: what this study spent)",
     ),
     Metric(
-        name="standalone_train_time_s",
+        name="study_train_time_s",
         reported_by="epoch",
         unit="s",
-        direction="min",
-        description="the same trial alone on a fresh node: reused features cost what building them cost",
+        description="what this study spent training the trial so far: features an earlier trial or study cached cost "
+        "nothing here",
     ),
     Metric(name="eval_time_s", reported_by="epoch", unit="s"),
     Metric(name="images_per_s", reported_by="epoch", unit="images/s", direction="max"),
@@ -142,9 +146,18 @@ _TRIAL = (
     Metric(name="skipped_images", reported_by="trial", unit="images"),
     Metric(name="data_splits", reported_by="trial", description="the split's fingerprint"),
 )
-_PLACEMENT = tuple(
-    Metric(name=name, reported_by="placement")
-    for name in ("node_id", "node_ip", "hostname", "gpu_ids", "gpu_name", "started_at")
+_PLACEMENT = (
+    *(
+        Metric(name=name, reported_by="placement")
+        for name in ("node_id", "node_ip", "hostname", "gpu_ids", "gpu_name", "started_at")
+    ),
+    Metric(
+        name="cpu_share",
+        reported_by="placement",
+        unit="CPUs",
+        description="the CPUs Ray gave the trial while it was timed (its torch threads)",
+    ),
+    Metric(name="gpu_share", reported_by="placement", unit="GPUs", description="the GPU fraction Ray gave the trial"),
 )
 _SCHEDULER = (
     Metric(
@@ -154,7 +167,16 @@ _SCHEDULER = (
     ),
 )
 
-METRICS: dict[str, Metric] = {metric.name: metric for metric in (*_EPOCH, *_TRIAL, *_PLACEMENT, *_SCHEDULER)}
+_OUTCOME = tuple(
+    Metric(
+        name=f"{split}_correct",
+        reported_by="outcome",
+        description=f"which {split} images the trial classified correctly, a bit per image (study/core/outcomes.py)",
+    )
+    for split in ("val", "test")
+)
+
+METRICS: dict[str, Metric] = {metric.name: metric for metric in (*_EPOCH, *_TRIAL, *_PLACEMENT, *_SCHEDULER, *_OUTCOME)}
 
 
 def _names(reported_by: str) -> tuple[str, ...]:
@@ -165,7 +187,8 @@ EPOCH_METRICS = _names("epoch")
 TRIAL_INFO = _names("trial")
 PLACEMENT_INFO = _names("placement")
 SCHEDULER_INFO = _names("scheduler")
-REPORT_KEYS = (*EPOCH_METRICS, *TRIAL_INFO, *PLACEMENT_INFO, *SCHEDULER_INFO)
+OUTCOMES = _names("outcome")
+REPORT_KEYS = (*EPOCH_METRICS, *TRIAL_INFO, *PLACEMENT_INFO, *SCHEDULER_INFO, *OUTCOMES)
 # Copied from the last epoch into the trials table beside the settings, in this column order.
 FINAL_METRICS = (
     "val_acc",
@@ -175,7 +198,7 @@ FINAL_METRICS = (
     "test_acc",
     "test_loss",
     "train_time_s",
-    "standalone_train_time_s",
+    "study_train_time_s",
     "peak_memory_mib",
 )
 
@@ -185,10 +208,10 @@ MAIN_COST = "train_time_s"  # the cost of the main front
 FRONT_COSTS = {name: METRICS[name].label for name in (MAIN_COST, "trainable_params", "peak_memory_mib")}
 # optuna_mo's two objectives, and the pair the main front is drawn over.
 MULTI_OBJECTIVE = {ACCURACY: "max", MAIN_COST: "min"}
-# Multi-objective ASHA ranks trials at a rung by accuracy against the time the trial would take alone, so that a
-# trial that reused cached features is not ranked as cheaper than it is (study/tune/rungs.py).
+# Multi-objective ASHA ranks trials at a rung on the front's own axes: MAIN_COST is the time the trial takes alone on
+# a fresh node, so a trial that reused cached features is not ranked as cheaper than it is (study/tune/rungs.py).
 RUNG_ACCURACY = ACCURACY
-RUNG_COST = "standalone_train_time_s"
+RUNG_COST = MAIN_COST
 # What single-metric ASHA and Optuna may optimise (a space's `metric`), each with its better direction.
 SCHEDULER_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 # The measures the report's tables show beside the settings; efficiency, epochs_run and best_val_acc are derived

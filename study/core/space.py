@@ -12,6 +12,7 @@ A space file (search_spaces/NAME.yaml):
       batch_size: {randint: [16, 64]}           # both ends included
     search: random    # grid | random | optuna | optuna_mo (below); default: grid if every dimension is one
     num_samples: 1    # draws of the sampled dimensions (grids repeat this often); Optuna: the number of trials
+    repeats: 1        # runs of each configuration, each with its own trial seed (grid and random searches only)
     max_epochs: 5     # every trial's epoch budget
     asha: {grace_period: 1, reduction_factor: 2, objectives: pareto}   # or `asha: false` to run every trial out
     metric: val_acc
@@ -35,6 +36,13 @@ them):
   are then those of `objectives: metric` alone; the sampler learns only from trials that ran all
   max_epochs (a trial the scheduler stops is told to Optuna as pruned: its accuracy and time belong to a
   shorter budget).
+
+Repeats (`repeats: N`, 1..1000, or `--repeats N`): every configuration runs N times, as trials `repeat` 0..N-1 whose
+trial seed (TrialConfig.trial_seed: head initialisation, batch order, random backbone weights) differs; the split
+(split_seed) is the same. Repeat 0 trains with `seed` itself, as a study without repeats does. It is one more grid
+(study/tune/search.py), so grid and random searches only: Optuna proposes each configuration once. With repeats,
+random search draws a sample's values once for all its grid combinations (Ray's constant_grid_search), so the
+repeats of a configuration are the same configuration. `repeat` itself is numbered by the study: no space sets it.
 
 Everything is validated when the file is read; mistakes name the file and the key. This module is plain
 Python: study/tune/search.py translates a space into Ray Tune's (`param_space`).
@@ -61,12 +69,14 @@ SPACES_DIR = Path(str(resources.files("search_spaces")))
 # Trial settings that are paths study WRITES to: only the command line may set them, never a space file (which
 # may come from someone else); every other path in a space (weights, folder data) is only read.
 COMMAND_LINE_ONLY = ("data_root",)
+REPEAT = "repeat"  # the trial setting a space's `repeats` numbers: set by the study only
 SPACE_KEYS = (
     "description",
     "fixed",
     "dimensions",
     "search",
     "num_samples",
+    "repeats",
     "max_epochs",
     "asha",
     "metric",
@@ -100,6 +110,7 @@ class Space:
     fixed: dict = field(default_factory=dict)
     dimensions: dict[str, Dimension] = field(default_factory=dict)
     num_samples: int = 1
+    repeats: int = 1  # runs of each configuration, with trial seeds of its own (TrialConfig.repeat 0..repeats-1)
     max_epochs: int = 5
     asha: dict | None = field(
         default_factory=lambda: {"grace_period": 1, "reduction_factor": 2, "objectives": ASHA_OBJECTIVES[0]}
@@ -127,6 +138,10 @@ class Space:
         for key in settings:
             if key == "epochs":
                 raise StudyError("set the epoch budget with --max-epochs, not --set epochs=")
+            if key == REPEAT:
+                raise StudyError(
+                    "the study numbers each configuration's repeats: run N of each with --repeats N, not --set repeat="
+                )
         dimensions = {k: d for k, d in self.dimensions.items() if k not in settings}
         changed = dataclasses.replace(self, fixed={**self.fixed, **settings}, dimensions=dimensions, **study)
         changed.validate()
@@ -147,6 +162,7 @@ class Space:
         where = self.source
         try:
             check_number("num_samples", self.num_samples)
+            check_number("repeats", self.repeats)
             check_number("max_epochs", self.max_epochs)
         except StudyError as error:
             raise StudyError(f"{where}: {error}") from None
@@ -171,6 +187,16 @@ class Space:
             raise StudyError(
                 f"{where}: search {self.search} samples every dimension (TPE), but '{grids[0]}' is a grid: write it "
                 f"as {{choice: {self.dimensions[grids[0]].values}}}"
+            )
+        if self.search.startswith("optuna") and self.repeats > 1:
+            raise StudyError(
+                f"{where}: repeats={self.repeats} needs search grid or random: Optuna proposes each configuration "
+                "once, from the results so far; use search: random (or grid), or repeats: 1"
+            )
+        if REPEAT in self.fixed or REPEAT in self.dimensions:
+            raise StudyError(
+                f"{where}: '{REPEAT}' is numbered by the study (0..repeats-1), not set: write `repeats: N` to run "
+                "each configuration N times"
             )
         if self.search.startswith("optuna") and not self.dimensions:
             raise StudyError(
@@ -294,6 +320,7 @@ def load_space(name_or_path: str) -> Space:
         fixed=fixed,
         dimensions=dimensions,
         num_samples=_typed(raw, "num_samples", int, where, 1),
+        repeats=_typed(raw, "repeats", int, where, 1),
         max_epochs=_typed(raw, "max_epochs", int, where, 5),
         asha=_asha(raw, where),
         metric=_typed(raw, "metric", str, where, ACCURACY),

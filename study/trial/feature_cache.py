@@ -18,24 +18,25 @@ reason recorded, when it finds none (`CutSearch.reason`) or when the features of
 trial's splits exceed the store's size bound (`FeatureStore.budget`).
 
 Shared per node. Features are files under DATA_ROOT/features-v1/, one per (backbone,
-weights, head, input size and preprocessing, device type and precision, library
-versions, cut point, split content): trials of any study on the node with the same
-backbone, weights, data (split and train_fraction: the images' bytes are hashed) and cut
-reuse them. Written atomically under a file lock (parallel trials wait for the one
-building them, then read), memory-mapped when read (trials share one copy in the page
-cache), on CUDA moved to the GPU where they fit. A split whose features at an earlier cut
-point of the same network are cached is computed from those instead of from the images
-(a grid over depths that runs deepest first computes each stretch of the network once).
-The directory is bounded (MEMORY_SHARE of the node's memory): the least recently used
-files go first.
+weights (with random weights, the seed that initialised them), head, input size and
+preprocessing, device type and precision, library versions, cut point, split content):
+trials of any study on the node with the same backbone, weights, data (split and
+train_fraction: the images' bytes are hashed) and cut reuse them. Written atomically
+under a file lock (parallel trials wait for the one building them, then read), memory-
+mapped when read (trials share one copy in the page cache), on CUDA moved to the GPU
+where they fit. A split whose features at an earlier cut point of the same network are
+cached is computed from those instead of from the images (a grid over depths that runs
+deepest first computes each stretch of the network once). The directory is bounded
+(MEMORY_SHARE of the node's memory): the least recently used files go first.
 
 Honest time. Building the training split's features is training time: it is part of the
 first epoch of the trial that builds them and also recorded alone (`cache_build_s`). A
-trial that reuses them spends no time on them: its `train_time_s` is what it spent, so
-the study's total is the sum over its trials, and `standalone_train_time_s` adds the
-cost of the features it reused (their `cost_s`, building from images included): what
-the same trial would take alone on a fresh node. Validation and test features are built
-during evaluation and count as evaluation time.
+trial that reuses them spends no time on them: its `study_train_time_s` is what it spent,
+so the study's total is the sum over its trials. Its `train_time_s`, the time every front
+and rung uses, adds the cost of the features it reused (their `cost_s`, building from
+images included): what the same configuration takes alone on a fresh node, whatever an
+earlier trial or study left in the cache. Validation and test features are built during
+evaluation and count as evaluation time.
 """
 
 from __future__ import annotations

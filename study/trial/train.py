@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import timm.data
 import torch
 from torch import nn
@@ -47,6 +48,7 @@ from torchvision.transforms import v2
 
 from study.core.config import TrialConfig
 from study.core.metrics import ACCURACY, MAIN_COST
+from study.core.outcomes import encode
 from study.trial.augment import batch_mix, preprocessor, sample_transform
 from study.trial.backbones import create_backbone, default_input_size
 from study.trial.batching import batches, train_loader
@@ -192,6 +194,7 @@ class EpochTraining(NamedTuple):
 class Evaluation(NamedTuple):
     loss: float  # mean cross-entropy; NaN for an empty split
     accuracy: float
+    correct: np.ndarray  # bool per image of the split, in its order: the per-image outcomes (study/core/outcomes.py)
 
 
 def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
@@ -204,7 +207,7 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
         data = load_data(config.data, config.split_seed, size, config.data_root, config.train_fraction)
     loaded = time.perf_counter()
     backbone, weights_used = create_backbone(
-        config.backbone, config.weights, data.num_classes, config.seed, size, config.head
+        config.backbone, config.weights, data.num_classes, config.trial_seed, size, config.head
     )
     phases = phase_plans(backbone, config, weight_layers(backbone))
     model = apply_freeze(backbone, phases[0].plan).to(device)
@@ -251,7 +254,7 @@ def training_inputs(
     per_sample = sample_transform(config.augment, size, data_config["interpolation"])
     # one generator for images and cached rows: the same sampler draws the same batches from either, also when
     # a phase's cache differs from the previous phase's
-    shuffle = torch.Generator().manual_seed(config.seed)
+    shuffle = torch.Generator().manual_seed(config.trial_seed)
     workers = loader_workers(config.loader_workers, per_sample is not None, device)
     pin_memory = device.type == "cuda"
     return TrainingInputs(
@@ -306,6 +309,8 @@ def feature_cache(trial: Trial) -> PhaseCache:
     family = family_key(
         backbone=config.backbone,
         weights=trial.weights_used,
+        # random weights are drawn from the trial seed: another seed is another prefix
+        init_seed=config.trial_seed if trial.weights_used == "random" else None,
         head=config.head,
         img_size=trial.img_size,
         preprocess={key: trial.data_config[key] for key in ("mean", "std", "interpolation")},
@@ -360,7 +365,7 @@ def out_of_memory_message(config: TrialConfig, error: BaseException) -> str:
 
 def train_epochs(config: TrialConfig, data: Splits | None, checkpoint_dir: Path | None) -> Iterator[dict]:
     trial = build_trial(config, data)
-    train_time = 0.0
+    study_train_time = 0.0
     peak_memory = math.nan
     for epoch in range(1, config.epochs + 1):
         phase = next(phase for phase in trial.phases if phase.first <= epoch <= phase.last)
@@ -368,7 +373,7 @@ def train_epochs(config: TrialConfig, data: Splits | None, checkpoint_dir: Path 
             start_phase(trial, phase)
         measurable = reset_peak_memory(trial.device)
         train_loss, train_acc, epoch_time = train_epoch(trial)
-        train_time += epoch_time
+        study_train_time += epoch_time
         epoch_peak = peak_memory_mib(trial.device) if measurable else math.nan
         peak_memory = epoch_peak if math.isnan(peak_memory) else max(peak_memory, epoch_peak)
         if not math.isfinite(train_loss):
@@ -376,8 +381,8 @@ def train_epochs(config: TrialConfig, data: Splits | None, checkpoint_dir: Path 
                 f"training loss became {train_loss} in epoch {epoch}: lower the learning rate (lr={config.lr})"
             )
         eval_start = clock(trial.device)
-        val_loss, val_acc = evaluate(trial, "val")
-        test_loss, test_acc = evaluate(trial, "test")
+        val = evaluate(trial, "val")
+        test = evaluate(trial, "test")
         eval_time = clock(trial.device) - eval_start
         if checkpoint_dir is not None and epoch == config.epochs:
             save_model(trial, checkpoint_dir)
@@ -387,19 +392,22 @@ def train_epochs(config: TrialConfig, data: Splits | None, checkpoint_dir: Path 
             "phase": phase.name,
             "train_loss": train_loss,
             "train_acc": train_acc,
-            "val_loss": val_loss,
-            ACCURACY: val_acc,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
+            "val_loss": val.loss,
+            ACCURACY: val.accuracy,
+            "test_loss": test.loss,
+            "test_acc": test.accuracy,
             "epoch_time_s": epoch_time,
-            MAIN_COST: train_time,
-            # the time the same trial would take alone on a fresh node: reused features cost what they cost to build
-            "standalone_train_time_s": train_time - info["cache_build_s"] + info["cache_cost_s"],
+            # The configuration's time is what it takes alone on a fresh node: features reused from a cache count
+            # what building them cost, so the front does not depend on what an earlier trial or study cached.
+            MAIN_COST: study_train_time - info["cache_build_s"] + info["cache_cost_s"],
+            "study_train_time_s": study_train_time,
             "eval_time_s": eval_time,
             "images_per_s": len(trial.data.train) / epoch_time,
             "peak_memory_mib": peak_memory,
             "reported_at": time.time(),
             **info,
+            "val_correct": encode(val.correct),
+            "test_correct": encode(test.correct),
         }
 
 
@@ -476,16 +484,17 @@ def evaluate(trial: Trial, split: str) -> Evaluation:
     """Mean cross-entropy and accuracy over the split ("val", "test" or "train"), in eval mode, never augmented."""
     count = len(getattr(trial.data, split))
     if count == 0:
-        return Evaluation(loss=math.nan, accuracy=math.nan)
+        return Evaluation(loss=math.nan, accuracy=math.nan, correct=np.zeros(0, dtype=bool))
     trial.model.eval()
     loss_sum = torch.zeros((), device=trial.device)
-    correct = torch.zeros((), device=trial.device, dtype=torch.long)
+    correct = []
     for inputs, labels in evaluation_batches(trial, split):
         with trial.autocast():
             logits = trial.network(inputs)
         loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-        correct += (logits.argmax(1) == labels).sum()
-    return Evaluation(loss=loss_sum.item() / count, accuracy=correct.item() / count)
+        correct.append(logits.argmax(1) == labels)
+    outcomes = torch.cat(correct).cpu().numpy()
+    return Evaluation(loss=loss_sum.item() / count, accuracy=int(outcomes.sum()) / count, correct=outcomes)
 
 
 def evaluation_batches(trial: Trial, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

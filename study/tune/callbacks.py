@@ -21,7 +21,7 @@ from ray import cloudpickle, tune
 
 from study.analysis.results import Tables, TrialRows, assemble, trial_rows, write_tables
 from study.core.config import StudyError
-from study.core.metrics import EPOCH_METRICS, REPORT_KEYS
+from study.core.metrics import EPOCH_METRICS, OUTCOMES, REPORT_KEYS
 from study.tune.records import describe_error, live_record
 
 # How often, at most, the results tables are rewritten while trials finish (the first finished trial at once, all at
@@ -58,7 +58,11 @@ class ExportCallback(tune.Callback):
         self.histories[trial.trial_id] = []  # also a trial run again after --resume: from its first epoch
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.histories.setdefault(trial.trial_id, []).append({key: result[key] for key in REPORT_KEYS if key in result})
+        history = self.histories.setdefault(trial.trial_id, [])
+        if history:  # only the last epoch's per-image outcomes are kept (study/core/outcomes.py): drop the earlier
+            for key in OUTCOMES:
+                history[-1].pop(key, None)
+        history.append({key: result[key] for key in REPORT_KEYS if key in result})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, None)
@@ -90,7 +94,7 @@ class ExportCallback(tune.Callback):
         return self._rows[trial_id]
 
     def tables(self) -> Tables:
-        """(trials, epochs) of every finished trial, in trial id order."""
+        """The tables of every finished trial, in trial id order."""
         return assemble([self.rows(trial_id) for trial_id in sorted(self.finished)])
 
     def on_step_end(self, iteration, trials, **info):
@@ -103,10 +107,10 @@ class ExportCallback(tune.Callback):
         """Rewrite the tables if trials finished since the last rewrite and EXPORT_PERIOD_S has passed (or `now`):
         a rewrite costs time in proportion to the finished trials, so one per trial would grow with the study."""
         if self.pending and (now or time.monotonic() - self.written >= EXPORT_PERIOD_S):
-            trials, epochs = self.tables()
+            tables = self.tables()
             self.pending, self.written = False, time.monotonic()
             try:
-                write_tables(self.out, trials, epochs)
+                write_tables(self.out, *tables)
             except StudyError as error:  # out of disk space: the study goes on; its end writes the tables again
                 print(f"warning: {error}", flush=True)
 

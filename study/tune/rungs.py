@@ -5,7 +5,7 @@ as in ASHA at grace_period x reduction_factor^k epochs, those below max_epochs (
 max_epochs has completed; no rung lies at or beyond it). When a trial reaches a rung it is ranked among every
 result recorded at that rung so far, itself included (n results):
 
-1. non-dominated sorting on (val_acc maximised, standalone_train_time_s minimised, both as of that rung):
+1. non-dominated sorting on (val_acc maximised, train_time_s minimised, both as of that rung):
    front 1 holds the results nothing dominates, front 2 those only front 1 dominates, and so on; a result
    without a number (NaN accuracy or cost) cannot be compared and sits in a last front of its own;
 2. within one front, larger crowding distance first (NSGA-II: the gap between a result's neighbours on
@@ -20,12 +20,11 @@ trial's position in that order, computed from its own values against the recorde
 on the order in which the recorded results are listed (Syne Tune's moasha.py read the sort's list of
 positions as if it were each result's rank, which can stop a trial that dominates all earlier ones).
 
-Which cost: `standalone_train_time_s`, the time the configuration takes alone on a fresh node (reused
-cached features charged what they cost to build). `train_time_s` charges the shared features to whichever
-trial happened to build them first, and nothing when an earlier study left them in the cache, so the same
-configuration could pass a rung in one run and be stopped in the next. The report's front is on
-`train_time_s` (what this study spent); the two differ by the cost of the cached features a trial reused
-rather than built, which is the same for every trial of one unfreeze depth but the one that built them.
+Which cost: `train_time_s`, the time the configuration takes alone on a fresh node (reused cached features
+charged what they cost to build), the report's front's own axis. What the study actually spent
+(`study_train_time_s`) charges the shared features to whichever trial happened to build them first, and
+nothing when an earlier study left them in the cache, so on it the same configuration could pass a rung in
+one run and be stopped in the next.
 
 A decision depends only on the results recorded at that rung when the trial arrives: with one trial at a
 time (`--max-concurrent 1`) the arrival order, and so every decision, repeats; with trials running
@@ -99,7 +98,7 @@ class Decision:
     front: int
     fronts: int
     top: int  # how many continue: ceil(of / reduction_factor)
-    objectives: str  # what the rung compared, e.g. "val_acc x standalone_train_time_s"
+    objectives: str  # what the rung compared, e.g. "val_acc x train_time_s"
 
     @property
     def continues(self) -> bool:

@@ -23,7 +23,7 @@ from ray.tune.search.variant_generator import generate_variants
 
 from study.core.metrics import MULTI_OBJECTIVE
 from study.core.registry import SEARCHES
-from study.core.space import Dimension, Space
+from study.core.space import REPEAT, Dimension, Space
 
 # TPE draws this many trials at random before it models results (Optuna's default n_startup_trials).
 OPTUNA_STARTUP_TRIALS = 10
@@ -77,7 +77,16 @@ def search_algorithm(space: Space, seed: int, max_concurrent: int | None = None)
 def variant_generator(space: Space, seed: int, max_concurrent: int | None) -> BasicVariantGenerator:
     # Its own limit: Ray ignores TuneConfig.max_concurrent_trials for a variant generator passed in (and a
     # resumed study restores the generator with its limit).
-    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
+    return BasicVariantGenerator(
+        random_state=seed, max_concurrent=max_concurrent or 0, constant_grid_search=constant_draws(space)
+    )
+
+
+def constant_draws(space: Space) -> bool:
+    """Whether a sample's drawn values are shared by every grid combination (Ray's constant_grid_search). With
+    repeats they must be: repeat is a grid, and drawn anew for each of its values, the repeats of a configuration
+    would be other configurations. Without repeats each combination draws its own, as studies always did."""
+    return space.repeats > 1
 
 
 def optuna_tpe(space: Space, seed: int, max_concurrent: int | None):
@@ -107,16 +116,21 @@ def tune_domain(dimension: Dimension):
 
 
 def param_space(space: Space) -> dict:
-    """Ray Tune's param_space: every trial setting, sampled or fixed."""
+    """Ray Tune's param_space: every trial setting, sampled or fixed; with repeats, the repeat index as a grid.
+
+    Ray's variant generator crosses the grids in the order of their names, the first varying fastest, whatever
+    their place here: `repeat` varies faster than `unfreeze_depth` and slower than `backbone`."""
+    repeats = {REPEAT: tune.grid_search(list(range(space.repeats)))} if space.repeats > 1 else {}
     dimensions = {key: tune_domain(dimension) for key, dimension in space.dimensions.items()}
-    return {**space.fixed, **dimensions, "epochs": space.max_epochs}
+    return {**repeats, **space.fixed, **dimensions, "epochs": space.max_epochs}
 
 
 def trial_count(space: Space) -> int:
-    """The trials a study runs: every combination of the grids, num_samples times (Ray's variant generator);
-    num_samples trials for Optuna."""
+    """The trials a study runs: every combination of the grids, num_samples times, each repeated (Ray's variant
+    generator); num_samples trials for Optuna (which takes no repeats)."""
     if space.search in ("grid", "random"):
-        return math.prod(len(d.values) for d in space.dimensions.values() if d.kind == "grid") * space.num_samples
+        grids = math.prod(len(d.values) for d in space.dimensions.values() if d.kind == "grid")
+        return grids * space.num_samples * space.repeats
     return space.num_samples
 
 
@@ -132,7 +146,9 @@ def planned_configs(space: Space, seed: int) -> PlannedConfigs:
         configs = [
             spec["config"]
             for _ in range(space.num_samples)
-            for _, spec in generate_variants({"config": params}, random_state=rng)
+            for _, spec in generate_variants(
+                {"config": params}, constant_grid_search=constant_draws(space), random_state=rng
+            )
         ]
         return PlannedConfigs(configs=configs, total=len(configs))
     searcher = search_algorithm(space, seed)

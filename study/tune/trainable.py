@@ -75,6 +75,9 @@ def trainable(config: dict) -> None:
         "gpu_ids": ",".join(gpu_ids),
         "gpu_name": torch.cuda.get_device_name() if device == "cuda" else "",
         "started_at": started,
+        # the share the trial was timed with: two trials on a node's cores each train at about half speed
+        "cpu_share": cpus,
+        "gpu_share": context.get_assigned_resources().get("GPU", 0.0),
     }
     with tempfile.TemporaryDirectory(prefix="study-checkpoint-") as directory:
         for metrics in run_trial(trial, checkpoint_dir=Path(directory) if trial.save_checkpoint else None):

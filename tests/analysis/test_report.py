@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import json
 import math
@@ -18,6 +19,8 @@ from study.analysis.page import REPORT_FILE, export, render, views, write_report
 from study.analysis.pareto import pareto_front
 from study.analysis.results import load_results, trials_table
 from study.cli.report import main
+from study.core.metrics import FRONT_COSTS, MAIN_COST
+from study.core.outcomes import encode
 from tests.helpers import REPO, history, run_module
 
 NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
@@ -46,7 +49,7 @@ def interrupted_study(out, with_study_json=True):
         }
         for i, (depth, optimizer, accs, seconds, error) in enumerate(trials)
     ]
-    table, epochs = trials_table(records)
+    table, epochs, _ = trials_table(records)
     export(out, table, epochs, title="interrupted")
     if with_study_json:
         space = {
@@ -80,11 +83,13 @@ def test_interrupted_study_report_shows_every_view_and_says_what_is_missing(tmp_
     table = interrupted_study(tmp_path)
     results = load_results(tmp_path)
     shown = by_title(views(results))
-    front = shown["The front (val_acc vs training time (s, evaluation excluded)), cheapest first"].table
+    front = shown[
+        "The front (val_acc vs training time (s, alone on a fresh node, evaluation excluded)), cheapest first"
+    ].table
     assert front["trial_id"].tolist() == pareto_front(table)["trial_id"].tolist() == ["t0", "t1", "t3", "t5"]
     assert "test_acc" in front and "efficiency" in front
     for title in (
-        "Pareto front: val_acc vs training time (s, evaluation excluded)",
+        "Pareto front: val_acc vs training time (s, alone on a fresh node, evaluation excluded)",
         "Pareto front: val_acc vs trainable parameters",
         "Pareto front: val_acc vs peak memory during training (MiB)",
         "Hypervolume of the accuracy-time front as trials finished",
@@ -119,7 +124,7 @@ def test_include_stopped_lets_stopped_trials_onto_the_fronts(tmp_path):
         }
         for name, depth, accs, seconds in (("slow", 8, [0.5, 0.6, 0.7], 2.0), ("fast", 0, [0.55], 0.5))
     ]
-    table, epochs = trials_table(records)
+    table, epochs, _ = trials_table(records)
     export(tmp_path, table, epochs, title="stopped")
     results = load_results(tmp_path)
     on_fronts = {
@@ -143,7 +148,10 @@ def test_single_trial_only_errors_and_missing_files_still_give_a_report(tmp_path
     (single / "epochs.parquet").unlink()
     results = load_results(single)
     shown = by_title(views(results))
-    assert shown["Pareto front: val_acc vs training time (s, evaluation excluded)"].figure is not None
+    assert (
+        shown["Pareto front: val_acc vs training time (s, alone on a fresh node, evaluation excluded)"].figure
+        is not None
+    )
     assert shown["Learning curves per trial"].note == "No per-epoch results for these trials."
     assert shown["Parallel coordinates: searched dimensions against validation accuracy"].note.startswith(
         "No searched dimension"
@@ -160,7 +168,7 @@ def test_single_trial_only_errors_and_missing_files_still_give_a_report(tmp_path
     shown = by_title(views(load_results(errors)))
     assert (
         "No trial is eligible for the front"
-        in shown["Pareto front: val_acc vs training time (s, evaluation excluded)"].note
+        in shown["Pareto front: val_acc vs training time (s, alone on a fresh node, evaluation excluded)"].note
     )
     assert "needs at least 5 trials" in shown["Dimension importance for validation accuracy"].note
     assert write_report(errors).stat().st_size > 1_000_000
@@ -210,7 +218,7 @@ def test_smoke_study_writes_its_report(smoke_study):
     assert all(trial_id in page for trial_id in results.trials["trial_id"])
     front = pd.read_csv(smoke_study.out / "pareto.csv")
     shown = by_title(views(results))[
-        "The front (val_acc vs training time (s, evaluation excluded)), cheapest first"
+        "The front (val_acc vs training time (s, alone on a fresh node, evaluation excluded)), cheapest first"
     ].table
     assert shown["trial_id"].tolist() == front["trial_id"].tolist()
     assert (results.trials["peak_memory_mib"] > 0).all() and (results.trials["efficiency"] > 0).all()
@@ -401,7 +409,7 @@ def test_the_rungs_view_shows_each_rungs_trials_in_the_objective_plane_continued
     def decided(accs, seconds, decisions):
         rows = history(accs, seconds)
         for row, decision in zip(rows, decisions):
-            row["standalone_train_time_s"] = row["train_time_s"] + 1.0
+            row["study_train_time_s"] = row["train_time_s"] / 10  # features reused: the study spent less
             row["rung_decision"] = decision
         return rows
 
@@ -411,7 +419,7 @@ def test_the_rungs_view_shows_each_rungs_trials_in_the_objective_plane_continued
         {"trial_id": "b", "history": decided([0.4], 2.0, [stopped.format(1)])},
         {"trial_id": "c", "history": decided([0.6, 0.6, 0.5], 1.5, [passed.format(1), "", stopped.format(3)])},
     ]
-    trials, epochs = trials_table(
+    trials, epochs, _ = trials_table(
         [
             {**r, "config": {"unfreeze_depth": i, "epochs": 4}, "error": None, "max_epochs": 4}
             for i, r in enumerate(records)
@@ -419,11 +427,128 @@ def test_the_rungs_view_shows_each_rungs_trials_in_the_objective_plane_continued
     )
     view = rungs_view(epochs, trials, {"unfreeze_depth": "grid"})
     points = {(trace.name, trace.xaxis): sorted(zip(trace.x, trace.y)) for trace in view.figure.data if len(trace.x)}
-    assert points == {
-        ("continued", "x"): [(2.0, 0.5), (2.5, 0.6)],  # rung at epoch 1: a and c continued, b stopped
-        ("stopped", "x"): [(3.0, 0.4)],
-        ("continued", "x2"): [(4.0, 0.7)],  # rung at epoch 3: a continued, c stopped
-        ("stopped", "x2"): [(5.5, 0.5)],
+    assert points == {  # at the time alone on a fresh node, the front's own axis, not what the study spent
+        ("continued", "x"): [(1.0, 0.5), (1.5, 0.6)],  # rung at epoch 1: a and c continued, b stopped
+        ("stopped", "x"): [(2.0, 0.4)],
+        ("continued", "x2"): [(3.0, 0.7)],  # rung at epoch 3: a continued, c stopped
+        ("stopped", "x2"): [(4.5, 0.5)],
     }
+    assert view.figure.layout.xaxis.title.text == "training time so far (s, alone on a fresh node)"
     assert "rung at epoch 3" in [a.text for a in view.figure.layout.annotations]
     assert rungs_view(epochs.assign(rung_decision=""), trials, {}).note.startswith("No trial reached a rung")
+
+
+VALIDATION_IMAGES = 400
+
+
+def answered_study(out, repeats=1):
+    """A finished depth study with per-image outcomes on 400 validation images: depth 16 the best (380 right), depth
+    4 four images behind it (McNemar p = 0.125: not significantly below) at half its time, having reused depth 0's
+    cached features; depth 0 far below (280 right) and cheapest. With `repeats`, each depth runs that many seeds."""
+    depths = {0: (280, 1.0, "built"), 4: (376, 2.0, "reused"), 16: (380, 4.0, "built")}  # right, s/epoch, cache
+    records = []
+    for depth, (right, seconds, cache) in depths.items():
+        for repeat in range(repeats):
+            shift = 4 * repeat  # the later seeds get a few images more wrong
+            correct = np.arange(VALIDATION_IMAGES) < right - shift
+            rows = history([0.5, (right - shift) / VALIDATION_IMAGES], seconds + 0.1 * repeat)
+            for row in rows:
+                row.update(
+                    val_images=VALIDATION_IMAGES,
+                    val_correct=encode(correct),
+                    test_images=VALIDATION_IMAGES,
+                    test_correct=encode(correct),
+                    test_acc=correct.mean(),
+                    cache=cache,
+                    study_train_time_s=row["train_time_s"] / (10 if cache == "reused" else 1),
+                )
+            records.append(
+                {
+                    "trial_id": f"d{depth}r{repeat}",
+                    "config": {"unfreeze_depth": depth, "epochs": 2, "repeat": repeat},
+                    "history": rows,
+                    "error": None,
+                    "max_epochs": 2,
+                }
+            )
+    table, epochs, outcomes = trials_table(records)
+    export(out, table, epochs, title="depths", outcomes=outcomes)
+    return load_results(out)
+
+
+TIME_FRONT = f"Pareto front: val_acc vs {FRONT_COSTS[MAIN_COST]}"
+TIME_TABLE = f"The front (val_acc vs {FRONT_COSTS[MAIN_COST]}), cheapest first"
+
+
+def test_the_report_opens_with_the_recommendation_and_its_smaller_budgets(tmp_path):
+    page = render(answered_study(tmp_path))
+    answer = page.index('<p class="answer" id="recommendation">Pick unfreeze_depth=4: val 0.940 [')
+    assert "not significantly below the best (unfreeze_depth=16, 0.950; McNemar p=0.12)" in page[answer:]
+    assert (
+        answer < page.index('<ul class="budgets"><li>Under 4 s of training: unfreeze_depth=0') < page.index("<section>")
+    )
+
+
+def test_the_front_figure_draws_intervals_labels_and_rings_the_members_not_below_the_best(tmp_path):
+    results = answered_study(tmp_path)
+    shown = by_title(views(results))
+    figure = shown[TIME_FRONT].figure
+    front = next(trace for trace in figure.data if trace.name == "Pareto front")
+    assert list(front.text) == ["unfreeze_depth=0", "unfreeze_depth=4", "unfreeze_depth=16"]
+    assert "text" in front.mode and all("<b>d" in hover for hover in front.hovertext)
+    trials = results.trials.set_index("trial_id").loc[["d0r0", "d4r0", "d16r0"]]
+    assert np.allclose(front.error_y.array, trials["val_acc_high"] - trials["val_acc"])
+    assert np.allclose(front.error_y.arrayminus, trials["val_acc"] - trials["val_acc_low"])
+    assert all(0.01 < bar < 0.05 for bar in (*front.error_y.array, *front.error_y.arrayminus))
+    ringed = [trace for trace in figure.data if trace.name == "not significantly below the best (McNemar, 5%)"]
+    assert len(ringed) == 1 and list(ringed[0].x) == [4.0]  # depth 4 (2 s a epoch, 2 epochs); depth 0 is below
+    assert "circle-open" in ringed[0].marker.symbol
+
+    table = shown[TIME_TABLE].table.set_index("label")
+    assert table.at["unfreeze_depth=4", "verdict"] == "not significantly below the best"
+    assert table.at["unfreeze_depth=0", "verdict"] == "significantly below the best"
+    assert table.at["unfreeze_depth=16", "val_acc"].startswith("0.950 [0.92")
+    assert table.at["unfreeze_depth=4", "difference from the best"].startswith("-0.010 [-0.020, ")  # 4 of 400 images
+    assert pd.isna(table.at["unfreeze_depth=16", "p_value"]) and table.at["unfreeze_depth=16", "verdict"] == "best"
+    assert table.at["unfreeze_depth=4", "p_value"] == pytest.approx(0.125)
+    assert table.at["unfreeze_depth=4", "study_train_time_s"] == pytest.approx(0.4)
+    assert table.at["unfreeze_depth=4", "cache"] == "reused"
+    time = list(table.columns).index("train_time_s")
+    assert list(table.columns[time + 1 : time + 3]) == ["study_train_time_s", "cache"]
+    everything = shown["Every trial"].table
+    assert {"val_acc", "study_train_time_s", "cache"} <= set(everything) and "repeat" not in everything
+    assert everything["val_acc"].str.fullmatch(r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]").all()
+
+
+def test_the_time_axis_sentence_names_the_trials_that_reused_cached_features(tmp_path):
+    results = answered_study(tmp_path)
+    page = render(results)
+    assert (
+        "Training time is what each configuration costs alone on a fresh node: 1 trial(s) reused features cached by "
+        "an earlier trial or study (unfreeze_depth=4 (d4r0)), which count what building them cost; this study spent "
+        "10.4 s training in all (study_train_time_s)." in page
+    )  # 2 + 0.4 + 8 s
+
+    old = results.trials.drop(columns=["study_train_time_s", "cache", "val_acc_low", "val_acc_high"])
+    old_page = render(dataclasses.replace(results, trials=old))
+    assert "what each trial spent in its own study" in old_page and "reused features" not in old_page
+    assert 'id="recommendation">No recommendation' in old_page
+
+
+def test_a_repeated_study_shows_its_configurations_and_draws_the_front_over_them(tmp_path):
+    results = answered_study(tmp_path, repeats=3)
+    shown = views(results)
+    titles = [view.title for view in shown]
+    assert titles[titles.index(TIME_TABLE) + 1] == "Configurations over repeats"
+    configurations = by_title(shown)["Configurations over repeats"].table.set_index("configuration")
+    assert configurations.at["unfreeze_depth=16", "repeats"] == 3
+    assert configurations.at["unfreeze_depth=16", "trial_ids"] == "d16r0,d16r1,d16r2"
+    assert configurations.at["unfreeze_depth=16", "val_acc"].startswith("0.940 ± 0.010 [0.915, 0.965]")
+    assert configurations.at["unfreeze_depth=4", "train_time_s"].startswith("4.2 ± 0.2 [")
+    front = next(trace for trace in by_title(shown)[TIME_FRONT].figure.data if trace.name == "Pareto front")
+    assert list(front.text) == ["unfreeze_depth=0", "unfreeze_depth=4", "unfreeze_depth=16"]
+    assert np.allclose(front.y, [0.69, 0.93, 0.94]) and "3 of 3 repeats completed" in front.hovertext[0]  # the means
+    assert np.allclose(front.error_y.array, [0.0248] * 3, atol=1e-4)  # Student t over 3 repeats, sd 0.01
+    assert "repeat" in by_title(shown)["Every trial"].table
+    page = render(results)
+    assert '<p class="answer" id="recommendation">Pick unfreeze_depth=16: val 0.940 ± 0.010' in page

@@ -70,7 +70,7 @@ RECORDS = [
 
 
 def test_trials_table_statuses_final_and_best_metrics():
-    trials, epochs = trials_table(RECORDS)
+    trials, epochs, _ = trials_table(RECORDS)
     assert trials["status"].tolist() == ["completed", "stopped_early", "error", "completed"]
     assert trials["error"].tolist()[2] == "FloatingPointError: loss became nan"
     t3 = trials.set_index("trial_id").loc["t3"]
@@ -91,7 +91,7 @@ def test_export_writes_every_file_and_a_true_front(tmp_path):
         "max_epochs": 3,
         "history": [epoch(1, 0.7, 5.0), epoch(2, 0.8, 10.0), epoch(3, 0.85, 14.0)],
     }
-    trials, epochs = trials_table([*RECORDS, dominated])
+    trials, epochs, _ = trials_table([*RECORDS, dominated])
     front = export(tmp_path, trials, epochs, title="test")
     for name in ("trials.csv", "trials.parquet", "epochs.parquet", "pareto.csv", "pareto.html"):
         assert (tmp_path / name).stat().st_size > 0
@@ -110,20 +110,21 @@ def test_export_writes_every_file_and_a_true_front(tmp_path):
 
 
 def test_load_results_reads_whatever_part_of_a_directory_exists(tmp_path):
-    trials, epochs = trials_table(RECORDS)
-    export(tmp_path, trials, epochs, title="test")
+    trials, epochs, outcomes = trials_table(RECORDS)
+    export(tmp_path, trials, epochs, title="test", outcomes=outcomes)
     (tmp_path / "study.json").write_text(json.dumps({"seed": 0}))
     full = load_results(tmp_path)
     assert full.trials["trial_id"].tolist() == ["t0", "t1", "t2", "t3"] and len(full.epochs) == 8 and not full.notes
     assert full.study == {"seed": 0}
 
-    for name in ("trials.parquet", "epochs.parquet", "study.json"):
+    for name in ("trials.parquet", "epochs.parquet", "study.json", "outcomes.parquet"):
         (tmp_path / name).unlink()
     partial = load_results(tmp_path)  # trials.csv alone
     assert partial.trials["val_acc"].tolist()[0] == 0.7 and partial.epochs.empty and partial.study == {}
     assert any("epochs.parquet is missing" in n for n in partial.notes) and any(
         "study.json is missing" in n for n in partial.notes
     )
+    assert any("no paired comparisons" in n for n in partial.notes)
 
     (tmp_path / "study.json").write_text('{"seed": ')  # cut short
     assert any("study.json is unreadable" in n for n in load_results(tmp_path).notes)
@@ -140,10 +141,8 @@ def test_load_results_errors_name_the_directory_and_the_fix(tmp_path):
 
 
 def test_every_trial_says_why_it_ended_where_it_did():
-    passed = "passed rung epoch 1: rank 1 of 2, front 1 of 1, on val_acc x standalone_train_time_s; the top 1 continue"
-    stopped = (
-        "stopped at rung epoch 1: rank 2 of 2, front 2 of 2, on val_acc x standalone_train_time_s; the top 1 continue"
-    )
+    passed = "passed rung epoch 1: rank 1 of 2, front 1 of 1, on val_acc x train_time_s; the top 1 continue"
+    stopped = "stopped at rung epoch 1: rank 2 of 2, front 2 of 2, on val_acc x train_time_s; the top 1 continue"
     records = [
         {
             **RECORDS[0],
@@ -153,7 +152,7 @@ def test_every_trial_says_why_it_ended_where_it_did():
         {**RECORDS[1], "trial_id": "t2", "error": "RuntimeError: boom"},
         {**RECORDS[0], "trial_id": "t3", "history": [{**epoch(1, 0.5, 1.0), "rung_decision": float("nan")}]},
     ]
-    trials, epochs = trials_table(records)
+    trials, epochs, _ = trials_table(records)
     assert trials["stop_reason"].tolist() == [
         f"completed all 3 epochs; {passed}",
         stopped,
@@ -189,7 +188,7 @@ def test_settings_keep_their_columns_beside_what_the_trial_used(small_digits, tm
             "history": [],
         },
     ]
-    trials, epochs = trials_table(records)
+    trials, epochs, _ = trials_table(records)
     export(tmp_path, trials, epochs, title="settings")
     for table in (trials, pd.read_parquet(tmp_path / "trials.parquet"), pd.read_csv(tmp_path / "trials.csv")):
         rows = table.set_index("trial_id")

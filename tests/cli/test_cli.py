@@ -107,3 +107,23 @@ def test_a_study_on_folder_data_runs_end_to_end(tmp_path):
     assert trials["val_acc"].between(0, 1).all() and trials["test_acc"].isna().all()
     assert len(list((cache / "decoded-v1").glob("folder-shapes-*-32px.pt"))) == 2
     assert result.stdout.count("decoding folder-shapes-") == 2  # train and val, once, before the trials
+
+
+def test_repeats_from_the_command_line_replace_the_space_s_and_the_dry_run_counts_them(tmp_path, capsys):
+    from study.cli import run
+
+    assert run.main(["--space", "smoke", "--repeats", "2", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "search grid, seed 0, 6 trials;" in printed  # 3 depths x 2 repeats
+    listed = [line.split() for line in printed.splitlines() if line.strip()[:1].isdigit()]
+    assert sorted(row[1] for row in listed) == ["0", "0", "2", "2", "all", "all"]
+    for args, message in [
+        (["--space", "smoke", "--repeats", "0"], "--repeats 0 is outside 1..1000"),
+        (["--space", "smoke", "--repeats", "1001"], "--repeats 1001 is outside 1..1000"),
+        (["--space", "smoke", "--repeats", "-1"], "--repeats -1 is outside 1..1000"),
+        (["--space", "optimizer", "--repeats", "2"], "optimizer.yaml: repeats=2 needs search grid or random"),
+    ]:
+        assert run.main([*args, "--out", str(tmp_path / "study")]) == 2
+        error = capsys.readouterr().err
+        assert message in error and error.count("\n") == 1, error
+    assert not (tmp_path / "study").exists()

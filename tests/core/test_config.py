@@ -61,3 +61,15 @@ def test_cli_assignments_are_read_as_yaml():
         parse_assignment("lr")
     with pytest.raises(StudyError, match="unknown setting 'lrr'"):
         parse_assignment("lrr=1")
+
+
+def test_repeat_0_trains_with_the_seed_itself_and_later_repeats_with_seeds_of_their_own():
+    assert TrialConfig(seed=5).trial_seed == TrialConfig(seed=5, repeat=0).trial_seed == 5  # results as before repeats
+    seeds = {TrialConfig(seed=seed, repeat=repeat).trial_seed for seed in (0, 1, 2) for repeat in range(4)}
+    assert len(seeds) == 12  # no two (seed, repeat) pairs share one: repeats of seed 0 are not seeds 1, 2, 3
+    assert all(0 <= seed < 2**32 for seed in seeds) and all(type(seed) is int for seed in seeds)
+    # deterministic, and NumPy keeps SeedSequence stable across releases: a repeated study trains the same after an
+    # upgrade
+    assert TrialConfig(seed=1, repeat=2).trial_seed == 1596810411
+    with pytest.raises(StudyError, match="repeat=-1 is negative"):
+        TrialConfig(repeat=-1)

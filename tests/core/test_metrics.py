@@ -9,6 +9,7 @@ from study.core.metrics import (
     FRONT_COSTS,
     METRICS,
     MULTI_OBJECTIVE,
+    OUTCOMES,
     PLACEMENT_INFO,
     REPORT_KEYS,
     SCHEDULER_INFO,
@@ -22,11 +23,11 @@ def test_a_trial_reports_exactly_the_declared_epoch_and_trial_metrics(small_digi
     """A metric measured but not declared would never reach a table; one declared but not measured is an empty
     column. Both fail here: adding a metric is declaring it and measuring it."""
     (report,) = run_trial(TrialConfig(unfreeze_depth=1, img_size=32, epochs=1, lr=0.01), small_digits)
-    assert set(report) == set(EPOCH_METRICS) | set(TRIAL_INFO)
+    assert set(report) == set(EPOCH_METRICS) | set(TRIAL_INFO) | set(OUTCOMES)
 
 
 def test_the_groups_partition_the_declared_metrics_and_no_metric_is_a_setting():
-    groups = (EPOCH_METRICS, TRIAL_INFO, PLACEMENT_INFO, SCHEDULER_INFO)
+    groups = (EPOCH_METRICS, TRIAL_INFO, PLACEMENT_INFO, SCHEDULER_INFO, OUTCOMES)
     assert sum(len(group) for group in groups) == len(METRICS) == len(REPORT_KEYS)
     assert set(REPORT_KEYS) == set(METRICS)
     assert not set(METRICS) & set(FIELD_TYPES)

@@ -261,7 +261,7 @@ def test_rank_then_a_study_then_compare_share_the_features(tmp_path):
             {"trial_id": f"t_{weights}", "config": config.to_dict(), "history": history, "error": None, "max_epochs": 2}
         )
     study = tmp_path / "study"
-    trials, epochs = trials_table(records)
+    trials, epochs, _ = trials_table(records)
     export(study, trials, epochs, title="tiny")
     write_json(study / "study.json", {"space": {"name": "tiny", "dimensions": {"weights": {"kind": "grid"}}}})
 

@@ -114,15 +114,16 @@ def test_features_are_shared_across_trials_and_their_build_is_charged_once(small
     assert len(list((tmp_path / CACHE_DIR).glob("*.pt"))) == 3  # train, val, test: once each
     built, reused = first[-1], second[-1]
     assert built["cache"] == "built" and reused["cache"] == "reused" and built["cache_cut"] == reused["cache_cut"]
-    # the builder's first epoch holds the build; training time is the sum of the epochs
+    # the builder's first epoch holds the build; what the study spent is the sum of the epochs, and the builder's
+    # time alone is the same
     assert 0 < built["cache_build_s"] <= first[0]["epoch_time_s"]
-    assert built["train_time_s"] == pytest.approx(sum(r["epoch_time_s"] for r in first))
-    assert built["standalone_train_time_s"] == pytest.approx(built["train_time_s"])
+    assert built["study_train_time_s"] == pytest.approx(sum(r["epoch_time_s"] for r in first))
+    assert built["train_time_s"] == pytest.approx(built["study_train_time_s"])
     # the reuser spent nothing on the features; alone it would have paid what they cost
     assert reused["cache_build_s"] == 0 and reused["cache_cost_s"] == built["cache_cost_s"] == built["cache_build_s"]
-    assert reused["standalone_train_time_s"] == pytest.approx(reused["train_time_s"] + built["cache_cost_s"])
+    assert reused["train_time_s"] == pytest.approx(reused["study_train_time_s"] + built["cache_cost_s"])
     assert "val: reused" in reused["cache_note"] and "train: built" in built["cache_note"]
-    trials, _ = trials_table(
+    trials, *_ = trials_table(
         [
             {
                 "trial_id": "a",
@@ -133,9 +134,7 @@ def test_features_are_shared_across_trials_and_their_build_is_charged_once(small
             }
         ]
     )
-    assert (
-        trials.loc[0, "cache"] == "reused" and trials.loc[0, "standalone_train_time_s"] > trials.loc[0, "train_time_s"]
-    )
+    assert trials.loc[0, "cache"] == "reused" and trials.loc[0, "train_time_s"] > trials.loc[0, "study_train_time_s"]
 
 
 def test_a_smaller_training_split_shares_validation_and_test_features_only(small_digits, tmp_path):
@@ -231,3 +230,22 @@ def test_on_cuda_mixed_precision_is_on_by_default_and_the_cache_keeps_the_result
         assert with_cache["val_loss"] == pytest.approx(without["val_loss"], rel=0.05)
         assert abs(with_cache["val_acc"] - without["val_acc"]) <= 0.05
     assert abs(cached[-1]["val_acc"] - full[-1]["val_acc"]) <= 0.05
+
+
+def test_random_weights_features_are_never_shared_across_trial_seeds(small_digits, tmp_path):
+    """Random weights are drawn from the trial seed: another seed or repeat is another frozen network."""
+    settings = dict(weights="random", unfreeze_depth=0)
+    first = list(run_trial(trial_config(tmp_path, seed=0, **settings), small_digits))
+    assert first[0]["cache"] == "built"
+    for other in (dict(seed=1), dict(seed=0, repeat=1)):
+        cached = list(run_trial(trial_config(tmp_path, **other, **settings), small_digits))
+        assert cached[0]["cache"] == "built" and "reused" not in cached[0]["cache_note"], other
+        uncached = list(run_trial(trial_config(tmp_path, feature_cache=False, **other, **settings), small_digits))
+        assert_same_results(cached, uncached)
+
+
+def test_pretrained_features_are_shared_across_trial_seeds_and_repeats(small_digits, tmp_path):
+    list(run_trial(trial_config(tmp_path, seed=0, epochs=1), small_digits))
+    for other in (dict(seed=1), dict(seed=0, repeat=1)):
+        (report,) = run_trial(trial_config(tmp_path, epochs=1, **other), small_digits)
+        assert report["cache"] == "reused" and "built" not in report["cache_note"], other

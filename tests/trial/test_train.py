@@ -4,8 +4,9 @@ from torch import nn
 
 from study.core.config import TrialConfig
 from study.core.metrics import EPOCH_METRICS, TRIAL_INFO
+from study.core.outcomes import decode, unpack
 from study.trial.device import PROC_STATUS, peak_memory_mib, reset_peak_memory
-from study.trial.train import build_trial, run_trial
+from study.trial.train import build_trial, evaluate, run_trial
 
 
 def test_a_trial_reports_every_metric_each_epoch(small_digits):
@@ -102,3 +103,30 @@ def test_no_weight_decay_is_said_in_effective(small_digits):
     trial = build_trial(TrialConfig(img_size=32, epochs=1), small_digits)
     assert all(group["weight_decay"] == 0 for group in trial.optimizer.param_groups)
     assert trial.info()["effective"].endswith("; weight_decay none")
+
+
+def test_per_image_outcomes_reproduce_the_accuracies_cached_or_not(small_digits, tmp_path):
+    """The bits a trial reports are its accuracy image by image, in the split's order: a trial that trains on cached
+    features (evaluated from cached val/test features) reports the same bits as one that runs every image through."""
+    config = TrialConfig(unfreeze_depth=0, img_size=32, epochs=2, lr=0.01, data_root=str(tmp_path))
+    cached = list(run_trial(config, small_digits))
+    uncached = list(run_trial(config.replace(feature_cache=False), small_digits))
+    assert cached[-1]["cache"] == "built" and uncached[-1]["cache"] == "off"
+    for report in (*cached, *uncached):
+        for split in ("val", "test"):
+            correct = unpack(decode(report[f"{split}_correct"]), report[f"{split}_images"])
+            assert correct.size == len(getattr(small_digits, split))
+            assert correct.sum() / correct.size == report[f"{split}_acc"]
+    val = [unpack(decode(r["val_correct"]), r["val_images"]) for r in (cached[-1], uncached[-1])]
+    assert (val[0] == val[1]).mean() > 0.95  # the same images in the same order (float rounding may flip a few)
+
+
+def test_per_image_outcomes_follow_the_splits_image_order(small_digits):
+    trial = build_trial(TrialConfig(unfreeze_depth=0, img_size=32, epochs=1, feature_cache=False), small_digits)
+    reported = evaluate(trial, "val").correct
+    trial.model.eval()
+    with torch.inference_mode():
+        for index in (0, 1, len(small_digits.val) // 2, len(small_digits.val) - 1):
+            image, label = small_digits.val.batch(torch.tensor([index]))
+            assert bool(trial.model(trial.prepare(image)).argmax(1).item() == label.item()) == reported[index]
+    assert 0 < reported.sum() < reported.size  # both kinds of outcome occur, so the order is tested

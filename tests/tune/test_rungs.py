@@ -58,11 +58,11 @@ def test_a_dominance_chain_in_either_order_follows_dominance():
     # Best first: every arrival is dominated by all recorded ones and last; only the first continues.
     best_first = feed(ParetoRungs(1, 2, 9), CHAIN)
     assert best_first == [
-        "passed rung epoch 1: rank 1 of 1, front 1 of 1, on val_acc x standalone_train_time_s; the top 1 continue",
-        "stopped at rung epoch 1: rank 2 of 2, front 2 of 2, on val_acc x standalone_train_time_s; the top 1 continue",
-        "stopped at rung epoch 1: rank 3 of 3, front 3 of 3, on val_acc x standalone_train_time_s; the top 2 continue",
-        "stopped at rung epoch 1: rank 4 of 4, front 4 of 4, on val_acc x standalone_train_time_s; the top 2 continue",
-        "stopped at rung epoch 1: rank 5 of 5, front 5 of 5, on val_acc x standalone_train_time_s; the top 3 continue",
+        "passed rung epoch 1: rank 1 of 1, front 1 of 1, on val_acc x train_time_s; the top 1 continue",
+        "stopped at rung epoch 1: rank 2 of 2, front 2 of 2, on val_acc x train_time_s; the top 1 continue",
+        "stopped at rung epoch 1: rank 3 of 3, front 3 of 3, on val_acc x train_time_s; the top 2 continue",
+        "stopped at rung epoch 1: rank 4 of 4, front 4 of 4, on val_acc x train_time_s; the top 2 continue",
+        "stopped at rung epoch 1: rank 5 of 5, front 5 of 5, on val_acc x train_time_s; the top 3 continue",
     ]
 
 

@@ -11,7 +11,15 @@ from study.tune.callbacks import ExportCallback, WatchCallback
 from study.tune.cluster import Cluster, check_fit, experiment_location
 from study.tune.records import describe_error, last_run
 from study.tune.schedulers import ExplainedASHAScheduler, ParetoASHAScheduler, RungDecisions, scheduler_for
-from study.tune.search import OPTUNA_STARTUP_TRIALS, FullBudgetOptunaSearch, planned_configs, tune_domain
+from study.tune.search import (
+    OPTUNA_STARTUP_TRIALS,
+    FullBudgetOptunaSearch,
+    param_space,
+    planned_configs,
+    trial_count,
+    tune_domain,
+    variant_generator,
+)
 from study.tune.trainable import quiet_exit, trial_device
 from tests.helpers import brute_force_front, run_module, write_space
 
@@ -198,7 +206,7 @@ def test_storage_is_the_results_directory_or_a_fresh_experiment_under_a_shared_l
 
 
 def report(trial: str, epoch: int, accuracy: float, cost: float) -> dict:
-    return {"training_iteration": epoch, "epoch": epoch, "val_acc": accuracy, "standalone_train_time_s": cost}
+    return {"training_iteration": epoch, "epoch": epoch, "val_acc": accuracy, "train_time_s": cost}
 
 
 def test_the_pareto_scheduler_stops_by_rank_completes_at_the_budget_and_writes_its_reasons_into_the_reports():
@@ -317,7 +325,7 @@ def test_each_finished_trial_is_made_into_table_rows_once_however_often_the_tabl
             callback.on_step_end(0, [])
     export.on_experiment_end([])
     assert sorted(made) == [f"t{n}" for n in range(len(runs))]  # once each
-    table, _ = results.trials_table([export.finished[f"t{n}"] for n in range(len(runs))])
+    table, *_ = results.trials_table([export.finished[f"t{n}"] for n in range(len(runs))])
     stored = pd.read_parquet(tmp_path / "trials.parquet")
     assert stored.drop(columns="lr").equals(table.drop(columns="lr")) and stored["lr"].tolist() == table["lr"].tolist()
     # the console's front, kept trial by trial, is the front of all of them (t4 stopped early: not on it)
@@ -358,3 +366,37 @@ def test_the_export_callback_pickles_without_its_derived_rows_and_unpickles_from
     older = ExportCallback.__new__(ExportCallback)  # as pickle restores a Tuner saved before the cache
     older.__setstate__({key: value for key, value in callback.__dict__.items() if key != "_rows"})
     assert older.rows("t0")[0]["status"] == "error"
+
+
+def test_repeats_run_each_planned_configuration_with_the_same_draws_and_a_repeat_index_each(tmp_path):
+    space = load_space(
+        write_space(
+            tmp_path,
+            """
+        dimensions:
+          unfreeze_depth: {grid: [0, 2]}
+          lr: {loguniform: [1.0e-4, 1.0e-2]}
+        search: random
+        num_samples: 2
+        repeats: 3
+        """,
+        )
+    )
+    params = param_space(space)
+    assert next(iter(params)) == "repeat" and params["repeat"] == {"grid_search": [0, 1, 2]}
+    assert "repeat" not in param_space(space.override({}, repeats=1))  # no repeats: the trials of before
+    configs, total = planned_configs(space, seed=7)
+    assert total == len(configs) == trial_count(space) == 2 * 2 * 3
+    groups = {}
+    for config in configs:
+        settings = tuple(sorted((key, value) for key, value in config.items() if key != "repeat"))
+        groups.setdefault(settings, []).append(config["repeat"])
+    # every configuration (depth, drawn lr) three times, once per repeat: the repeats are not other draws
+    assert len(groups) == 4 and all(sorted(repeats) == [0, 1, 2] for repeats in groups.values())
+    # the variant generator the study runs creates exactly these trials, in this order
+    generator = variant_generator(space, 7, None)
+    generator.add_configurations({"study": {"run": lambda config: None, "config": params, "num_samples": 2}})
+    created = []
+    while (trial := generator.next_trial()) is not None:
+        created.append(trial.config)
+    assert created == configs

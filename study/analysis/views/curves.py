@@ -60,8 +60,9 @@ def curves_view(epochs: pd.DataFrame, trials: pd.DataFrame, dimensions: dict[str
 
 
 def rungs_view(epochs: pd.DataFrame, trials: pd.DataFrame, dimensions: dict[str, str]) -> View:
-    """One panel per rung: every trial that reached it, at its accuracy and standalone training time there (what
-    multi-objective ASHA compares), marked by what the scheduler decided; hover: the decision's words."""
+    """One panel per rung: every trial that reached it, at its accuracy and training time there as the configuration
+    costs alone on a fresh node (what multi-objective ASHA compares, the front's own axes), marked by what the
+    scheduler decided; hover: the decision's words."""
     title = "Early-stopping rungs"
     if "rung_decision" not in epochs:
         return View(title=title, note="These results record no rung decisions (written before study recorded them).")
@@ -92,7 +93,7 @@ def rungs_view(epochs: pd.DataFrame, trials: pd.DataFrame, dimensions: dict[str,
                 row=1,
                 col=col,
             )
-    figure.update_xaxes(title_text="standalone training time so far (s)")
+    figure.update_xaxes(title_text="training time so far (s, alone on a fresh node)")
     figure.update_yaxes(title_text="validation accuracy at the rung", col=1)
     figure.update_layout(title=title, template="plotly_white", hovermode="closest")
     return View(

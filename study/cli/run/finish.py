@@ -8,6 +8,7 @@ stopped it, as a shell reports a process a signal ended.
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import time
@@ -15,7 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from study.analysis.results import trials_table, varying_settings
+from study.analysis.repeats import varying_settings
+from study.analysis.results import trials_table
 from study.core.files import write_json
 from study.core.metrics import ACCURACY, MAIN_COST
 from study.core.space import Space
@@ -34,8 +36,8 @@ def finish(out: Path, space: Space, record: dict, outcome: StudyOutcome, started
     if unfinished and not records:
         return interrupted(out, record, exit_code(signum), f"no trial finished, {unfinished} to run")
     export_started = time.perf_counter()
-    trials, epochs = trials_table(records)
-    front = export(out, trials, epochs, title=f"{space.name}: validation accuracy vs training time")
+    trials, epochs, outcomes = trials_table(records)
+    front = export(out, trials, epochs, title=f"{space.name}: validation accuracy vs training time", outcomes=outcomes)
     counts = trials["status"].value_counts().to_dict()
     if unfinished:
         record.update(trials=counts)
@@ -54,7 +56,7 @@ def finish(out: Path, space: Space, record: dict, outcome: StudyOutcome, started
     if "phases" in record and "resumed" not in record:
         record["phases"]["export"] = round(time.perf_counter() - export_started, 2)
         write_json(out / "study.json", record)
-    print_summary(out, trials, front, record["wall_time_s"])
+    print_summary(out, trials, front, record["wall_time_s"], outcomes)
     print(f"Report: {report.resolve()}")
     return 0 if (trials["status"] != "error").any() else 1
 
@@ -83,22 +85,39 @@ def exit_code(stop: BaseException | int | None) -> int:
     return 128 + int(stop or signal.Signals.SIGINT)
 
 
-def print_summary(out: Path, trials, front, wall_time_s: float) -> None:
-    columns = [
-        "trial_id",
-        *varying_settings(trials),
-        "status",
-        ACCURACY,
-        "test_acc",
-        MAIN_COST,
-        "trainable_params",
-    ]
+def print_summary(out: Path, trials, front, wall_time_s: float, outcomes) -> None:
+    """The study's ending on the console: what ran, the front with 95% intervals, and the recommendation."""
+    from study.analysis.recommend import recommend  # scipy: needed only now, at the end
+
     counts = ", ".join(f"{n} {status}" for status, n in trials["status"].value_counts().items())
     print(f"\nStudy finished in {wall_time_s:.0f} s: {len(trials)} trials ({counts}).")
     for row in trials[trials["status"] == "error"].itertuples():
         print(f"  {row.trial_id} failed: {row.error}")
-    print(
-        "Pareto front (validation accuracy vs training "
-        f"time):\n{front[columns].to_string(index=False, float_format=lambda v: f'{v:.4f}')}"
+    shown = front.assign(
+        **{
+            accuracy: front.apply(lambda row, a=accuracy: _with_interval(row, a), axis=1)
+            for accuracy in (ACCURACY, "test_acc")
+        }
     )
-    print(f"Results: {out.resolve()}")
+    columns = [
+        *(["configuration", "repeats"] if "configuration" in front else ["trial_id", *varying_settings(trials)]),
+        ACCURACY,
+        "test_acc",
+        MAIN_COST,
+        *([] if "configuration" in front else ["cache"]),
+        "trainable_params",
+    ]
+    print(
+        "Pareto front (validation accuracy [95% interval] vs training time alone on a fresh node):\n"
+        f"{shown[[c for c in columns if c in shown]].to_string(index=False, float_format=lambda v: f'{v:.4g}')}"
+    )
+    answer = recommend(trials, outcomes)
+    print(answer.sentence)
+    for line in answer.budgets:
+        print(f"  {line}")
+
+
+def _with_interval(row, accuracy: str) -> str:
+    low, high = row.get(f"{accuracy}_low", math.nan), row.get(f"{accuracy}_high", math.nan)
+    interval = f" [{low:.3f}, {high:.3f}]" if math.isfinite(low) and math.isfinite(high) else ""
+    return f"{row[accuracy]:.3f}{interval}"

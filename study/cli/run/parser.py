@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from study.core.config import parse_assignment, weights_source
+from study.core.config import check_number, parse_assignment, weights_source
 from study.core.registry import SEARCHES
 from study.core.space import Dimension, Space, load_space
 from study.trial.data import DATA_NAMES, absolute_data
@@ -25,6 +25,7 @@ STUDY_OPTIONS = (
     "data_root",
     "backbone",
     "num_samples",
+    "repeats",
     "max_epochs",
     "out",
     "set",
@@ -74,6 +75,12 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
         "--num-samples",
         type=int,
         help="draws of the sampled dimensions (grids repeat this often); Optuna: trials in all",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="run each configuration this many times with trial seeds of its own (the split stays), replacing the "
+        "space's repeats; grid and random searches only",
     )
     parser.add_argument("--max-epochs", type=int, help="every trial's epoch budget (ASHA's max_t)")
     parser.add_argument(
@@ -185,9 +192,16 @@ def resolve_space(args: argparse.Namespace) -> Space:
                 f"{space.dimensions['seed'].values}"
             )
         settings.setdefault("seed", args.seed)
+    if args.repeats is not None:
+        check_number("repeats", args.repeats, "--repeats")  # before the space's check, which would name its file
     study = {
         key: value
-        for key, value in (("num_samples", args.num_samples), ("max_epochs", args.max_epochs), ("search", args.search))
+        for key, value in (
+            ("num_samples", args.num_samples),
+            ("repeats", args.repeats),
+            ("max_epochs", args.max_epochs),
+            ("search", args.search),
+        )
         if value is not None
     }
     return absolute_paths(space.override(settings, **study))

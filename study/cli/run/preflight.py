@@ -85,6 +85,7 @@ def planned_table(space: Space, configs: list[dict]) -> pd.DataFrame:
             {
                 "trial": number,
                 **{name: getattr(config, name) for name in space.dimensions},
+                **({"repeat": config.repeat} if space.repeats > 1 else {}),
                 "trained_layers": f"{plan.depth}/{len(plan.layers)}",
                 "inserted_bn": len(plan.inserted_bn),
                 "trainable_params": plan.trainable_params,
