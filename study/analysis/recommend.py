@@ -34,6 +34,11 @@ MAX_INTERVAL_WIDTH = 0.10
 BEST = "best"
 NOT_BELOW = "not significantly below the best"
 BELOW = "significantly below the best"
+# The verdicts' words under the one-standard-error rule (repeats), where no test is made.
+ONE_STANDARD_ERROR = {
+    NOT_BELOW: "within one standard error of the best mean",
+    BELOW: "more than one standard error below the best mean",
+}
 
 
 @dataclass(kw_only=True)
@@ -148,16 +153,19 @@ def _one_standard_error(front: pd.DataFrame, best: pd.Series) -> Recommendation:
 
 
 def _budgets(front: pd.DataFrame, pick: pd.Series) -> list[str]:
-    """For each budget below the pick's time: the best configuration it affords, and what that costs in accuracy."""
+    """For each budget below the pick's time: the best configuration it affords, and what that costs in accuracy.
+    A budget under one front member's time affords the next cheaper member."""
     lines = []
-    for _, member in front[front[MAIN_COST] < pick[MAIN_COST]].iloc[::-1].iterrows():
+    cheaper = front[front[MAIN_COST] < pick[MAIN_COST]].iloc[::-1]
+    budgets = [pick[MAIN_COST], *cheaper[MAIN_COST].iloc[:-1]]
+    for budget, (_, member) in zip(budgets, cheaper.iterrows()):
         lost = f"{_points(pick[ACCURACY] - member[ACCURACY])} points below the pick"
         if "p_value" in member and math.isfinite(member["p_value"]):
             lost += f" ({member['verdict']}: McNemar p={member['p_value']:.2g})"
         elif member["verdict"]:
-            lost += f" ({member['verdict']})"
+            lost += f" ({ONE_STANDARD_ERROR.get(member['verdict'], member['verdict'])})"
         lines.append(
-            f"Under {pick[MAIN_COST]:.3g} s of training: {member['label']}, {member[MAIN_COST]:.3g} s, val "
+            f"Under {budget:.3g} s of training: {member['label']} ({member[MAIN_COST]:.3g} s), val "
             f"{_accuracy(member)}, {lost}."
         )
     return lines

@@ -110,11 +110,16 @@ def outcomes_with(right: int, images: int, shift: int = 0) -> list[bool]:
 
 
 def test_a_clear_winner_is_picked():
-    trials, outcomes = synthetic_study({0: (0, outcomes_with(280, 400)), 8: (0, outcomes_with(360, 400))}, 400)
+    trials, outcomes = synthetic_study(
+        {0: (0, outcomes_with(280, 400)), 4: (0, outcomes_with(320, 400)), 8: (0, outcomes_with(360, 400))}, 400
+    )
     answer = recommend(trials, outcomes)
     assert answer.pick["trial_id"] == "t8" and answer.sentence.startswith("Pick unfreeze_depth=8")
-    assert list(answer.front["verdict"]) == [BELOW, BEST]
-    assert "significantly below" in answer.budgets[0] and "unfreeze_depth=0" in answer.budgets[0]
+    assert list(answer.front["verdict"]) == [BELOW, BELOW, BEST]
+    # each smaller budget affords the next cheaper front member
+    assert answer.budgets[0].startswith("Under 9 s of training: unfreeze_depth=4 (5 s), val 0.800 [")
+    assert answer.budgets[1].startswith("Under 5 s of training: unfreeze_depth=0 (1 s), val 0.700 [")
+    assert all("significantly below the best: McNemar p=" in line for line in answer.budgets)
 
 
 def test_a_tie_within_noise_picks_the_cheaper():

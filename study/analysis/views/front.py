@@ -156,8 +156,9 @@ def pareto_figure(
             marker=dict(size=12, color="#d1495b"),
             error_y=_error_bars(front, accuracy),
             text=labels(front, trials),
-            # left of its error bar, but the cheapest point's label to the right: the axis would clip it
-            textposition=["top right", *["top left"] * (len(front) - 1)],
+            # below the staircase's step to the right (which runs at the point's height), clear of the error bar and
+            # of the axis: a label to the left of a cheap point is clipped by the plot's edge
+            textposition="bottom right",
             hovertext=trial_hover(front, settings),
             hoverinfo="text",
         )
