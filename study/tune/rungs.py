@@ -26,6 +26,11 @@ charged what they cost to build), the report's front's own axis. What the study 
 nothing when an earlier study left them in the cache, so on it the same configuration could pass a rung in
 one run and be stopped in the next.
 
+Repeats (a space's `repeats: N`): the rungs decide on configurations, not on seeds. The first repeat of a
+configuration to reach a rung is ranked there among the other configurations' first arrivals; its later repeats
+follow that decision at that rung and are not recorded (a configuration counts once). So a configuration's repeats
+complete or stop together, and the spread over repeats is never that of the luckier seeds that survived a rung.
+
 A decision depends only on the results recorded at that rung when the trial arrives: with one trial at a
 time (`--max-concurrent 1`) the arrival order, and so every decision, repeats; with trials running
 concurrently the arrival order, and so the decisions, can differ between runs, as in any asynchronous
@@ -34,6 +39,7 @@ scheduler (Ray's ASHA included).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -99,6 +105,7 @@ class Decision:
     fronts: int
     top: int  # how many continue: ceil(of / reduction_factor)
     objectives: str  # what the rung compared, e.g. "val_acc x train_time_s"
+    follows: str = ""  # the trial id of the configuration's repeat whose decision this one follows ("": its own)
 
     @property
     def continues(self) -> bool:
@@ -106,6 +113,12 @@ class Decision:
 
     def reason(self) -> str:
         verb = "passed rung" if self.continues else "stopped at rung"
+        if self.follows:
+            return (
+                f"{verb} epoch {self.epoch} with its configuration's first repeat there, {self.follows} (rank "
+                f"{self.rank} of {self.of}, front {self.front} of {self.fronts}, on {self.objectives}; the top "
+                f"{self.top} continued)"
+            )
         return (
             f"{verb} epoch {self.epoch}: rank {self.rank} of {self.of}, front {self.front} of {self.fronts}, on "
             f"{self.objectives}; the top {self.top} continue"
@@ -147,13 +160,26 @@ class ParetoRungs:
         self.reduction_factor = reduction_factor
         self.milestones = milestones(grace_period, reduction_factor, max_epochs)
         self.recorded: dict[int, dict[str, tuple[float, float]]] = {epoch: {} for epoch in self.milestones}
+        # rung epoch -> configuration -> the decision its first repeat there got (repeats follow it)
+        self.leaders: dict[int, dict[str, Decision]] = {epoch: {} for epoch in self.milestones}
+        self.followers: dict[int, set[str]] = {epoch: set() for epoch in self.milestones}
 
-    def on_result(self, trial_id: str, epoch: int, accuracy: float, cost: float) -> Decision | None:
-        """The decision when this report brings the trial to a rung it has not reached before, else None."""
+    def on_result(
+        self, trial_id: str, epoch: int, accuracy: float, cost: float, configuration: str | None = None
+    ) -> Decision | None:
+        """The decision when this report brings the trial to a rung it has not reached before, else None.
+        `configuration` names the trial's settings but its repeat index, for a study with repeats."""
         reached = [m for m in self.milestones if epoch >= m]
-        if not reached or trial_id in self.recorded[reached[-1]]:
+        if not reached or trial_id in self.recorded[reached[-1]] or trial_id in self.followers[reached[-1]]:
             return None
-        rung = self.recorded[reached[-1]]
-        decision = decide((accuracy, cost), list(rung.values()), self.reduction_factor, reached[-1])
+        milestone = reached[-1]
+        leader = self.leaders[milestone].get(configuration) if configuration is not None else None
+        if leader is not None:
+            self.followers[milestone].add(trial_id)
+            return leader
+        rung = self.recorded[milestone]
+        decision = decide((accuracy, cost), list(rung.values()), self.reduction_factor, milestone)
         rung[trial_id] = (accuracy, cost)
+        if configuration is not None:
+            self.leaders[milestone][configuration] = dataclasses.replace(decision, follows=trial_id)
         return decision

@@ -10,6 +10,7 @@ derive each trial's `stop_reason`.
 
 from __future__ import annotations
 
+import json
 import math
 
 from ray import tune
@@ -17,7 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from study.core.metrics import RUNG_ACCURACY, RUNG_COST
 from study.core.registry import SCHEDULERS
-from study.core.space import Space
+from study.core.space import REPEAT, Space
 from study.tune.rungs import ParetoRungs
 
 
@@ -52,8 +53,8 @@ class ParetoASHAScheduler(FIFOScheduler):
     """Multi-objective asynchronous successive halving (study/tune/rungs.py) as a Ray Tune scheduler.
 
     Ray asks it after every report (one per epoch) whether the trial continues; a trial at max_epochs has
-    completed and stops. It needs no metric from the Tuner: its objectives are fixed (val_acc, standalone
-    training time).
+    completed and stops. It needs no metric from the Tuner: its objectives are fixed (val_acc, training time
+    alone on a fresh node). With repeats it decides per configuration (study/tune/rungs.py).
     """
 
     def __init__(self, max_epochs: int, grace_period: int, reduction_factor: float):
@@ -70,7 +71,11 @@ class ParetoASHAScheduler(FIFOScheduler):
         if epoch >= self.max_epochs:
             return TrialScheduler.STOP
         decision = self.rungs.on_result(
-            trial.trial_id, epoch, result.get(RUNG_ACCURACY, math.nan), result.get(RUNG_COST, math.nan)
+            trial.trial_id,
+            epoch,
+            result.get(RUNG_ACCURACY, math.nan),
+            result.get(RUNG_COST, math.nan),
+            configuration_key(trial.config),
         )
         if decision is None:
             return TrialScheduler.CONTINUE
@@ -84,6 +89,14 @@ class ParetoASHAScheduler(FIFOScheduler):
         return "MO-ASHA rungs at epochs " + ", ".join(
             f"{epoch} ({len(self.rungs.recorded[epoch])} recorded)" for epoch in self.rungs.milestones
         )
+
+
+def configuration_key(config: dict) -> str | None:
+    """A trial's settings but its repeat index, as text: the repeats of one configuration share it. None without
+    repeats (each trial is its own configuration)."""
+    if REPEAT not in config:
+        return None
+    return json.dumps({key: value for key, value in config.items() if key != REPEAT}, sort_keys=True, default=str)
 
 
 class ExplainedASHAScheduler(ASHAScheduler):
@@ -146,9 +159,20 @@ class RungDecisions(tune.Callback):
     # after --resume a trial reaching a rung is ranked among the results recorded before the interruption too.
     def get_state(self) -> dict:
         rungs = getattr(self.scheduler, "rungs", None)
-        return {"recorded": rungs.recorded, "decisions": self.scheduler.decisions} if rungs else {}
+        if not rungs:
+            return {}
+        return {
+            "recorded": rungs.recorded,
+            "decisions": self.scheduler.decisions,
+            "leaders": rungs.leaders,
+            "followers": rungs.followers,
+        }
 
     def set_state(self, state: dict) -> None:
         if state and isinstance(self.scheduler, ParetoASHAScheduler):
             self.scheduler.rungs.recorded = state["recorded"]
             self.scheduler.decisions = state["decisions"]
+            # a study saved before repeats existed has no leaders: every trial was its own configuration
+            if "leaders" in state:
+                self.scheduler.rungs.leaders = state["leaders"]
+                self.scheduler.rungs.followers = state["followers"]

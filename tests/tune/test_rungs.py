@@ -114,3 +114,22 @@ def test_each_rung_decides_once_per_trial_and_keeps_its_own_records():
     assert rungs.on_result("a", 3, 0.7, 3.0) is None  # a repeated report is not a second arrival
     assert rungs.on_result("b", 1, 0.4, 1.5).reason().startswith("stopped at rung epoch 1: rank 2 of 2")
     assert rungs.recorded == {1: {"a": (0.5, 1.0), "b": (0.4, 1.5)}, 3: {"a": (0.7, 3.0)}}
+
+
+def test_repeats_of_a_configuration_follow_its_first_repeats_decision():
+    """With repeats the rungs decide per configuration: the first repeat to arrive is ranked among the other
+    configurations' first arrivals; the later repeats get its decision, whatever their own numbers, and are not
+    recorded (a configuration counts once at a rung)."""
+    rungs = ParetoRungs(1, 2, 9)
+    first = rungs.on_result("a0", 1, 0.9, 1.0, configuration="a")
+    assert first.continues and not first.follows
+    stopped = rungs.on_result("b0", 1, 0.5, 2.0, configuration="b")  # dominated by a: stopped
+    assert not stopped.continues
+    better_seed = rungs.on_result("b1", 1, 0.95, 0.5, configuration="b")  # would dominate everything alone
+    assert not better_seed.continues and better_seed.follows == "b0"
+    assert better_seed.reason().startswith("stopped at rung epoch 1 with its configuration's first repeat there, b0")
+    assert rungs.on_result("a1", 1, 0.1, 9.0, configuration="a").continues
+    assert rungs.on_result("b1", 1, 0.95, 0.5, configuration="b") is None  # a repeated report is not a new arrival
+    assert set(rungs.recorded[1]) == {"a0", "b0"}
+    # without a configuration each trial is ranked on its own numbers, as in a study without repeats
+    assert rungs.on_result("c", 1, 0.95, 0.5).continues
