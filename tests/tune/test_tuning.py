@@ -219,7 +219,7 @@ def test_the_pareto_scheduler_stops_by_rank_completes_at_the_budget_and_writes_i
     callback = RungDecisions(scheduler)
     decisions = {}
     for name, accuracy, cost in (("accurate", 0.75, 1.7), ("dominated", 0.53, 7.4), ("cheap", 0.60, 1.0)):
-        trial = SimpleNamespace(trial_id=name)
+        trial = SimpleNamespace(trial_id=name, config={})
         result = report(name, 1, accuracy, cost)
         decisions[name] = scheduler.on_trial_result(None, trial, result)
         callback.on_trial_result(0, [], trial, result)
@@ -227,8 +227,8 @@ def test_the_pareto_scheduler_stops_by_rank_completes_at_the_budget_and_writes_i
     assert decisions == {"accurate": "CONTINUE", "dominated": "STOP", "cheap": "CONTINUE"}
     assert scheduler.decision("cheap", 1).startswith("passed rung epoch 1: rank 2 of 3, front 1 of 2")
     final = report("cheap", 2, 0.7, 1.1)
-    assert scheduler.on_trial_result(None, SimpleNamespace(trial_id="cheap"), final) == TrialScheduler.STOP
-    callback.on_trial_result(0, [], SimpleNamespace(trial_id="cheap"), final)
+    assert scheduler.on_trial_result(None, SimpleNamespace(trial_id="cheap", config={}), final) == TrialScheduler.STOP
+    callback.on_trial_result(0, [], SimpleNamespace(trial_id="cheap", config={}), final)
     assert final["rung_decision"] == ""  # the budget is not a rung
     resumed = scheduler_for(load_space("smoke"))  # after --resume: Ray restores callbacks, not schedulers
     RungDecisions(resumed).set_state(callback.get_state())
@@ -253,7 +253,7 @@ def test_single_metric_asha_is_rays_and_says_which_cutoff_stopped_a_trial(tmp_pa
     assert isinstance(scheduler, ExplainedASHAScheduler)
     scheduler.set_search_properties("val_acc", "max")  # as the Tuner does for a single-objective search
     for name, accuracy in (("a", 0.75), ("b", 0.53), ("c", 0.60)):
-        trial = SimpleNamespace(trial_id=name)
+        trial = SimpleNamespace(trial_id=name, config={})
         scheduler.on_trial_add(None, trial)
         scheduler.on_trial_result(None, trial, report(name, 1, accuracy, 1.0))
     assert scheduler.decision("a", 1) == "passed rung epoch 1: val_acc 0.7500 (max), alone at the rung"
