@@ -25,7 +25,7 @@ class ScoreRecord(NamedTuple):
 
 class Agreement(NamedTuple):
     """Per backbone its best validation accuracy, study rank, scores and score ranks; and per score
-    {tau, p_value, backbones, top_is_best}."""
+    {tau, p_value, backbones, top, best, top_is_best} (see score_agreement)."""
 
     table: pd.DataFrame
     by_score: dict[str, dict]
@@ -53,7 +53,9 @@ def score_record(study: dict) -> ScoreRecord:
 
 def score_agreement(trials: pd.DataFrame, study: dict) -> Agreement:
     """Each score against the best validation accuracy per backbone, and Kendall's tau (tau-b, scipy) of each score's
-    ranking against the study's: {score: {tau, p_value, backbones, top_is_best}}."""
+    ranking against the study's: {score: {tau, p_value, backbones, top, best, top_is_best}}. Ties count whole, so
+    the row order decides nothing: `best` lists every backbone at the best accuracy, `top` every backbone at the
+    score's highest value (sorted labels), and `top_is_best` says that every backbone in `top` is in `best`."""
     from scipy.stats import kendalltau
 
     best = candidate_accuracies(trials)
@@ -65,14 +67,28 @@ def score_agreement(trials: pd.DataFrame, study: dict) -> Agreement:
     shown = [name for name in SCORE_NAMES if name in scores]
     table = best.merge(scores[[*keys, *shown]], on=keys, how="inner")
     table.insert(len(keys), "study_rank", table["best_val_acc"].rank(ascending=False, method="min").astype(int))
+    labels = candidate_labels(table)
+    best_labels = sorted(labels[table["best_val_acc"] == table["best_val_acc"].max()])
     by_score = {}
     for name in shown:
         table[f"rank_{name}"] = table[name].rank(ascending=False, method="min").astype(int)
         tau, p_value = kendalltau(table[name], table["best_val_acc"]) if len(table) >= 2 else (math.nan, math.nan)
+        top = sorted(labels[table[name] == table[name].max()])
         by_score[name] = {
             "tau": float(tau),
             "p_value": float(p_value),
             "backbones": len(table),
-            "top_is_best": bool(len(table) and table[name].idxmax() == table["best_val_acc"].idxmax()),
+            "top": top,
+            "best": best_labels,
+            "top_is_best": bool(top) and set(top) <= set(best_labels),
         }
     return Agreement(table=table, by_score=by_score)
+
+
+def candidate_labels(table: pd.DataFrame) -> pd.Series:
+    """Each row's backbone, with its weights where the backbone appears with several."""
+    if "weights" not in table:
+        return table["backbone"].astype(str)
+    repeated = table["backbone"].duplicated(keep=False)
+    backbones = table["backbone"].astype(str)
+    return backbones.where(~repeated, backbones + " (" + table["weights"].astype(str) + ")")

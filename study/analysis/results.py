@@ -193,7 +193,16 @@ class Results:
     notes: list[str] = field(default_factory=list)
 
 
-def read_table(path: Path, fix: str = "rewrite it with python -m study.run --resume, or restore it from a copy"):
+RESUME_FIX = "rewrite it with python -m study.run --resume, or restore it from a copy"
+SHOWN_IDS = 5  # trial ids a note lists
+# --resume answers "nothing to resume" for a study whose study.json records `finished`
+FINISHED_FIX = (
+    "the study finished (--resume has nothing to run): restore it from a copy, or run the study again (its command "
+    "is in study.json)"
+)
+
+
+def read_table(path: Path, fix: str = RESUME_FIX):
     """A results table (parquet or CSV); damage (truncated, empty, not a table) is a StudyError."""
     import pyarrow
 
@@ -208,17 +217,22 @@ def read_table(path: Path, fix: str = "rewrite it with python -m study.run --res
 
 def load_results(path: str | Path) -> Results:
     """Read a study's results directory; only a trials table (parquet or CSV) is required. A damaged file is a
-    StudyError naming it; a damaged study.json, which only describes the study, is a note."""
+    StudyError naming it (and, for a finished study, a fix other than --resume); a damaged study.json, which only
+    describes the study, is a note, and so is a trials.csv that holds other trials than the trials.parquet read."""
     path = Path(path)
     if not path.is_dir():
         raise StudyError(
             f"results directory {path} does not exist: pass the --out directory of a study (python -m study.run)"
         )
     notes = []
+    study = read_study(path, notes)
+    fix = FINISHED_FIX if "finished" in study else RESUME_FIX
     if (path / "trials.parquet").exists():
-        trials = read_table(path / "trials.parquet")
+        trials = read_table(path / "trials.parquet", fix)
+        if (path / "trials.csv").exists():
+            notes += csv_disagreement(path, trials)
     elif (path / "trials.csv").exists():
-        trials = read_table(path / "trials.csv")
+        trials = read_table(path / "trials.csv", fix)
     else:
         raise StudyError(
             f"{path} holds no trials.parquet or trials.csv: pass a study's results directory (the --out of python -m "
@@ -228,19 +242,24 @@ def load_results(path: str | Path) -> Results:
     if missing:
         raise StudyError(f"{path}: the trials table lacks the column '{missing[0]}': it was not written by study.run")
     if (path / "epochs.parquet").exists():
-        epochs = read_table(path / "epochs.parquet")
+        epochs = read_table(path / "epochs.parquet", fix)
         if "trial_id" not in epochs:
             raise StudyError(f"{path / 'epochs.parquet'} has no trial_id column: it was not written by study.run")
     else:
         epochs = pd.DataFrame(columns=["trial_id", *EPOCH_METRICS])
         notes.append("epochs.parquet is missing: no per-epoch curves.")
     if (path / OUTCOMES_FILE).exists():
-        outcomes = read_table(path / OUTCOMES_FILE)
+        outcomes = read_table(path / OUTCOMES_FILE, fix)
     else:
         outcomes = pd.DataFrame(columns=OUTCOME_COLUMNS)
         notes.append(
             f"{OUTCOMES_FILE} is missing (results from before per-image outcomes were recorded): no paired comparisons."
         )
+    return Results(path=path, trials=trials, epochs=epochs, study=study, outcomes=outcomes, notes=notes)
+
+
+def read_study(path: Path, notes: list[str]) -> dict:
+    """study.json as a mapping; missing or damaged, an empty one and a note (it only describes the study)."""
     study = {}
     try:
         study = read_json(path / "study.json")
@@ -253,4 +272,26 @@ def load_results(path: str | Path) -> Results:
             f"study.json holds a {type(study).__name__}, not a study's record: the study's settings are unknown."
         )
         study = {}
-    return Results(path=path, trials=trials, epochs=epochs, study=study, outcomes=outcomes, notes=notes)
+    return study
+
+
+def csv_disagreement(path: Path, trials: pd.DataFrame) -> list[str]:
+    """A note when trials.csv, written beside trials.parquet, holds other trials than the parquet that was read."""
+    fix = "trials.parquet was read; rewrite trials.csv from it, or remove it"
+    try:
+        written = read_table(path / "trials.csv", fix)
+    except StudyError as error:
+        return [str(error)]
+    csv_ids = set(written["trial_id"].astype(str)) if "trial_id" in written else set()
+    parquet_ids = set(trials["trial_id"].astype(str))
+    if csv_ids == parquet_ids and len(written) == len(trials):
+        return []
+    differences = "; ".join(
+        f"only in {name}: {', '.join(sorted(ids)[:SHOWN_IDS])}{', ...' if len(ids) > SHOWN_IDS else ''}"
+        for name, ids in (("trials.parquet", parquet_ids - csv_ids), ("trials.csv", csv_ids - parquet_ids))
+        if ids
+    )
+    return [
+        f"trials.csv holds other trials than trials.parquet ({differences or 'rows repeated'}): it was edited or "
+        f"written by another run; {fix}"
+    ]

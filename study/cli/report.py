@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from study.analysis.page import write_report
+from study.analysis.page import REPORT_FILE, write_report
 from study.analysis.repeats import trial_labels
 from study.analysis.results import Results, load_results, split_outcomes
 from study.analysis.uncertainty import SIGNIFICANCE, compare_paired, proportion_interval
@@ -61,6 +61,19 @@ def compare_trials(results: Results, trial_a: str, trial_b: str) -> str:
     return "\n".join(lines)
 
 
+def unwritable(out: Path | None, results_dir: Path, error: OSError) -> str:
+    """Why the page cannot be written where it goes (a read-only disk, a path under a file), and what to do."""
+    page = out or results_dir / REPORT_FILE
+    if out:
+        what, fix = f"--out {out}", "choose a writable directory"
+    else:
+        what, fix = f"the report {page}", "pass --out PATH in a writable directory"
+    existing = next(p for p in page.absolute().parents if p.exists())
+    if not existing.is_dir():
+        return f"{what} cannot be written: {existing} is a file, not a directory; {fix}"
+    return f"{what} cannot be written in {existing} ({error.strerror or type(error).__name__}): {fix}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", type=Path, help="a study's results directory (the --out of python -m study.run)")
@@ -89,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         path = write_report(args.results_dir, args.include_stopped, args.out)
     except StudyError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the tables were read (load_results answers their errors): writing the page failed
+        print(f"error: {unwritable(args.out, args.results_dir, error)}", file=sys.stderr)
         return 2
     print(f"Report: {path.resolve()}")
     return 0

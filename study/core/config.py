@@ -25,6 +25,29 @@ class StudyError(Exception):
     """A user-facing problem: the message is one line naming the problem and the fix."""
 
 
+# torch's weights-only unpickler wraps its one-line reason in a paragraph of advice; the reason follows this marker.
+UNPICKLER_REASON = "WeightsUnpickler error:"
+
+
+def short_reason(error: BaseException, limit: int = 160) -> str:
+    """What went wrong, for the parentheses of a StudyError: the message's first line (or the reason torch's
+    weights-only unpickler gives), ended at the last sentence within `limit` characters, else at the last word with
+    " ..." (a single longer word is kept whole, never cut); the exception's type name when the message is empty."""
+    text = str(error)
+    if UNPICKLER_REASON in text:
+        text = text.partition(UNPICKLER_REASON)[2]
+    line = " ".join((text.strip().splitlines() or [""])[0].split())
+    if not line:
+        return type(error).__name__
+    if len(line) <= limit:
+        return line
+    sentence_end = line.rfind(". ", 0, limit)
+    if sentence_end + 1 >= limit // 2:  # a sentence that says enough on its own
+        return line[: sentence_end + 1]
+    word_end = line.rfind(" ", 0, limit + 1)
+    return f"{line[:word_end].rstrip(',;:')} ..." if word_end > 0 else line.split(" ", 1)[0]
+
+
 DEVICES = ("auto", "cpu", "cuda")
 ALL_LAYERS = "all"
 # Named weight sources; anything else must be a path to one of WEIGHT_FILE_SUFFIXES (study/trial/backbones.py loads it).
@@ -64,7 +87,8 @@ NUMBER_LIMITS = {
     "split_seed": SEED_LIMIT,
     "repeat": Limit(0, rule="is negative: repeats count from 0 (a space's `repeats: N` sets it, 0..N-1)"),
     "train_fraction": Limit(0, 1, low_open=True, rule="is outside (0, 1]: use e.g. 0.1 for a 10% subset, 1 for all"),
-    "img_size": Limit(8, rule="is too small: use at least 8, or null for the backbone's default"),
+    # timm's largest pretrained inputs are 1024 px; four times that is already 200 MB per image as float32
+    "img_size": Limit(8, 4096, rule="is outside 8..4096: use e.g. 224, or null for the backbone's default"),
     "loader_workers": Limit(0, rule="is negative: use 0 (load in the trial process), a count, or null"),
     "unfreeze_depth": Limit(0, rule="is invalid: use an integer >= 0 or 'all'"),
     "num_samples": Limit(1, rule="must be at least 1"),

@@ -9,20 +9,20 @@ their number of classes.
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from study.core.config import StudyError, TrialConfig
+from study.core.config import StudyError, TrialConfig, short_reason
 from study.trial.backbones import create_backbone
 from study.trial.freeze import apply_freeze, plan_for
 from study.trial.heads import head_modules, in_head
 from study.trial.train import CHECKPOINT_FILE, CHECKPOINT_FORMAT
 
 CHECKPOINT_KEYS = ("state_dict", "config", "data", "classes", "weights_used", "img_size")
+ZIP_MAGIC = b"PK\x03\x04"  # how every file torch.save writes begins (a zip archive's first local header)
 
 
 @dataclass(kw_only=True)
@@ -82,13 +82,24 @@ def find_checkpoint_file(path: Path) -> Path:
 
 def load_checkpoint(path: Path) -> Checkpoint:
     file = find_checkpoint_file(path)
+    fix = "pass a model.pt saved by a trial with save_checkpoint: true"
+    try:
+        with file.open("rb") as handle:
+            is_zip = handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+    except OSError as error:
+        raise StudyError(f"{file} cannot be read ({error.strerror}): {fix}") from None
+    if not is_zip:  # torch.load would hand it to the legacy unpickler, which fails in its own ways on any bytes
+        raise StudyError(
+            f"{file} is not a checkpoint written by study.run (not a zip archive, which torch.save writes): {fix}"
+        )
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+    except Exception as error:
+        # a damaged archive or a foreign pickle: the weights-only unpickler raises whatever its stack machine trips
+        # over (UnpicklingError, RuntimeError, EOFError, KeyError, IndexError, ValueError, AttributeError, ...)
         raise StudyError(
-            f"{file} cannot be read as a checkpoint ({reason}): pass a model.pt saved by a trial with "
-            "save_checkpoint: true"
+            f"{file} is not a checkpoint written by study.run, or is damaged ({type(error).__name__}: "
+            f"{short_reason(error, 120)}): {fix}"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise StudyError(

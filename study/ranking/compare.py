@@ -59,12 +59,27 @@ def compare(results_dir: Path, echo: Echo = say) -> pd.DataFrame:
     echo("Each score against the best validation accuracy the study reached:")
     echo(agreement_table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     for name, result in agreement.items():
-        echo(
-            f"  {name}: Kendall tau {result['tau']:.3f} (p={result['p_value']:.3g}) over {result['backbones']} "
-            f"backbones; its top backbone is {'' if result['top_is_best'] else 'not '}the study's best"
-        )
+        echo(agreement_line(name, result))
     echo(f"Report: {write_report(results_dir).resolve()}")
     return table
+
+
+def agreement_line(name: str, result: dict) -> str:
+    """A score's agreement with the study in words; ties (on the score, or for the best accuracy) named, never broken
+    by row order (study/analysis/agreement.py)."""
+    top, best, agrees = result["top"], result["best"], result["top_is_best"]
+    if len(top) == 1:
+        picked = f"its top backbone ({top[0]}) is {'' if agrees else 'not '}"
+    else:
+        picked = f"its top backbones ({', '.join(top)}, tied on the score) are {'' if agrees else 'not all '}"
+    if len(best) == 1:
+        verdict = "the study's best" if agrees else f"the study's best ({best[0]})"
+    else:
+        verdict = f"among the study's {len(best)} best, tied at the best accuracy ({', '.join(best)})"
+    return (
+        f"  {name}: Kendall tau {result['tau']:.3f} (p={result['p_value']:.3g}) over {result['backbones']} backbones; "
+        f"{picked}{verdict}"
+    )
 
 
 def candidates_by_settings(results_dir: Path, trials: pd.DataFrame) -> list[tuple[dict, list[Candidate]]]:

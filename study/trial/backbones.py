@@ -34,7 +34,7 @@ import timm
 import torch
 from torch import nn
 
-from study.core.config import WEIGHT_FILE_SUFFIXES, StudyError
+from study.core.config import WEIGHT_FILE_SUFFIXES, StudyError, short_reason
 from study.trial.heads import attach_head
 
 __all__ = [
@@ -185,7 +185,7 @@ def _missing_weights_message(name: str, cfg, error: OSError) -> str:
         where, what = f"the Hugging Face cache {constants.HF_HUB_CACHE}", f"{cfg.hf_hub_id} (model.safetensors)"
     else:
         where, what = f"the torch hub cache {Path(torch.hub.get_dir()) / 'checkpoints'}", cfg.url
-    detail = (str(error).strip().splitlines() or [""])[0][:160]
+    detail = short_reason(error)
     why = (
         "HF_HUB_OFFLINE is set"
         if constants.HF_HUB_OFFLINE
@@ -210,9 +210,8 @@ def _from_file(name: str, path: Path, cfg, model_kwargs: dict) -> Backbone:
     except (
         Exception
     ) as error:  # any failure to parse a user's file (pickle, zip, safetensors header) is the same answer
-        detail = (str(error).strip().splitlines() or [""])[0][:160]
         raise StudyError(
-            f"cannot read weights file {path} ({type(error).__name__}: {detail}): save it with "
+            f"cannot read weights file {path} ({type(error).__name__}: {short_reason(error)}): save it with "
             "torch.save(model.state_dict(), PATH) or safetensors"
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -5,7 +5,8 @@ under a file lock); every trial memory-maps that file (torch.load(mmap=True, wei
 at once share one copy in the page cache. Images of one common size no larger than the input size (CIFAR, STL-10,
 Fashion-MNIST, CIFAR as JPEG files) are stored at their own size and resized per batch; others are resized (shorter
 side) and centre-cropped to the input size when decoded. A split that would take more than half of the node's
-memory decoded is refused with a message.
+memory decoded is refused with a message. The cache is an optimisation: where it cannot be written (a full disk, a
+directory that cannot be made), the split stays in the decoding process's memory and a note says why.
 
 A file that cannot be decoded is skipped; the count and the first files are printed (at every load, from the
 cache too) and become `skipped_images` in the trial's results. A class whose images are all unreadable is an error.
@@ -17,7 +18,9 @@ caches it, the same way for both.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 
 from study.core.config import StudyError
-from study.core.files import atomic_write, data_lock
+from study.core.files import atomic_write
 from study.trial.splits import ImageSet
 
 CACHE_DIR = "decoded-v1"  # under the data root; bump the version when what a cache file holds changes
@@ -118,18 +121,68 @@ def decode_files(dataset, classes: list[str], img_size: int, where: str, describ
 
 
 def cached(root: Path, key: str, build: Callable[[], dict]) -> dict:
-    """The decoded split `key` from the node's cache, built once (by whichever process takes the lock first)."""
+    """The decoded split `key` from the node's cache, built once (by whichever process takes the lock first). Where
+    the cache cannot be written (a full or unwritable disk), the split is decoded into this process's memory and a
+    note says why: the cache is an optimisation, and the study goes on."""
     path = root / CACHE_DIR / f"{key}.pt"
     decoded = _load(path)
     if decoded is None:
-        with data_lock(path.parent, key):
-            decoded = _load(path)
+        with build_lock(path.parent, key) as unlocked:
+            decoded = None if unlocked else _load(path)
             if decoded is None:
-                print(f"decoding {key} into {path} (once for this node)", flush=True)
+                print(
+                    f"decoding {key} into {path} (once for this node)" if not unlocked else f"decoding {key}",
+                    flush=True,
+                )
                 decoded = build()
-                atomic_write(path, lambda temporary: torch.save(decoded, temporary))
+                problem = unlocked or save_cache(path, decoded)
+                if problem:
+                    print(
+                        f"note: the decoded images are kept in this process's memory, not in {path}: {problem}; "
+                        f"every trial decodes them again until {root} can be written and has room",
+                        flush=True,
+                    )
+                    return decoded
                 decoded = _load(path)
     return decoded
+
+
+@contextmanager
+def build_lock(directory: Path, key: str) -> Iterator[str]:
+    """Held while cache file `key` is built, so that one process builds it and the others wait and reuse it
+    (study.core.files.data_lock's lock file). Where the directory cannot be made or locked (a full or read-only
+    disk), nothing is held and the caller keeps what it builds in memory: yields why ('' when locked)."""
+    from filelock import FileLock
+
+    with ExitStack() as held:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            held.enter_context(FileLock(str(directory / f".{key}.lock")))
+            unlocked = ""
+        except OSError as error:
+            unlocked = f"{directory} cannot be written ({error.strerror or type(error).__name__})"
+        yield unlocked
+
+
+def save_cache(path: Path, record: dict, before_publish: Callable[[str], None] | None = None) -> str:
+    """Write a cache file (a dict of tensors and numbers) atomically: '' when written, else why not. A full disk
+    makes torch.save raise RuntimeError (`[enforce fail at inline_container.cc:672] unexpected pos`), not OSError:
+    the reason then compares the record's size with the space left."""
+    try:
+        atomic_write(path, lambda temporary: torch.save(record, temporary), before_publish)
+        return ""
+    except StudyError:  # atomic_write's answer to ENOSPC and EDQUOT
+        return f"out of disk space in {path.parent}"
+    except OSError as error:
+        return f"{path.parent} cannot be written ({error.strerror or type(error).__name__})"
+    except RuntimeError as error:
+        failure = (str(error).strip().splitlines() or [""])[0]
+    # measured only now: until the traceback is gone, its frames keep torch's (deleted) file open and its blocks used
+    needed = sum(value.nbytes for value in record.values() if isinstance(value, torch.Tensor))
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        return f"out of disk space in {path.parent}: {needed / 2**20:,.1f} MiB needed, {free / 2**20:,.1f} MiB free"
+    return f"torch.save failed in {path.parent}: {failure}"
 
 
 def _load(path: Path) -> dict | None:

@@ -15,7 +15,10 @@ A trial that runs uncached says why in `cache_note`.
 Where to cut is study/trial/cut.py's: the last point before the first node that trains
 or updates statistics where one tensor carries all the state. No cache, with the
 reason recorded, when it finds none (`CutSearch.reason`) or when the features of the
-trial's splits exceed the store's size bound (`FeatureStore.budget`).
+trial's splits exceed the store's size bound (`FeatureStore.budget`). Where the store
+cannot be written (a full or unwritable data root), the features a trial computes stay
+in its memory for that trial and `cache_note` says why: the cache is an optimisation,
+never a reason for a trial to fail.
 
 Shared per node. Features are files under DATA_ROOT/features-v1/, one per (backbone,
 weights (with random weights, the seed that initialised them), head, input size and
@@ -57,10 +60,10 @@ import torch
 import torch.fx
 from torch.utils.data import DataLoader, Dataset
 
-from study.core.files import atomic_write, data_lock
 from study.trial.batching import batches, drops_last_batch
 from study.trial.cut import Cut
 from study.trial.data import resolve_data_root
+from study.trial.decode import build_lock, save_cache
 from study.trial.splits import ImageSet, Splits
 
 __all__ = [
@@ -101,7 +104,7 @@ class FeatureStore:
         path = self.path(key)
         try:
             record = torch.load(path, mmap=True, weights_only=True)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # never built, evicted, or no store directory
             return None
         except Exception as error:  # a damaged file: torch raises RuntimeError, pickle and zip errors
             print(f"feature cache {path} is unreadable ({type(error).__name__}): computing it again", flush=True)
@@ -110,15 +113,15 @@ class FeatureStore:
             os.utime(path)  # recently used: evicted last
         return record
 
-    def lock(self, key: str):
-        return data_lock(self.directory, key)
+    def lock(self, key: str) -> AbstractContextManager[str]:
+        """The node's lock on building `key`; yields why it cannot be taken ('' when held)."""
+        return build_lock(self.directory, key)
 
-    def save(self, key: str, record: dict) -> None:
-        """Write atomically, first evicting least recently used files until the new one fits the budget."""
-        atomic_write(
-            self.path(key),
-            lambda temporary: torch.save(record, temporary),
-            before_publish=lambda temporary: self.evict(keep=os.path.getsize(temporary)),
+    def save(self, key: str, record: dict) -> str:
+        """Write atomically, first evicting least recently used files until the new one fits the budget: '' when
+        written, else why not (a full or unwritable disk)."""
+        return save_cache(
+            self.path(key), record, before_publish=lambda temporary: self.evict(keep=os.path.getsize(temporary))
         )
 
     def evict(self, keep: int) -> list[Path]:
@@ -159,6 +162,7 @@ class CachedSplit:
     build_s: float  # seconds this trial spent computing them
     cost_s: float  # seconds they took from the images, earlier cut points' features included
     origin: str  # what they were computed from
+    unkept: str  # why features this trial built are in its memory only, not in the store ('' when stored)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -244,14 +248,21 @@ class FeatureCache:
         images: ImageSet = getattr(self.data, name)
         digest = content_digest(images)
         key = self.key(self.cut.node, digest)
-        record, status = self.store.load(key), "reused"
+        record, status, unkept = self.store.load(key), "reused", ""
         if record is None:
-            with self.store.lock(key):
-                record = self.store.load(key)
+            with self.store.lock(key) as unlocked:
+                record = None if unlocked else self.store.load(key)
                 if record is None:
                     record, status = self._build(images, digest), "built"
-                    self.store.save(key, record)
-                    record = self.store.load(key) or record  # read back mapped: one copy in the page cache
+                    unkept = unlocked or self.store.save(key, record)
+                    if unkept:  # the cache is an optimisation: the trial goes on with the features it computed
+                        print(
+                            f"note: the {name} features are kept in this trial's memory, not in "
+                            f"{self.store.path(key)}: {unkept}",
+                            flush=True,
+                        )
+                    else:
+                        record = self.store.load(key) or record  # read back mapped: one copy in the page cache
         features = self._placed(record["features"])
         build_s = record["build_s"] if status == "built" else 0.0
         return CachedSplit(
@@ -261,6 +272,7 @@ class FeatureCache:
             build_s=build_s,
             cost_s=record["cost_s"],
             origin=record["origin"],
+            unkept=unkept,
         )
 
     def _build(self, images: ImageSet, digest: str) -> dict:
@@ -314,7 +326,9 @@ class FeatureCache:
         """What the cache did for this trial so far: the training split's status, and every split's origin."""
         train = self.splits.get("train")
         origins = "; ".join(
-            f"{name}: {'built' if s.status == 'built' else 'reused'} from {s.origin}" for name, s in self.splits.items()
+            f"{name}: {'built' if s.status == 'built' else 'reused'} from {s.origin}"
+            + (f", kept in this trial's memory only: {s.unkept}" if s.unkept else "")
+            for name, s in self.splits.items()
         )
         return {
             "cache": train.status if train else "pending",

@@ -203,3 +203,46 @@ def test_settings_keep_their_columns_beside_what_the_trial_used(small_digits, tm
     front = pd.read_csv(tmp_path / "pareto.csv").set_index("trial_id")
     assert front.index.tolist() == ["ran"]
     assert bool(front.loc["ran", "amp"]) is True and front.loc["ran", "device"] == "auto"
+
+
+def test_a_damaged_table_of_a_finished_study_is_not_answered_with_resume(tmp_path):
+    """--resume answers "nothing to resume" for a finished study: its damaged tables come back from a copy or a new
+    run."""
+    trials, epochs, outcomes = trials_table(RECORDS)
+    export(tmp_path, trials, epochs, title="test", outcomes=outcomes)
+    (tmp_path / "trials.parquet").write_bytes(b"not parquet")
+    (tmp_path / "study.json").write_text(json.dumps({"seed": 0}))  # interrupted: --resume rewrites the tables
+    with pytest.raises(StudyError, match="rewrite it with python -m study.run --resume"):
+        load_results(tmp_path)
+    (tmp_path / "study.json").write_text(json.dumps({"seed": 0, "finished": "2026-12-03T10:00:00"}))
+    for damaged in ("trials.parquet", "epochs.parquet", "outcomes.parquet"):
+        export(tmp_path, trials, epochs, title="test", outcomes=outcomes)
+        (tmp_path / damaged).write_bytes(b"not parquet")
+        with pytest.raises(StudyError) as caught:
+            load_results(tmp_path)
+        assert str(caught.value).endswith(
+            "the study finished (--resume has nothing to run): restore it from a copy, or run the study again (its "
+            "command is in study.json)"
+        ) and str(caught.value).startswith(str(tmp_path / damaged))
+
+
+def test_a_trials_csv_that_disagrees_with_trials_parquet_is_noted(tmp_path):
+    trials, epochs, outcomes = trials_table(RECORDS)
+    export(tmp_path, trials, epochs, title="test", outcomes=outcomes)
+    (tmp_path / "study.json").write_text(json.dumps({"seed": 0}))
+    assert not load_results(tmp_path).notes
+    trials[trials["trial_id"] != "t3"].assign(val_acc=0.1).to_csv(tmp_path / "trials.csv", index=False)
+    results = load_results(tmp_path)
+    assert results.trials["trial_id"].tolist() == ["t0", "t1", "t2", "t3"]  # the parquet, as before
+    assert results.notes == [
+        "trials.csv holds other trials than trials.parquet (only in trials.parquet: t3): it was edited or written by "
+        "another run; trials.parquet was read; rewrite trials.csv from it, or remove it"
+    ]
+    (tmp_path / "trials.csv").write_text("trial_id,status,val_acc\nt9,completed,0.5\n")
+    assert load_results(tmp_path).notes == [
+        "trials.csv holds other trials than trials.parquet (only in trials.parquet: t0, t1, t2, t3; only in "
+        "trials.csv: t9): it was edited or written by another run; trials.parquet was read; rewrite trials.csv from "
+        "it, or remove it"
+    ]
+    (tmp_path / "trials.csv").write_bytes(bytes(range(256)))
+    assert load_results(tmp_path).notes[0].startswith(f"{tmp_path / 'trials.csv'} is damaged or not what it should be")

@@ -404,6 +404,20 @@ CASES = [
         space_file("fixed: {data_root: /etc}\n"),
         ("'data_root' cannot be set in a space file", "pass --data-root DIR"),
     ),
+    Case(
+        "img_size beyond any backbone's",
+        smoke("--set", "img_size=100000"),
+        ("img_size=100000 is outside 8..4096", "or null for the backbone's default"),
+    ),
+    Case(
+        "a batch larger than the machine's memory",
+        smoke("--set", "img_size=4096", "--set", "batch_size=100000"),
+        (
+            "img_size=4096 with batch_size=100000: one batch of input images takes 23,438 GiB (uint8 and float32), "
+            "more than this machine's",
+            "lower img_size or batch_size",
+        ),
+    ),
 ]
 
 
@@ -500,3 +514,40 @@ def test_out_in_a_read_only_directory(tmp_path, capsys):
         and error.count("\n") == 1
     )
     assert list(locked.iterdir()) == []
+
+
+def finished_study(scratch: Path) -> Path:
+    """A finished study's tables, as study.run writes them, to write a report from."""
+    from study.analysis.results import trials_table, write_tables
+    from tests.helpers import history
+
+    out = scratch / "finished"
+    out.mkdir()
+    records = [
+        {"trial_id": f"t{n}", "config": {"epochs": 2}, "history": history([0.5, 0.6 + n / 10]), "error": None}
+        for n in range(2)
+    ]
+    write_tables(out, *trials_table([{**record, "max_epochs": 2} for record in records]))
+    (out / "study.json").write_text(json.dumps({**STUDY_RECORD, "finished": "yesterday"}))
+    return out
+
+
+@pytest.mark.parametrize(
+    "page, expected",
+    [
+        ("SCRATCH/a-file/report.html", "--out SCRATCH/a-file/report.html cannot be written: SCRATCH/a-file is a file"),
+        ("/proc/study-report.html", "--out /proc/study-report.html cannot be written in /proc (No such file or"),
+    ],
+    ids=["under a file", "in /proc"],
+)
+def test_a_report_that_cannot_be_written_is_one_line_exit_2(page, expected, tmp_path, capsys):
+    from study.cli import report
+
+    results = finished_study(tmp_path)
+    (tmp_path / "a-file").write_text("not a directory")
+    page, expected = (text.replace("SCRATCH", str(tmp_path)) for text in (page, expected))
+    before = snapshot(tmp_path)
+    assert report.main([str(results), "--out", page]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {expected}") and error.endswith("choose a writable directory\n"), error
+    assert error.count("\n") == 1 and snapshot(tmp_path) == before

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
+from study.cli import run
 from study.core.config import TrialConfig
 from study.trial import train
 from study.tune.records import describe_error
@@ -233,3 +234,14 @@ def test_the_package_loads_only_weights_and_safe_yaml_and_evaluates_no_input():
     assert issubclass(YamlLoader, yaml.SafeLoader)
     with pytest.raises(yaml.constructor.ConstructorError):
         yaml.load("!!python/object/apply:os.system ['true']", Loader=YamlLoader)
+
+
+def test_a_data_root_that_cannot_be_written_stops_the_study_before_ray_starts(tmp_path, capsys):
+    """Else every trial would fail on it, or run without the node's caches, each decoding its data again."""
+    (tmp_path / "a-file").write_text("not a directory")
+    data_root = tmp_path / "a-file" / "data"  # under a regular file: unwritable for root too
+    out = tmp_path / "study"
+    assert run.main(["--space", "smoke", "--data-root", str(data_root), "--out", str(out), "--no-dashboard"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: the data root {data_root} cannot be written (Not a directory): pass --data-root")
+    assert error.count("\n") == 1 and not out.exists()

@@ -11,9 +11,8 @@ from study.core.files import atomic_write
 # The modules that write a study's files, decoded images, feature caches, scores and merge results.
 WRITERS = (
     "analysis/results.py",
-    "trial/decode.py",
+    "trial/decode.py",  # also for trial/feature_cache.py (decode.save_cache)
     "trial/torchvision_sets.py",
-    "trial/feature_cache.py",
     "ranking/candidates.py",
     "ranking/compare.py",
     "merging/outputs.py",

@@ -10,11 +10,12 @@ from torch import nn
 from torchvision.transforms import v2
 
 from study.cli.merge import main
-from study.core.config import StudyError, TrialConfig
+from study.core.config import StudyError, TrialConfig, short_reason
 from study.merging.checkpoints import Checkpoint, check_compatible, load_checkpoint
 from study.merging.evaluation import Target
 from study.merging.interpolation import interpolate, recompute_bn_stats
 from study.trial.augment import preprocessor
+from study.trial.backbones import create_backbone
 from study.trial.data import load_digits
 from study.trial.splits import ImageSet
 from study.trial.train import build_trial, run_trial, save_model
@@ -144,7 +145,7 @@ def make_bad_input(kind: str, tmp_path: Path, checkpoints: dict, small_digits) -
     "kind, message",
     [
         ("missing", "nowhere does not exist: pass a model.pt saved by a trial with save_checkpoint: true"),
-        ("not a checkpoint", "model.pt cannot be read as a checkpoint"),
+        ("not a checkpoint", "model.pt is not a checkpoint written by study.run (not a zip archive"),
         (
             "other backbone",
             "A is a tf_efficientnet_lite0 checkpoint but B is resnet18: merge two checkpoints of one backbone",
@@ -229,3 +230,61 @@ def test_two_smoke_trials_on_different_digits_merge_end_to_end(tmp_path, digit_s
     assert len(similarity) == 96 and sorted(similarity["greedy_match"]) == list(range(96))
     assert (out / "similarity.html").read_text().count("Plotly.newPlot(") == 3
     assert "alpha (weight of B)" in (out / "merge.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"trial_id,val_acc\nt1,0.5\n",  # a CSV: torch's unpickler fails with IndexError (pop from empty list)
+        b"hello\n",  # KeyError
+        b"]",  # EOFError
+        b"j",  # struct.error
+    ],
+    ids=["csv", "text", "bracket", "j"],
+)
+def test_a_file_that_is_no_checkpoint_is_one_line_exit_2(content, tmp_path, capsys):
+    not_a_checkpoint = tmp_path / "trials.csv"
+    not_a_checkpoint.write_bytes(content)
+    out = tmp_path / "merged"
+    assert main([str(not_a_checkpoint), str(not_a_checkpoint), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"error: {not_a_checkpoint} is not a checkpoint written by study.run (not a zip archive, which torch.save "
+        "writes): pass a model.pt saved by a trial with save_checkpoint: true\n"
+    )
+    assert not out.exists()
+
+
+def cut_words(reason: str, message: str) -> list[str]:
+    """The words of a shortened reason that are not whole words of the full message (none, unless cut mid-word)."""
+    whole = set(message.split())
+    return [word for word in reason.removesuffix(" ...").split() if word not in whole]
+
+
+class Unlisted:
+    """A class torch's weights-only unpickler refuses: its refusal is a paragraph of advice around one reason."""
+
+
+def test_reasons_are_the_unpicklers_own_shortened_at_a_word_never_mid_word(tmp_path):
+    damaged = tmp_path / "model.pt"
+    torch.save({"state_dict": Unlisted()}, damaged)
+    with pytest.raises(StudyError) as caught:
+        load_checkpoint(damaged)
+    message = str(caught.value)
+    assert "Weights only load failed" not in message  # torch's boilerplate, not the reason
+    assert f"Unsupported global: GLOBAL {__name__}.Unlisted was not an allowed global by default." in message
+    weights = tmp_path / "weights.pth"
+    torch.save({"head.weight": Unlisted()}, weights)
+    with pytest.raises(StudyError) as caught:  # timm rewords the refusal: its first two sentences fit, no more
+        create_backbone("resnet18", str(weights), 10, seed=0, img_size=64)
+    assert (
+        "(RuntimeError: weights_only=True blocked loading this checkpoint because it requires non-allowlisted pickle "
+        f"globals. Unsupported globals: {__name__}.Unlisted.): save it with" in str(caught.value)
+    )
+
+    text = " ".join(f"word{n}" for n in range(60)) + ". Another sentence follows."
+    for limit in (30, 47, 80, 120):
+        reason = short_reason(ValueError(text), limit)
+        assert len(reason) <= limit + 4 and reason.endswith(" ...") and not cut_words(reason, text), reason
+    assert short_reason(ValueError("First sentence here. " + "x" * 200), 40) == "First sentence here."
+    assert short_reason(ValueError("short\nsecond line")) == "short" and short_reason(EOFError()) == "EOFError"

@@ -308,3 +308,50 @@ def test_a_prescreened_study_searches_the_top_backbones_and_reports_the_ranking(
     page = (out / "report.html").read_text()
     assert "Pre-screen of the backbones" in page and "Did the scores predict the study?" in page
     assert "Scores from the pre-screen (knn)" in page
+
+
+def test_a_tie_for_the_best_accuracy_counts_every_tied_backbone_as_best_whatever_the_row_order():
+    from study.analysis.agreement import score_agreement
+    from study.ranking.compare import agreement_line
+
+    trials = pd.DataFrame(
+        {
+            "backbone": ["a", "b", "c", "d"],
+            "weights": ["imagenet"] * 4,
+            "status": ["completed"] * 4,
+            "best_val_acc": [0.9, 0.9, 0.5, 0.4],
+        }
+    )
+    study = {
+        "scores": {
+            "table": [
+                {"backbone": "a", "weights": "imagenet", "knn": 0.3, "probe": 0.7, "logme": 0.1},
+                {"backbone": "b", "weights": "imagenet", "knn": 0.8, "probe": 0.2, "logme": 0.9},
+                {"backbone": "c", "weights": "imagenet", "knn": 0.1, "probe": 0.9, "logme": 0.9},
+                {"backbone": "d", "weights": "imagenet", "knn": 0.0, "probe": 0.1, "logme": 0.0},
+            ]
+        }
+    }
+    verdicts = {
+        order: score_agreement(trials.iloc[list(order)], study).by_score
+        for order in itertools.permutations(range(len(trials)))
+    }
+    first = verdicts[(0, 1, 2, 3)]
+    assert all(verdict == first for verdict in verdicts.values())  # the row order decides nothing
+    assert first["knn"]["top_is_best"] and first["knn"]["best"] == ["a", "b"] and first["knn"]["top"] == ["b"]
+    assert not first["probe"]["top_is_best"] and first["probe"]["top"] == ["c"]
+    # a tie on the score, and c is not among the best
+    assert not first["logme"]["top_is_best"] and first["logme"]["top"] == ["b", "c"]
+    assert agreement_line("knn", first["knn"]).endswith(
+        "its top backbone (b) is among the study's 2 best, tied at the best accuracy (a, b)"
+    )
+    assert agreement_line("probe", first["probe"]).endswith(
+        "its top backbone (c) is not among the study's 2 best, tied at the best accuracy (a, b)"
+    )
+    assert agreement_line("logme", first["logme"]).endswith(
+        "its top backbones (b, c, tied on the score) are not all among the study's 2 best, tied at the best accuracy "
+        "(a, b)"
+    )
+    alone = score_agreement(trials.assign(best_val_acc=[0.9, 0.8, 0.5, 0.4]), study).by_score
+    assert agreement_line("knn", alone["knn"]).endswith("its top backbone (b) is not the study's best (a)")
+    assert agreement_line("probe", alone["probe"]).endswith("its top backbone (c) is not the study's best (a)")

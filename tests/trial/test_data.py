@@ -4,7 +4,10 @@ in the official formats, folders, the node cache."""
 import gzip
 import hashlib
 import io
+import os
 import pickle
+import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -12,6 +15,7 @@ import tarfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -338,3 +342,84 @@ def test_cifar10_jpegs_load_through_image_folder(cifar_jpegs, tmp_path):
         splits.train.store[0], torch.from_numpy(np.array(Image.open(first).convert("RGB"))).permute(2, 0, 1)
     )
     assert splits.train.store.float().std() > 30  # photos, not blank
+
+
+def test_a_file_rewritten_with_the_same_name_size_and_modification_time_is_decoded_again(tmp_path):
+    """Reproducible archives and some package stores keep modification times: only the bytes tell the change."""
+    root = make_folder(tmp_path / "pets")
+    cache = str(tmp_path / "cache")
+    rewritten = root / "train" / "dog" / "3.png"
+    before = load_data(f"folder:{root}", 0, 32, cache).train.images[6 + 3]
+    stat = rewritten.stat()
+    pixels = np.array(Image.open(rewritten))
+    Image.fromarray(255 - pixels).save(rewritten, "PNG")  # the negative: PNG's size for a two-colour image is the same
+    os.utime(rewritten, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert rewritten.stat().st_size == stat.st_size and rewritten.stat().st_mtime_ns == stat.st_mtime_ns
+    after = load_data(f"folder:{root}", 0, 32, cache).train.images[6 + 3]
+    assert torch.equal(after, 255 - before)
+
+
+def test_entries_that_are_not_regular_files_are_skipped_counted_and_never_opened(tmp_path):
+    """Opening a FIFO blocks until something writes to it: decoding (or fingerprinting) one would wait forever. The
+    load runs in its own process group, killed with its decoding workers if it hangs, so a regression fails."""
+    import signal
+    import socket
+
+    root = make_folder(tmp_path / "pets")
+    os.mkfifo(root / "train" / "cat" / "fifo.png")
+    (root / "train" / "dog" / "gone.png").symlink_to(root / "train" / "dog" / "deleted.png")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(root / "val" / "cat" / "socket.png"))
+        script = (
+            f"from study.trial.data import load_data; s = load_data('folder:{root}', 0, 32, '{tmp_path / 'cache'}'); "
+            "print('loaded', len(s.train), len(s.val), s.skipped)"
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
+        try:
+            printed = process.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            pytest.fail("loading a folder holding a FIFO hung")
+    assert process.returncode == 0 and "loaded 12 12 3" in printed, printed
+    fifo, socket_file = root / "train" / "cat" / "fifo.png", root / "val" / "cat" / "socket.png"
+    assert (
+        f"note: {root / 'train'}: skipped 2 entries that are not regular files (e.g. {fifo}, a FIFO): only regular "
+        "files are read as images; skipped_images counts them" in printed
+    ), printed
+    assert f"skipped 1 entry that is not a regular file (e.g. {socket_file}, a socket)" in printed
+
+
+def torch_save_on_a_full_disk(obj, file, *args, **kwargs):
+    """What torch.save raises when the disk fills up under it: its C++ zip writer's error, not an OSError."""
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 960 vs 854")
+
+
+def test_decoded_images_that_cannot_be_cached_are_kept_in_memory_with_a_note_saying_why(tmp_path, monkeypatch, capsys):
+    root = make_folder(tmp_path / "pets")
+    expected = load_data(f"folder:{root}", 0, 32, str(tmp_path / "writable"))
+    capsys.readouterr()
+
+    monkeypatch.setattr(torch, "save", torch_save_on_a_full_disk)
+    full = tmp_path / "full" / "decoded-v1"
+    splits = load_data(f"folder:{root}", 0, 32, str(full.parent))
+    printed = capsys.readouterr().out
+    assert torch.equal(splits.train.images, expected.train.images)
+    assert torch.equal(splits.val.labels, expected.val.labels)
+    assert printed.count("note: the decoded images are kept in this process's memory") == 2  # train and val
+    assert f": torch.save failed in {full}: [enforce fail at inline_container.cc:672]" in printed
+    assert not list(full.glob("*.pt*")) and not list(full.glob(".*.tmp"))  # nothing half-written left behind
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=0))  # the disk really is full
+    load_data(f"folder:{root}", 0, 32, str(full.parent))
+    printed = capsys.readouterr().out
+    assert re.search(rf": out of disk space in {re.escape(str(full))}: [0-9.]+ MiB needed, 0.0 MiB free;", printed)
+
+    unwritable = tmp_path / "unwritable"
+    unwritable.mkdir()
+    (unwritable / "decoded-v1").write_text("a file where the cache directory should be")
+    splits = load_data(f"folder:{root}", 0, 32, str(unwritable))
+    assert torch.equal(splits.train.images, expected.train.images)
+    assert f": {unwritable / 'decoded-v1'} cannot be written (File exists); every trial" in capsys.readouterr().out

@@ -17,6 +17,7 @@ from study.trial.freeze import freeze_plan
 from study.trial.splits import Splits
 from study.trial.train import build_trial, run_trial, train_epoch
 from tests.helpers import REPO
+from tests.trial.test_data import torch_save_on_a_full_disk
 
 COMPARED = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 
@@ -249,3 +250,26 @@ def test_pretrained_features_are_shared_across_trial_seeds_and_repeats(small_dig
     for other in (dict(seed=1), dict(seed=0, repeat=1)):
         (report,) = run_trial(trial_config(tmp_path, epochs=1, **other), small_digits)
         assert report["cache"] == "reused" and "built" not in report["cache_note"], other
+
+
+@pytest.mark.parametrize("fault", ["full disk", "cache directory is a file"])
+def test_features_that_cannot_be_cached_stay_in_the_trial_s_memory_and_its_cache_note_says_why(
+    fault, small_digits, tmp_path, monkeypatch, capsys
+):
+    """The cache is an optimisation: a full or unwritable data root costs the reuse, never the trial."""
+    if fault == "full disk":
+        monkeypatch.setattr(torch, "save", torch_save_on_a_full_disk)
+        reason = f"torch.save failed in {tmp_path / CACHE_DIR}: [enforce fail at inline_container.cc:672]"
+    else:
+        (tmp_path / CACHE_DIR).write_text("a file where the cache directory should be")
+        reason = f"{tmp_path / CACHE_DIR} cannot be written (File exists)"
+    cached = list(run_trial(trial_config(tmp_path, epochs=1), small_digits))
+    assert (
+        cached[0]["cache"] == "built"
+        and f"train: built from images through global_pool_flatten, kept in this trial's memory only: {reason}"
+        in cached[0]["cache_note"]
+    )
+    assert "note: the train features are kept in this trial's memory" in capsys.readouterr().out
+    assert not list(tmp_path.rglob("*.pt"))
+    uncached = list(run_trial(trial_config(tmp_path, feature_cache=False, epochs=1), small_digits))
+    assert_same_results(cached, uncached)

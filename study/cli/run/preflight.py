@@ -9,26 +9,29 @@ parameter counts of each planned trial. Ray is imported only by the dry run, for
 from __future__ import annotations
 
 import itertools
+import os
+import tempfile
 
 import pandas as pd
 
-from study.core.config import TrialConfig
+from study.core.config import StudyError, TrialConfig
 from study.core.metrics import RUNG_ACCURACY, RUNG_COST
 from study.core.registry import SCHEDULERS, SEARCHES
 from study.core.space import Space
 from study.trial.backbones import create_backbone, default_input_size, structure_only
-from study.trial.data import class_count, load_data
+from study.trial.data import class_count, load_data, resolve_data_root
 from study.trial.freeze import phase_plans, plan_for
 from study.trial.layers import weight_layers
 
 # Settings that decide whether a model can be built and frozen as asked: preflight crosses all their values.
 MODEL_SETTINGS = ("backbone", "weights", "head", "img_size", "unfreeze_depth", "unfreeze_unit", "bn_insert")
+BATCH_BYTES_PER_VALUE = 1 + 4  # an input batch as the loader's uint8 and as the float32 the model reads
 
 
 def preflight(space: Space) -> None:
     """What would make trials fail, caught before Ray starts: datasets and their splits, weights that cannot be had
-    or do not fit, and model surgery a backbone cannot take (a depth beyond it, single_linear on a non-VGG, BN
-    insertion in a ViT).
+    or do not fit, model surgery a backbone cannot take (a depth beyond it, single_linear on a non-VGG, BN
+    insertion in a ViT), and an input batch larger than this machine's memory (check_batch_fits).
 
     Models are built on the meta device for every combination of the values of MODEL_SETTINGS: weights files
     are read and checked against the architecture, ImageNet weights found in (or downloaded into) the cache,
@@ -36,6 +39,9 @@ def preflight(space: Space) -> None:
     node's cache with every core of this process, once, before the trials start.
     """
     configs = space.example_configs()
+    check_batch_fits(configs)
+    for data_root in {c.data_root for c in configs}:
+        check_data_root(data_root)
     choices = [sorted({getattr(c, key) for c in configs}, key=str) for key in MODEL_SETTINGS]
     models: dict[tuple, tuple] = {}
     for values in itertools.product(*choices):
@@ -54,6 +60,36 @@ def preflight(space: Space) -> None:
     }
     for data, split_seed, img_size, data_root, train_fraction in data_settings:
         load_data(data, split_seed, img_size, data_root, train_fraction)
+
+
+def check_data_root(setting: str | None) -> None:
+    """The data root (downloads, decoded images, features) can be created and written: else every trial fails on it
+    or runs without the node's caches, decoding its data again. Checked on this node; each node has its own."""
+    root = resolve_data_root(setting)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=root).close()
+    except OSError as error:
+        raise StudyError(
+            f"the data root {root} cannot be written ({error.strerror or type(error).__name__}): pass --data-root DIR, "
+            "a directory on a writable disk (datasets and the decoded-image and feature caches go there)"
+        ) from None
+
+
+def check_batch_fits(configs: list[TrialConfig]) -> None:
+    """One batch of input images, at the largest input size and batch size any trial may take, fits in this
+    machine's memory as uint8 and as the float32 copy the model reads. Generous (the activations need several times
+    more): it stops only a study whose every such trial would die of the allocation after Ray started."""
+    img_size = max(config.img_size or default_input_size(config.backbone) for config in configs)
+    batch_size = max(config.batch_size for config in configs)
+    needed = batch_size * 3 * img_size**2 * BATCH_BYTES_PER_VALUE
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > memory:
+        raise StudyError(
+            f"img_size={img_size} with batch_size={batch_size}: one batch of input images takes "
+            f"{needed / 2**30:,.0f} GiB (uint8 and float32), more than this machine's {memory / 2**30:,.0f} GiB of "
+            "memory: lower img_size or batch_size"
+        )
 
 
 def dry_run(space: Space, seed: int) -> pd.DataFrame:
