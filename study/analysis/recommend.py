@@ -25,7 +25,7 @@ import pandas as pd
 from study.analysis.pareto import INCLUDE_STOPPED, pareto_front
 from study.analysis.repeats import front_candidates, repeated, trial_labels
 from study.analysis.results import split_outcomes
-from study.analysis.uncertainty import SIGNIFICANCE, PairedComparison, compare_paired
+from study.analysis.uncertainty import SIGNIFICANCE, PairedComparison, compare_paired, with_interval
 from study.core.metrics import ACCURACY, MAIN_COST
 
 # An interval wider than this cannot rank configurations whose accuracies differ by a few points: about 350
@@ -110,7 +110,7 @@ def _paired(front: pd.DataFrame, best: pd.Series, outcomes: pd.DataFrame) -> Rec
             f"not significantly below the best ({best['label']}, {best[ACCURACY]:.3f}; McNemar "
             f"p={pick['p_value']:.2g}) at {_share(pick, best)} of its training time"
         )
-    sentence = f"Pick {pick['label']}: val {_accuracy(pick)}, {reason}."
+    sentence = f"Pick {pick['label']}: val {with_interval(pick, ACCURACY)}, {reason}."
     return Recommendation(pick=pick.to_dict(), sentence=sentence, budgets=_budgets(front, pick), front=front)
 
 
@@ -166,15 +166,9 @@ def _budgets(front: pd.DataFrame, pick: pd.Series) -> list[str]:
             lost += f" ({ONE_STANDARD_ERROR.get(member['verdict'], member['verdict'])})"
         lines.append(
             f"Under {budget:.3g} s of training: {member['label']} ({member[MAIN_COST]:.3g} s), val "
-            f"{_accuracy(member)}, {lost}."
+            f"{with_interval(member, ACCURACY)}, {lost}."
         )
     return lines
-
-
-def _accuracy(row: pd.Series) -> str:
-    low, high = row.get(f"{ACCURACY}_low", math.nan), row.get(f"{ACCURACY}_high", math.nan)
-    interval = f" [{low:.3f}, {high:.3f}]" if math.isfinite(low) and math.isfinite(high) else ""
-    return f"{row[ACCURACY]:.3f}{interval}"
 
 
 def _share(row: pd.Series, best: pd.Series) -> str:

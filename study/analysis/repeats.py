@@ -89,7 +89,7 @@ def configurations(trials: pd.DataFrame) -> pd.DataFrame:
 def _status(group: pd.DataFrame) -> str:
     """completed if any repeat completed; else stopped_early if any was stopped; else error."""
     statuses = set(group["status"])
-    return next(status for status in ("completed", "stopped_early", "error") if status in statuses or status == "error")
+    return next((status for status in ("completed", "stopped_early") if status in statuses), "error")
 
 
 def front_candidates(trials: pd.DataFrame) -> pd.DataFrame:

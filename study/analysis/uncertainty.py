@@ -30,6 +30,20 @@ CONFIDENCE = 0.95
 SIGNIFICANCE = 1 - CONFIDENCE  # what "significantly below" means in the report and the recommendation
 
 
+def interval_text(row, measure: str, form: str = "{:.3f}") -> str:
+    """' [low, high]' of a measure's interval columns (`MEASURE_low`, `MEASURE_high`) in a table row; '' where it
+    has none."""
+    low, high = row.get(f"{measure}_low", math.nan), row.get(f"{measure}_high", math.nan)
+    if all(isinstance(bound, float) and math.isfinite(bound) for bound in (low, high)):
+        return f" [{form.format(low)}, {form.format(high)}]"
+    return ""
+
+
+def with_interval(row, measure: str, form: str = "{:.3f}") -> str:
+    """A measure and its interval as text: '0.950 [0.922, 0.968]'."""
+    return form.format(row[measure]) + interval_text(row, measure, form)
+
+
 class Interval(NamedTuple):
     low: float
     high: float

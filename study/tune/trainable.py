@@ -62,7 +62,8 @@ def trainable(config: dict) -> None:
     started = time.time()
     sys.unraisablehook = quiet_exit  # per process: every trial of a warm worker sets the same hook
     context = ray.get_runtime_context()
-    cpus = context.get_assigned_resources().get("CPU", 1)
+    assigned = context.get_assigned_resources()
+    cpus = assigned.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
     gpu_ids = [str(i) for i in context.get_accelerator_ids().get("GPU", [])]
     trial = TrialConfig.from_dict(config)
@@ -77,7 +78,7 @@ def trainable(config: dict) -> None:
         "started_at": started,
         # the share the trial was timed with: two trials on a node's cores each train at about half speed
         "cpu_share": cpus,
-        "gpu_share": context.get_assigned_resources().get("GPU", 0.0),
+        "gpu_share": assigned.get("GPU", 0.0),
     }
     with tempfile.TemporaryDirectory(prefix="study-checkpoint-") as directory:
         for metrics in run_trial(trial, checkpoint_dir=Path(directory) if trial.save_checkpoint else None):

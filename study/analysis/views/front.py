@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from study.analysis.pareto import INCLUDE_STOPPED, pareto_front
 from study.analysis.recommend import BEST, NOT_BELOW
 from study.analysis.repeats import front_candidates, repeated, trial_labels, varying_settings
-from study.analysis.uncertainty import CONFIDENCE, SIGNIFICANCE
+from study.analysis.uncertainty import CONFIDENCE, SIGNIFICANCE, interval_text
 from study.analysis.views import View
 from study.core.metrics import ACCURACY, FRONT_COSTS, MAIN_COST, METRICS, SUMMARY_MEASURES
 
@@ -71,10 +71,7 @@ def _estimate(row: dict, measure: str, form: str = "{:.3f}") -> str:
     std = row.get(f"{measure}_std", math.nan)
     if isinstance(std, float) and math.isfinite(std):
         text += f" ± {form.format(std)}"
-    low, high = row.get(f"{measure}_low", math.nan), row.get(f"{measure}_high", math.nan)
-    if all(isinstance(bound, float) and math.isfinite(bound) for bound in (low, high)):
-        text += f" [{form.format(low)}, {form.format(high)}]"
-    return text
+    return text + interval_text(row, measure, form)
 
 
 def labels(points: pd.DataFrame, candidates: pd.DataFrame) -> list[str]:

@@ -8,7 +8,6 @@ stopped it, as a shell reports a process a signal ended.
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import time
@@ -16,8 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from study.analysis.recommend import recommend
 from study.analysis.repeats import varying_settings
 from study.analysis.results import trials_table
+from study.analysis.uncertainty import with_interval
 from study.core.files import write_json
 from study.core.metrics import ACCURACY, MAIN_COST
 from study.core.space import Space
@@ -87,15 +88,13 @@ def exit_code(stop: BaseException | int | None) -> int:
 
 def print_summary(out: Path, trials, front, wall_time_s: float, outcomes) -> None:
     """The study's ending on the console: what ran, the front with 95% intervals, and the recommendation."""
-    from study.analysis.recommend import recommend  # scipy: needed only now, at the end
-
     counts = ", ".join(f"{n} {status}" for status, n in trials["status"].value_counts().items())
     print(f"\nStudy finished in {wall_time_s:.0f} s: {len(trials)} trials ({counts}).")
     for row in trials[trials["status"] == "error"].itertuples():
         print(f"  {row.trial_id} failed: {row.error}")
     shown = front.assign(
         **{
-            accuracy: front.apply(lambda row, a=accuracy: _with_interval(row, a), axis=1)
+            accuracy: front.apply(lambda row, a=accuracy: with_interval(row, a), axis=1)
             for accuracy in (ACCURACY, "test_acc")
         }
     )
@@ -115,9 +114,3 @@ def print_summary(out: Path, trials, front, wall_time_s: float, outcomes) -> Non
     print(answer.sentence)
     for line in answer.budgets:
         print(f"  {line}")
-
-
-def _with_interval(row, accuracy: str) -> str:
-    low, high = row.get(f"{accuracy}_low", math.nan), row.get(f"{accuracy}_high", math.nan)
-    interval = f" [{low:.3f}, {high:.3f}]" if math.isfinite(low) and math.isfinite(high) else ""
-    return f"{row[accuracy]:.3f}{interval}"
