@@ -15,7 +15,7 @@ from __future__ import annotations
 import pandas as pd
 
 from study.analysis.uncertainty import spread
-from study.core.config import FIELD_TYPES
+from study.core.config import DATA_FINGERPRINT, FIELD_TYPES
 from study.core.metrics import ACCURACY, MAIN_COST
 
 REPEAT = "repeat"
@@ -31,8 +31,9 @@ AVERAGED = (
 
 
 def varying_settings(trials: pd.DataFrame) -> list[str]:
-    """Trial settings that differ between trials: what the study searched."""
-    return [key for key in FIELD_TYPES if key in trials and trials[key].astype(str).nunique() > 1]
+    """Trial settings that differ between trials: what the study searched (a data fingerprint follows `data`)."""
+    searched = [key for key in FIELD_TYPES if key != DATA_FINGERPRINT]
+    return [key for key in searched if key in trials and trials[key].astype(str).nunique() > 1]
 
 
 def repeated(trials: pd.DataFrame) -> bool:

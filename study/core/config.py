@@ -149,6 +149,10 @@ class TrialConfig:
     # Data (study/trial/data.py)
     data: str = "digits"  # digits, a torchvision dataset name, or folder:PATH
     data_root: str | None = None  # downloads and decoded caches; None: ~/.cache/study/data on each node
+    # Filled in by the study, never by a space or --set: a folder's digest as the study found it before Ray started
+    # (study.json's data_fingerprints), so a trial refuses files changed since rather than train on other data than
+    # the study's other trials. "": not checked (digits and the torchvision sets are fixed published releases).
+    data_fingerprint: str = ""
     img_size: int | None = None  # None: the backbone's pretrained input size
     split_seed: int = 0  # the train/val/test split and train subset; kept apart from `seed` so trials share them
     train_fraction: float = 1.0  # a stratified subset of the training split, in (0, 1]
@@ -246,6 +250,8 @@ class TrialConfig:
 
 
 FIELD_TYPES: dict[str, object] = typing.get_type_hints(TrialConfig)
+# The setting a study derives from `data` (TrialConfig.data_fingerprint): it follows `data`; no one sets it.
+DATA_FINGERPRINT = "data_fingerprint"
 
 
 def closest_hint(name: str, valid) -> str:

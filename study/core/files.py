@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from study.core.config import StudyError
+from study.core.config import StudyError, short_reason
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -27,7 +27,7 @@ def atomic_write(path: Path, write: Callable[[str], None], before_publish: Calla
     """`write(temporary_path)`, then rename the file to `path`; `before_publish(temporary_path)` runs in between
     (e.g. to make room for the finished file). Nothing is left behind when either raises."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = temporary_beside(path)
     os.close(handle)
     try:
         write(temporary)
@@ -48,6 +48,11 @@ def atomic_write(path: Path, write: Callable[[str], None], before_publish: Calla
         raise
 
 
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file in `path`'s directory, open (its handle) and named, to be published over `path`."""
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
 def write_json(path: Path, data: dict) -> None:
     """A JSON record (study.json, scores.json, merge.json), indented for people, written atomically."""
     atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(data, indent=2, default=str) + "\n"))
@@ -55,8 +60,9 @@ def write_json(path: Path, data: dict) -> None:
 
 def damaged(path: Path, error: BaseException, fix: str) -> StudyError:
     """One line for a file that cannot be read as what it should be: the file, what is wrong, what to do."""
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-    return StudyError(f"{path} is damaged or not what it should be ({type(error).__name__}: {reason}): {fix}")
+    return StudyError(
+        f"{path} is damaged or not what it should be ({type(error).__name__}: {short_reason(error)}): {fix}"
+    )
 
 
 def read_json(path: Path, fix: str = "restore it from a copy, or remove it") -> object:

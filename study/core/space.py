@@ -59,7 +59,15 @@ from pathlib import Path
 
 import yaml
 
-from study.core.config import FIELD_TYPES, StudyError, TrialConfig, check_number, closest_hint, load_yaml
+from study.core.config import (
+    DATA_FINGERPRINT,
+    FIELD_TYPES,
+    StudyError,
+    TrialConfig,
+    check_number,
+    closest_hint,
+    load_yaml,
+)
 from study.core.metrics import ACCURACY, SCHEDULER_METRICS
 from study.core.registry import SEARCHES, TRANSFER_SCORES
 
@@ -142,6 +150,10 @@ class Space:
                 raise StudyError(
                     "the study numbers each configuration's repeats: run N of each with --repeats N, not --set repeat="
                 )
+            if key == DATA_FINGERPRINT:
+                raise StudyError(
+                    f"--set {key}: the study sets it, from the data's files before its trials start: leave it out"
+                )
         dimensions = {k: d for k, d in self.dimensions.items() if k not in settings}
         changed = dataclasses.replace(self, fixed={**self.fixed, **settings}, dimensions=dimensions, **study)
         changed.validate()
@@ -197,6 +209,11 @@ class Space:
             raise StudyError(
                 f"{where}: '{REPEAT}' is numbered by the study (0..repeats-1), not set: write `repeats: N` to run "
                 "each configuration N times"
+            )
+        if DATA_FINGERPRINT in self.fixed or DATA_FINGERPRINT in self.dimensions:
+            raise StudyError(
+                f"{where}: '{DATA_FINGERPRINT}' is set by the study, from the data's files before its trials start: "
+                "leave it out"
             )
         if self.search.startswith("optuna") and not self.dimensions:
             raise StudyError(

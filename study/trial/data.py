@@ -48,15 +48,24 @@ def absolute_data(name: str) -> str:
 
 
 def load_data(
-    name: str, split_seed: int, img_size: int, data_root: str | None = None, train_fraction: float = 1.0
+    name: str,
+    split_seed: int,
+    img_size: int,
+    data_root: str | None = None,
+    train_fraction: float = 1.0,
+    expected_fingerprint: str = "",
 ) -> Splits:
-    """The train/val/test splits of dataset `name`; `img_size` is the storage size of images that need resizing."""
+    """The train/val/test splits of dataset `name`; `img_size` is the storage size of images that need resizing.
+
+    `expected_fingerprint` (unless ""): the fingerprint a study decided on (Splits.fingerprint when it loaded the
+    data before its trials); a folder whose files changed since is a StudyError, raised before anything is decoded.
+    Only folders have one: digits and the torchvision sets are fixed published releases."""
     if name == "digits":
         source = SourceParts(parts={"all": load_digits_set()}, classes=[str(c) for c in range(10)], skipped=0)
     elif name in TORCHVISION_SETS:
         source = load_torchvision(name, resolve_data_root(data_root), img_size)
     elif name.startswith(FOLDER_PREFIX):
-        source = load_folder(folder_path(name), resolve_data_root(data_root), img_size)
+        source = load_folder(folder_path(name), resolve_data_root(data_root), img_size, expected_fingerprint)
     else:
         raise StudyError(f"unknown dataset '{name}': use one of {', '.join(DATA_NAMES)} or folder:PATH")
     return make_splits(name, source, split_seed, train_fraction)

@@ -3,7 +3,9 @@
 PATH is an ImageFolder root with train/ (and optionally val/, test/) class subfolders, or a single folder of class
 subfolders (split later, study/trial/splits.py). Files are found by torchvision's ImageFolder, with links followed
 only inside their class folder; each split is decoded once per node (study/trial/decode.py) under a key that
-changes whenever a file is added, removed, renamed or rewritten (the files' bytes are hashed).
+changes whenever a file is added, removed, renamed or rewritten (the files' bytes are hashed). The splits' digests
+make the folder's fingerprint, which a study decides on before its trials start (TrialConfig.data_fingerprint): a
+trial refuses the folder once its files changed.
 
 Bad data in folders:
 - a file that cannot be decoded is skipped; the count and the first files are printed (at every load) and
@@ -168,11 +170,21 @@ def scan_folder(root: Path) -> dict:
     return folders
 
 
-def load_folder(root: Path, data_root: Path, img_size: int) -> SourceParts:
-    parts, skipped = {}, 0
+def load_folder(root: Path, data_root: Path, img_size: int, expected_fingerprint: str = "") -> SourceParts:
+    """The folder's splits, each decoded once per node. `expected_fingerprint` (unless ""): the folder's fingerprint
+    as its study found it before the trials started; a folder whose files changed since is refused before any of it
+    is decoded or read from the cache, so a trial never trains on other images than the study's other trials."""
     folders = scan_folder(root)
+    fingerprints = {split: folder_fingerprint(folder) for split, folder in folders.items()}
+    fingerprint = source_fingerprint(fingerprints)
+    if expected_fingerprint and fingerprint != expected_fingerprint:
+        raise StudyError(
+            f"data folder {root}: its files changed after the study started (fingerprint {fingerprint}, the study "
+            f"decided on {expected_fingerprint}): restore the files as they were, or start a new study on them"
+        )
+    parts, skipped = {}, 0
     for split, folder in folders.items():
-        key = f"folder-{re.sub(r'[^A-Za-z0-9_.-]', '_', root.name)}-{folder_fingerprint(folder)}-{split}-{img_size}px"
+        key = f"folder-{re.sub(r'[^A-Za-z0-9_.-]', '_', root.name)}-{fingerprints[split]}-{split}-{img_size}px"
         where = str(root if split == "all" else root / split)
         decoded = cached(
             data_root,
@@ -183,7 +195,15 @@ def load_folder(root: Path, data_root: Path, img_size: int) -> SourceParts:
         )
         parts[split], _, count = from_cache(decoded, where)
         skipped += count + len(folder.not_regular)
-    return SourceParts(parts=parts, classes=next(iter(folders.values())).classes, skipped=skipped)
+    return SourceParts(
+        parts=parts, classes=next(iter(folders.values())).classes, skipped=skipped, fingerprint=fingerprint
+    )
+
+
+def source_fingerprint(split_fingerprints: dict[str, str]) -> str:
+    """The whole folder's fingerprint, from its splits' (no second pass over the files)."""
+    lines = "".join(f"{split}={fingerprint}\n" for split, fingerprint in sorted(split_fingerprints.items()))
+    return hashlib.blake2b(lines.encode(), digest_size=8).hexdigest()
 
 
 def folder_fingerprint(folder) -> str:

@@ -65,6 +65,7 @@ class Splits:
     test: ImageSet
     description: str = ""  # how the splits were made, for the results
     skipped: int = 0  # unreadable files left out
+    fingerprint: str = ""  # the source's files as loaded (SourceParts.fingerprint)
 
     @property
     def num_classes(self) -> int:
@@ -86,6 +87,8 @@ class SourceParts(NamedTuple):
     parts: dict[str, ImageSet]
     classes: list[str]
     skipped: int  # unreadable files left out, over every part
+    # A digest of every file the parts came from (a folder's, study/trial/folders.py); "": a fixed published dataset
+    fingerprint: str = ""
 
 
 def make_splits(name: str, source: SourceParts, seed: int, train_fraction: float) -> Splits:
@@ -122,6 +125,7 @@ def make_splits(name: str, source: SourceParts, seed: int, train_fraction: float
         test=test,
         description="; ".join(notes),
         skipped=source.skipped,
+        fingerprint=source.fingerprint,
     )
 
 

@@ -204,7 +204,9 @@ def build_trial(config: TrialConfig, data: Splits | None = None) -> Trial:
     size = config.img_size or default_input_size(config.backbone)
     start = time.perf_counter()
     if data is None:
-        data = load_data(config.data, config.split_seed, size, config.data_root, config.train_fraction)
+        data = load_data(
+            config.data, config.split_seed, size, config.data_root, config.train_fraction, config.data_fingerprint
+        )
     loaded = time.perf_counter()
     backbone, weights_used = create_backbone(
         config.backbone, config.weights, data.num_classes, config.trial_seed, size, config.head

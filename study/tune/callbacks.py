@@ -7,7 +7,9 @@ finished trials but those of its last second. The callback's record of finished 
 state, which Ray saves (every CHECKPOINT_PERIOD_S, study/tune/runner.py) together with the trials' statuses:
 `--resume` restores both from the same snapshot, so the tables and Ray agree on what ran.
 
-Ray pickles both callbacks by class path with the Tuner, so a resumed study finds them here.
+Ray pickles both callbacks by class path with the Tuner, so a resumed study finds them here. Where the tables go is
+not pickled: a resumed study writes into the results directory it resumes (study/tune/cluster.py `resuming`), so a
+study copied or moved elsewhere never writes into the directory it started in.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ray import cloudpickle, tune
 from study.analysis.results import Tables, TrialRows, assemble, trial_rows, write_tables
 from study.core.config import StudyError
 from study.core.metrics import EPOCH_METRICS, OUTCOMES, REPORT_KEYS
+from study.tune.cluster import resumed
 from study.tune.records import describe_error, live_record
 
 # How often, at most, the results tables are rewritten while trials finish (the first finished trial at once, all at
@@ -82,10 +85,14 @@ class ExportCallback(tune.Callback):
         self.flush()
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_rows": {}}  # derived from `finished`: never pickled with the Tuner
+        # the rows derive from `finished`; `out` is the resumed directory's (`resuming`): neither is pickled
+        return {**self.__dict__, "_rows": {}, "out": None}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update({"_rows": {}, **state})  # a Tuner pickled before the rows existed has none
+        # a Tuner pickled before the rows existed has none, and one pickled with `out` names the directory the study
+        # started in: a copy of it resumed elsewhere would rewrite the original's tables
+        study = resumed()
+        self.__dict__.update({"_rows": {}, **state, "out": study and study.out})
 
     def rows(self, trial_id: str) -> TrialRows:
         """A finished trial's rows of the trials and epochs tables (study/analysis/results.py trial_rows), made once."""
@@ -191,11 +198,14 @@ class WatchCallback(tune.Callback):
             self._report.update()
 
     def on_experiment_end(self, trials, **info):
-        self.close_console()
+        self.close()
         if self.mlflow:
             self.mlflow.close()
 
-    def close_console(self) -> None:
+    def close(self) -> None:
+        """The console closed and the live report's last page written: the final report comes next."""
+        if self._report is not None:
+            self._report.close()
         if self._console is not None:
             self._console.close()
             self._console = None

@@ -6,10 +6,13 @@ driver's copy of the `study` package (STUDY_PACKAGE) is shipped to every worker,
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import os
 import sys
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -20,6 +23,9 @@ from study.core.config import StudyError
 
 RAY_DIR = "ray"  # under the study's results directory: Ray Tune's own experiment files (without --storage)
 EXPERIMENT = "tune"
+# study.json's `ray_experiment` without --storage: relative to the results directory, so that a study copied, moved or
+# mounted elsewhere resumes from its own experiment, never from the one of the directory it was copied from
+OWN_EXPERIMENT = f"{RAY_DIR}/{EXPERIMENT}"
 STUDY_PACKAGE = Path(__file__).resolve().parents[1]  # the whole study package, shipped to Ray workers
 
 
@@ -154,3 +160,114 @@ def experiment_location(out: Path, storage: str | None) -> ExperimentLocation:
         storage=storage if "://" in storage else str(Path(storage).expanduser().resolve()),
         name=f"{out.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}",
     )
+
+
+def leftover_processes(session_dir: str) -> list:
+    """The processes still writing into Ray session `session_dir` (its logs): after its driver was SIGKILLed, a
+    local Ray's dashboard and runtime-env agents can outlive it (parent 1, listening on their ports). They are
+    found by the files they hold open, since Ray renames them (`ray::DashboardAgent`) and their command lines no
+    longer name the session; this process is never among them."""
+    import psutil
+
+    session = str(Path(session_dir).resolve()) + os.sep
+    found = []
+    for process in psutil.process_iter():
+        if process.pid == os.getpid():
+            continue
+        try:
+            if any(opened.path.startswith(session) for opened in process.open_files()):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue  # gone meanwhile, or another user's: not ours to stop
+    return found
+
+
+def stop_leftover_processes(session_dir: str, grace_s: float = 5.0) -> int:
+    """Stop (SIGTERM, then SIGKILL after `grace_s`) the processes left in Ray session `session_dir`; how many."""
+    import psutil
+
+    processes = leftover_processes(session_dir)
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    return len(processes)
+
+
+def recorded_experiment(experiment: str, storage: str | None) -> str:
+    """study.json's `ray_experiment` for a study whose experiment is at `experiment`: OWN_EXPERIMENT without
+    --storage; under --storage (a separate location, possibly a URI) the experiment's path as it is."""
+    return OWN_EXPERIMENT if storage is None else experiment
+
+
+class ResumedExperiment(NamedTuple):
+    """The experiment a --resume continues, and a note to print when it is not the one study.json names."""
+
+    path: str
+    note: str | None = None
+
+
+def experiment_to_resume(out: Path, recorded: str) -> ResumedExperiment:
+    """The Ray experiment of the study in `out`, from study.json's `ray_experiment` (`recorded`): relative to `out`,
+    or a --storage path or URI as recorded. Studies of earlier versions recorded the absolute path of their own
+    ray/tune: copied or moved, such a study resumes from the ray/tune it holds, not from the original's."""
+    if "://" in recorded:
+        return ResumedExperiment(recorded)
+    path, own = Path(recorded), (out / OWN_EXPERIMENT).resolve()
+    if not path.is_absolute():
+        return ResumedExperiment(str((out / path).resolve()))
+    if path.parts[-2:] == (RAY_DIR, EXPERIMENT) and not path.is_relative_to(out.resolve()) and own.is_dir():
+        return ResumedExperiment(
+            str(own),
+            f"note: {out / 'study.json'} names the Ray experiment {path}, outside {out} (the study was copied or "
+            f"moved): it resumes from its own, {own}",
+        )
+    return ResumedExperiment(recorded)
+
+
+class Resumed(NamedTuple):
+    """The study a --resume continues in this process: its results directory and its Ray experiment."""
+
+    out: Path
+    experiment: str
+
+
+_RESUMED: ContextVar[Resumed | None] = ContextVar("resumed", default=None)
+
+
+@contextlib.contextmanager
+def resuming(out: Path, experiment: str):
+    """Around Tuner.restore and fit of the study in `out`: what Ray unpickled with the Tuner (callbacks, the
+    searcher's trial specifications) names the places the study was pickled in, which a copied or moved study left.
+    Its callbacks write into `out` (study/tune/callbacks.py) and its new trials are kept in `experiment`
+    (keep_in_experiment)."""
+    token = _RESUMED.set(Resumed(out, experiment))
+    try:
+        yield
+    finally:
+        _RESUMED.reset(token)
+
+
+def resumed() -> Resumed | None:
+    """The study being resumed in this process (`resuming`), or None."""
+    return _RESUMED.get()
+
+
+def keep_in_experiment(trial) -> None:
+    """A trial the restored searcher creates after --resume carries the storage of the Experiment it was pickled
+    with: the original's Ray experiment, were the study copied or moved. Its worker would save its checkpoint there
+    and its results would be read back from there. Ray moves the trials it restores into the experiment resumed;
+    this moves a new one the same way (before Ray starts its worker: the scheduler's on_trial_add)."""
+    study = resumed()
+    if study is None or "://" in study.experiment:  # not resumed; --storage on a URI stays as given
+        return
+    place = Path(study.experiment)
+    storage = trial.storage
+    if storage is None or (storage.storage_fs_path, storage.experiment_dir_name) == (str(place.parent), place.name):
+        return
+    moved = copy.copy(storage)
+    moved.storage_fs_path, moved.experiment_dir_name = str(place.parent), place.name
+    trial.set_storage(moved)

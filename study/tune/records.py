@@ -10,9 +10,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ray import tune
+from ray import exceptions, tune
 
 from study.core.metrics import REPORT_KEYS
+
+# Ray's errors for a trial whose process or node went away under it: nothing the trial's settings did, and the
+# exception's own message (an actor id, "RPC error: Socket closed") says nothing a user can act on.
+LOST_PROCESS = (
+    exceptions.RayActorError,
+    exceptions.NodeDiedError,
+    exceptions.WorkerCrashedError,
+    exceptions.LocalRayletDiedError,
+)
 
 
 def live_record(trial, history: list[dict], error: str | None, max_epochs: int, scheme: str | None) -> dict:
@@ -76,6 +85,18 @@ def describe_error(error) -> str:
         lines = [line for line in error.strip().splitlines() if line.strip()]
         return lines[-1].strip() if lines else "the trial failed"
     cause = getattr(error, "cause", None) or error
+    if isinstance(cause, exceptions.OutOfMemoryError):
+        return (
+            f"{type(cause).__name__}: Ray's memory monitor killed the trial's worker, its node was short of memory: "
+            "run fewer trials at once (--max-concurrent) or give each more CPUs (--cpus-per-trial), or lower "
+            "batch_size or img_size"
+        )
+    if isinstance(cause, LOST_PROCESS):
+        return (
+            f"{type(cause).__name__}: the trial's worker process or its node was lost while it ran (a node killed, "
+            "shut down or unreachable, or the process crashed): --max-failures N runs such a trial again, on another "
+            "node if its own is gone"
+        )
     lines = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 

@@ -31,6 +31,11 @@ configuration to reach a rung is ranked there among the other configurations' fi
 follow that decision at that rung and are not recorded (a configuration counts once). So a configuration's repeats
 complete or stop together, and the spread over repeats is never that of the luckier seeds that survived a rung.
 
+A trial run again from its first epoch (one a --resume or a retry runs again under its trial id) is forgotten
+first (`forget`): the rungs then hold its new run's results only, each ranked as it arrives. Kept, its earlier run's
+record would stand for the new run and pass it through every rung it passed before, whatever its new results.
+(A repeat that followed its earlier decision keeps that decision: its configuration's repeats then can differ.)
+
 A decision depends only on the results recorded at that rung when the trial arrives: with one trial at a
 time (`--max-concurrent 1`) the arrival order, and so every decision, repeats; with trials running
 concurrently the arrival order, and so the decisions, can differ between runs, as in any asynchronous
@@ -183,3 +188,14 @@ class ParetoRungs:
         if configuration is not None:
             self.leaders[milestone][configuration] = dataclasses.replace(decision, follows=trial_id)
         return decision
+
+    def forget(self, trial_id: str) -> None:
+        """Drop what the trial recorded, led or followed at every rung: it runs again from its first epoch (after
+        --resume, or retried), and its new run is ranked where it arrives and recorded once, with its new results.
+        Repeats that followed its earlier decision keep theirs."""
+        for milestone in self.milestones:
+            self.recorded[milestone].pop(trial_id, None)
+            self.followers[milestone].discard(trial_id)
+            led = [key for key, decision in self.leaders[milestone].items() if decision.follows == trial_id]
+            for configuration in led:
+                del self.leaders[milestone][configuration]

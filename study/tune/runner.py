@@ -20,7 +20,8 @@ from ray.tune.schedulers import TrialScheduler
 
 from study.core.space import Space
 from study.tune.callbacks import ExportCallback, Monitoring, WatchCallback
-from study.tune.cluster import Cluster, Resources, slots
+from study.tune.cluster import Cluster, Resources, resuming, slots
+from study.tune.disk import DiskGuard, LowDisk, atomic_storage
 from study.tune.records import records_from
 from study.tune.schedulers import RungDecisions, scheduler_for
 from study.tune.search import param_space, search_algorithm, trial_count
@@ -39,6 +40,7 @@ class StudyOutcome(NamedTuple):
     records: list[dict]  # one per trial that finished or failed (study/analysis/results.py trials_table)
     unfinished: int  # trials that did neither: they run with --resume
     stopped_by: int | None  # the signal that stopped the study, or None
+    low_disk: LowDisk | None = None  # the study stopped for disk space (study/tune/disk.py DiskGuard), or None
 
 
 class TrialCounts(NamedTuple):
@@ -57,8 +59,10 @@ def run_study(
     seed: int,
     cluster: Cluster,
     monitoring: Monitoring | None = None,
+    data_fingerprints: dict[str, str] | None = None,
 ) -> StudyOutcome:
-    """Run every trial of `space`.
+    """Run every trial of `space`, each demanding its data's fingerprint in `data_fingerprints` (preflight's, by
+    data name; a resumed study keeps them: Ray restores the param_space).
 
     Ctrl-C or SIGTERM (GracefulStop): Ray Tune stops the running trials, saves its experiment state and returns;
     the trials it stopped are unfinished (they run again with --resume), not results. A second signal raises
@@ -70,7 +74,7 @@ def run_study(
     callbacks, watch = _callbacks(space, out, scheme, scheduler, cluster, monitoring)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources.per_trial()),
-        param_space=param_space(space),
+        param_space=param_space(space, data_fingerprints),
         tune_config=_tune_config(space, seed, scheduler, resources, cluster),
         run_config=tune.RunConfig(
             name=name,
@@ -78,11 +82,12 @@ def run_study(
             verbose=0 if watch and watch.console_on else 1,
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
             callbacks=callbacks,
+            storage_filesystem=atomic_storage() if scheme is None else None,  # a full disk truncates no file
         ),
     )
     with GracefulStop() as stop:
         results = fit(tuner)
-    return _outcome(results, f"{storage.rstrip('/')}/{name}", space, scheme, stop.signum)
+    return _outcome(results, f"{storage.rstrip('/')}/{name}", space, scheme, stop.signum, DiskGuard.take_tripped())
 
 
 def _callbacks(
@@ -105,7 +110,7 @@ def _callbacks(
         console=not monitoring.verbose,
         mlflow=MlflowTracker(monitoring.mlflow, out.resolve().name) if monitoring.mlflow else None,
     )
-    return [*callbacks, export, watch], watch
+    return [*callbacks, export, watch, DiskGuard(export)], watch
 
 
 def _tune_config(
@@ -136,15 +141,30 @@ def _ray_settings(verbose: bool = True) -> None:
         # Ray's newer console engine prints its experiment box and paths even at verbose=0; the legacy one, at
         # verbose=0, prints nothing.
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        for name in RAY_FAILURE_LOGGERS:
+            if _said_by_the_console not in logging.getLogger(name).filters:
+                logging.getLogger(name).addFilter(_said_by_the_console)
+
+
+# Where Ray logs a failed trial's traceback and, at the end, the list of failed trials: the compact console already
+# gives each failed trial its one-line reason and the study's end counts them; the traceback stays in the trial's
+# directory (error.txt), and --verbose shows Ray's own lines.
+RAY_FAILURE_LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.tune")
+
+
+def _said_by_the_console(record: logging.LogRecord) -> bool:
+    message = str(record.msg)
+    return not (message.startswith("Trial task failed for trial") or message.startswith("Trials did not complete"))
 
 
 def fit(tuner: tune.Tuner) -> tune.ResultGrid:
-    """tuner.fit(), the live console closed whatever happens (a terminal is never left under a live display)."""
+    """tuner.fit(), the live console closed whatever happens (a terminal is never left under a live display) and
+    the live report's page being drawn written (the final report follows, and must not be replaced by it)."""
     try:
         return tuner.fit()
     finally:
         if WatchCallback.active is not None:
-            WatchCallback.active.close_console()
+            WatchCallback.active.close()
             WatchCallback.active = None
 
 
@@ -199,23 +219,27 @@ def restorable(experiment: str) -> bool:
     return True
 
 
-def resume_study(experiment: str, space: Space, resources: Resources, verbose: bool = True) -> StudyOutcome:
+def resume_study(experiment: str, out: Path, space: Space, resources: Resources, verbose: bool = True) -> StudyOutcome:
     """Continue an interrupted study from Ray's experiment directory: finished and failed trials are kept as
-    they are, unfinished ones run again from their first epoch (trials save no checkpoints mid-way). `verbose`:
-    the study started with Ray's own output (its saved Tuner shows it again)."""
+    they are, unfinished ones run again from their first epoch (trials save no checkpoints mid-way). They and the
+    trials not started yet demand the data fingerprints the study started with (in the param_space Ray restores).
+    `verbose`: the study started with Ray's own output (its saved Tuner shows it again). The results tables go to
+    `out`, the directory resumed, whatever directory the saved Tuner was pickled in."""
     _ray_settings(verbose)
     scheme = experiment.split("://")[0] if "://" in experiment else None
-    with _quiet_about_unfinished_trials():
-        tuner = tune.Tuner.restore(
-            experiment,
-            tune.with_resources(trainable, resources.per_trial()),
-            resume_unfinished=True,
-            resume_errored=False,
-            restart_errored=False,
-        )
-    with GracefulStop() as stop:
-        results = fit(tuner)
-    return _outcome(results, experiment, space, scheme, stop.signum)
+    with resuming(out, experiment):  # not where the Tuner was pickled: a study copied or moved resumes in place
+        with _quiet_about_unfinished_trials():
+            tuner = tune.Tuner.restore(
+                experiment,
+                tune.with_resources(trainable, resources.per_trial()),
+                resume_unfinished=True,
+                resume_errored=False,
+                restart_errored=False,
+                storage_filesystem=atomic_storage() if scheme is None else None,
+            )
+        with GracefulStop() as stop:
+            results = fit(tuner)
+    return _outcome(results, experiment, space, scheme, stop.signum, DiskGuard.take_tripped())
 
 
 def finished_before(experiment: str) -> TrialCounts:
@@ -227,19 +251,24 @@ def finished_before(experiment: str) -> TrialCounts:
 
 
 def _outcome(
-    results: tune.ResultGrid, experiment: str, space: Space, scheme: str | None, stopped_by: int | None
+    results: tune.ResultGrid,
+    experiment: str,
+    space: Space,
+    scheme: str | None,
+    stopped_by: int | None,
+    low_disk: LowDisk | None = None,
 ) -> StudyOutcome:
     """The records of the trials that finished or failed, and how many of the study's trials did neither.
 
-    A study stopped by a signal (`stopped_by`) is judged by the state Ray saved when the signal came, before it
-    stopped the running trials: Ray's returned results count the trials it stopped as terminated, yet they are no
-    results (they run again with --resume). Trials not created yet (the variant generator creates the next one when
-    a slot frees) are in neither."""
+    A study stopped by a signal (`stopped_by`) or for disk space (`low_disk`) is judged by the state Ray saved when
+    the stop came, before it stopped the running trials: Ray's returned results count the trials it stopped as
+    terminated, yet they are no results (they run again with --resume). Trials not created yet (the variant
+    generator creates the next one when a slot frees) are in neither."""
     total = trial_count(space)
-    if stopped_by is None and results.num_terminated + results.num_errors == total == len(results):
+    if stopped_by is None and low_disk is None and results.num_terminated + results.num_errors == total == len(results):
         return StudyOutcome(records=records_from(results, space.max_epochs, scheme), unfinished=0, stopped_by=None)
     records = records_from(results, space.max_epochs, scheme, keep=_saved_done_trials(experiment))
-    return StudyOutcome(records=records, unfinished=total - len(records), stopped_by=stopped_by)
+    return StudyOutcome(records=records, unfinished=total - len(records), stopped_by=stopped_by, low_disk=low_disk)
 
 
 def _saved_done_trials(experiment: str) -> set[str]:

@@ -6,6 +6,14 @@ against standalone training time), as Ray's own ASHA is a thin adapter over its 
 Ray's ASHAScheduler on the space's `metric`; no `asha` is FIFO. Either ASHA says why it decided at every rung, and
 `RungDecisions` writes that into the trial's report of that epoch (`rung_decision`), from which the results tables
 derive each trial's `stop_reason`.
+
+Ray saves callbacks' state with its experiment state, not schedulers': `RungDecisions` carries either ASHA's rungs
+(`rung_state`), so that after --resume a trial reaching a rung is ranked among the results recorded before the stop
+too. A trial that Ray runs again from its first epoch (an unfinished one after --resume, or a retry) is forgotten at
+the rungs when Ray adds it again (`on_trial_add`): its new run is ranked and recorded once, with its new results.
+
+Every scheduler is the study's own, FIFO too: Ray adds each trial to it before the trial's worker starts, the place
+to keep a trial created after --resume in the experiment resumed (study/tune/cluster.py keep_in_experiment).
 """
 
 from __future__ import annotations
@@ -14,11 +22,13 @@ import json
 import math
 
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from study.core.metrics import RUNG_ACCURACY, RUNG_COST
 from study.core.registry import SCHEDULERS
 from study.core.space import REPEAT, Space
+from study.tune.cluster import keep_in_experiment
 from study.tune.rungs import ParetoRungs
 
 
@@ -45,8 +55,21 @@ def asha_scheduler(space: Space) -> ExplainedASHAScheduler:
     return ExplainedASHAScheduler(space.max_epochs, **settings, **metric)
 
 
-def fifo_scheduler(space: Space) -> FIFOScheduler:
-    return FIFOScheduler()
+def fifo_scheduler(space: Space) -> StudyFIFOScheduler:
+    return StudyFIFOScheduler()
+
+
+def runs_from_its_first_epoch(trial) -> bool:
+    """Ray adds a trial to the scheduler when it creates it, when --resume restores it and when it retries it after a
+    failure: one that has not finished then runs from its first epoch (trials save no checkpoint mid-way)."""
+    return trial.status not in (Trial.TERMINATED, Trial.ERROR)
+
+
+class StudyFIFOScheduler(FIFOScheduler):
+    """Ray's FIFO (no early stopping), keeping the trials created after --resume in the experiment resumed."""
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        keep_in_experiment(trial)
 
 
 class ParetoASHAScheduler(FIFOScheduler):
@@ -66,6 +89,12 @@ class ParetoASHAScheduler(FIFOScheduler):
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return True  # the Tuner's metric is the searcher's; the rungs rank on their own two objectives
 
+    def on_trial_add(self, tune_controller, trial) -> None:
+        keep_in_experiment(trial)
+        if runs_from_its_first_epoch(trial):  # its earlier run's results, if any, would stand for its new run
+            self.rungs.forget(trial.trial_id)
+            self.decisions.pop(trial.trial_id, None)
+
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         epoch = result["training_iteration"]
         if epoch >= self.max_epochs:
@@ -84,6 +113,23 @@ class ParetoASHAScheduler(FIFOScheduler):
 
     def decision(self, trial_id: str, epoch: int) -> str:
         return self.decisions.get(trial_id, {}).get(epoch, "")
+
+    def rung_state(self) -> dict:
+        rungs = self.rungs
+        return {
+            "recorded": rungs.recorded,
+            "decisions": self.decisions,
+            "leaders": rungs.leaders,
+            "followers": rungs.followers,
+        }
+
+    def restore_rungs(self, state: dict) -> None:
+        self.rungs.recorded = state["recorded"]
+        self.decisions = state["decisions"]
+        # a study saved before repeats existed has no leaders: every trial was its own configuration
+        if "leaders" in state:
+            self.rungs.leaders = state["leaders"]
+            self.rungs.followers = state["followers"]
 
     def debug_string(self) -> str:
         return "MO-ASHA rungs at epochs " + ", ".join(
@@ -142,6 +188,28 @@ class ExplainedASHAScheduler(ASHAScheduler):
     def decision(self, trial_id: str, epoch: int) -> str:
         return self.decisions.get(trial_id, {}).get(epoch, "")
 
+    def on_trial_add(self, tune_controller, trial) -> None:
+        keep_in_experiment(trial)
+        super().on_trial_add(tune_controller, trial)
+        if runs_from_its_first_epoch(trial):  # its earlier run's results, if any, would stand for its new run
+            for bracket in self._brackets:
+                for _, recorded in bracket._rungs:
+                    recorded.pop(trial.trial_id, None)
+            self.decisions.pop(trial.trial_id, None)
+
+    def rung_state(self) -> dict:
+        """Ray's rungs (each bracket's recorded results per rung, highest rung first) and the decisions."""
+        return {
+            "brackets": [[recorded for _, recorded in bracket._rungs] for bracket in self._brackets],
+            "decisions": self.decisions,
+        }
+
+    def restore_rungs(self, state: dict) -> None:
+        for bracket, rungs in zip(self._brackets, state["brackets"], strict=True):
+            for (_, recorded), saved in zip(bracket._rungs, rungs, strict=True):
+                recorded.update(saved)
+        self.decisions = state["decisions"]
+
 
 class RungDecisions(tune.Callback):
     """Writes the scheduler's decision at this epoch into the trial's report (`rung_decision`, empty between
@@ -151,6 +219,11 @@ class RungDecisions(tune.Callback):
     def __init__(self, scheduler: TrialScheduler):
         self.scheduler = scheduler
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if type(self.scheduler) is FIFOScheduler:  # a Tuner pickled before FIFO was the study's: made so in place
+            self.scheduler.__class__ = StudyFIFOScheduler
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         decision = getattr(self.scheduler, "decision", None)
         result["rung_decision"] = decision(trial.trial_id, result.get("training_iteration")) if decision else ""
@@ -158,21 +231,9 @@ class RungDecisions(tune.Callback):
     # Ray saves callbacks' state with the experiment, not the scheduler's: the rungs' records travel here, so that
     # after --resume a trial reaching a rung is ranked among the results recorded before the interruption too.
     def get_state(self) -> dict:
-        rungs = getattr(self.scheduler, "rungs", None)
-        if not rungs:
-            return {}
-        return {
-            "recorded": rungs.recorded,
-            "decisions": self.scheduler.decisions,
-            "leaders": rungs.leaders,
-            "followers": rungs.followers,
-        }
+        rung_state = getattr(self.scheduler, "rung_state", None)
+        return rung_state() if rung_state else {}
 
     def set_state(self, state: dict) -> None:
-        if state and isinstance(self.scheduler, ParetoASHAScheduler):
-            self.scheduler.rungs.recorded = state["recorded"]
-            self.scheduler.decisions = state["decisions"]
-            # a study saved before repeats existed has no leaders: every trial was its own configuration
-            if "leaders" in state:
-                self.scheduler.rungs.leaders = state["leaders"]
-                self.scheduler.rungs.followers = state["followers"]
+        if state:  # empty: FIFO, or single-metric ASHA saved before its rungs were
+            self.scheduler.restore_rungs(state)

@@ -5,6 +5,10 @@ Search algorithms (the space's `search`, study/core/space.py; registered in stud
 Optuna's TPE sampler (seeded). The sampler learns only from trials that ran every epoch: a trial the scheduler
 stopped is told to Optuna as pruned, a failed one as failed (`FullBudgetOptunaSearch`).
 
+Every trial's config carries the fingerprint of its data as preflight found it (`data_fingerprint`, param_space):
+fixed with the data, or, where `data` is a dimension, a sample_from that the variant generator resolves and
+`FullBudgetOptunaSearch` fills in after Optuna's draw (Optuna cannot sample one).
+
 Ray pickles the searcher into its experiment state by class name, so `FullBudgetOptunaSearch` must be reachable as
 this module's attribute although it is defined only when first asked for (it would import Optuna, which grid and
 random studies never need): the module `__getattr__` below.
@@ -14,13 +18,16 @@ from __future__ import annotations
 
 import functools
 import math
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
 from ray import tune
 from ray.tune.search import BasicVariantGenerator
+from ray.tune.search.sample import Function
 from ray.tune.search.variant_generator import generate_variants
 
+from study.core.config import DATA_FINGERPRINT, TrialConfig
 from study.core.metrics import MULTI_OBJECTIVE
 from study.core.registry import SEARCHES
 from study.core.space import REPEAT, Dimension, Space
@@ -47,6 +54,20 @@ def _full_budget_optuna_search() -> type:
         def __init__(self, max_epochs: int, **kwargs):
             super().__init__(**kwargs)
             self.max_epochs = max_epochs
+            self.derived: dict = {}  # settings that follow from sampled ones (sample_from in param_space)
+
+        def set_search_properties(self, metric, mode, config: dict, **spec) -> bool:
+            # Optuna cannot sample a sample_from: it samples the dimensions, suggest fills in what follows from them
+            self.derived = {key: value.func for key, value in config.items() if isinstance(value, Function)}
+            sampled = {key: value for key, value in config.items() if key not in self.derived}
+            return super().set_search_properties(metric, mode, sampled, **spec)
+
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            if isinstance(config, dict):
+                resolved = SimpleNamespace(config=SimpleNamespace(**config))
+                config.update({key: derive(resolved) for key, derive in self.derived.items()})
+            return config
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             full_budget = not error and result is not None and result.get("epoch", 0) >= self.max_epochs
@@ -115,14 +136,28 @@ def tune_domain(dimension: Dimension):
     return tune.randint(dimension.values[0], dimension.values[1] + 1)  # Ray excludes the upper end; spaces include it
 
 
-def param_space(space: Space) -> dict:
-    """Ray Tune's param_space: every trial setting, sampled or fixed; with repeats, the repeat index as a grid.
+def fingerprint_of_data(fingerprints: dict[str, str], spec) -> str:
+    """A trial's data_fingerprint where `data` is a dimension (sample_from): the fingerprint of the data it drew.
+    Read as attributes, as Ray's variant generator needs to defer it until `data` is drawn."""
+    return fingerprints[spec.config.data]
+
+
+def param_space(space: Space, data_fingerprints: dict[str, str] | None = None) -> dict:
+    """Ray Tune's param_space: every trial setting, sampled or fixed; with repeats, the repeat index as a grid; with
+    `data_fingerprints` (preflight's, by data name), each trial's data_fingerprint, following its data.
 
     Ray's variant generator crosses the grids in the order of their names, the first varying fastest, whatever
     their place here: `repeat` varies faster than `unfreeze_depth` and slower than `backbone`."""
     repeats = {REPEAT: tune.grid_search(list(range(space.repeats)))} if space.repeats > 1 else {}
     dimensions = {key: tune_domain(dimension) for key, dimension in space.dimensions.items()}
-    return {**repeats, **space.fixed, **dimensions, "epochs": space.max_epochs}
+    fingerprint = {}
+    if data_fingerprints is not None:
+        fingerprint[DATA_FINGERPRINT] = (
+            tune.sample_from(functools.partial(fingerprint_of_data, data_fingerprints))
+            if "data" in space.dimensions
+            else data_fingerprints[space.fixed.get("data", TrialConfig.data)]
+        )
+    return {**repeats, **space.fixed, **dimensions, **fingerprint, "epochs": space.max_epochs}
 
 
 def trial_count(space: Space) -> int:

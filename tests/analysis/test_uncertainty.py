@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from study.analysis.recommend import BELOW, BEST, NOT_BELOW, recommend
+from study.analysis.repeats import trial_labels, varying_settings
 from study.analysis.uncertainty import accuracy_interval, compare_paired, proportion_interval, spread
 from study.core.outcomes import decode, encode, pack, unpack
 
@@ -179,3 +180,17 @@ def test_one_standard_error_rule_declines_with_one_repeat_of_the_best():
     trials.loc[trials["unfreeze_depth"] == 0, "repeat"] = [0, 1]
     answer = recommend(trials, pd.DataFrame())
     assert answer.pick is None and "at least two" in answer.sentence
+
+
+def test_a_data_fingerprint_follows_its_data_and_names_no_configuration():
+    """Where `data` is a dimension its trials' fingerprints differ too: what the study searched is `data` alone."""
+    trials = pd.DataFrame(
+        {
+            "trial_id": ["a", "b"],
+            "backbone": ["resnet18", "resnet18"],
+            "data": ["folder:/x", "folder:/y"],
+            "data_fingerprint": ["0123", "4567"],
+        }
+    )
+    assert varying_settings(trials) == ["data"]
+    assert trial_labels(trials).tolist() == ["data=folder:/x", "data=folder:/y"]

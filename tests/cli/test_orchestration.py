@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from study.cli import run
+from study.tune.cluster import leftover_processes
 from tests.helpers import REPO, run_module, write_space
 
 RAY = Path(sys.executable).with_name("ray")
@@ -357,6 +358,8 @@ def test_a_study_killed_mid_way_resumes_without_losing_or_repeating_finished_tri
         and study["resumed"][0]["run_again"] == 1
         and study["trials"] == {"error": 3, "completed": 3}
     )
+    # nothing of the killed driver's Ray session runs on (its agents can outlive it: --resume stops them)
+    assert leftover_processes(str(Path(study["ray_logs"]).parent)) == []
     assert run.main(["--resume", str(out)]) == 2  # finished: nothing left to resume
 
 
@@ -373,3 +376,72 @@ def test_the_gpu_cluster_example_is_a_valid_ray_cluster_launcher_config():
     starts = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
     assert starts.count("RAY_AUTH_MODE=token") == 2 and "--dashboard-host=127.0.0.1" in starts
     assert "study.run" in (REPO / "examples" / "cluster-gpu.yaml").read_text()
+
+
+NODE_FAILURE = """
+    # no feature cache, 64 px, three epochs: a trial lasts long enough for its node to be killed under it
+    fixed: {backbone: tf_efficientnet_lite0, data: digits, img_size: 64, train_fraction: 0.6,
+            optimizer: adamw, lr: 0.003, unfreeze_depth: 2, feature_cache: false, device: cpu}
+    dimensions:
+      batch_size: {grid: [32, 48, 64, 96]}
+    max_epochs: 3
+    asha: false
+    """
+
+
+def running_on_two_nodes(experiment: Path) -> dict[str, str]:
+    """Trial id -> node id of the unfinished trials that have reported an epoch (Ray's result.json in each trial's
+    directory)."""
+    running = {}
+    for results in experiment.glob("*/result.json"):
+        reports = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+        if reports and reports[-1]["epoch"] < 3:
+            running[results.parent.name] = reports[-1]["node_id"]
+    return running if len(set(running.values())) == 2 else {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("retries", [1, 0])
+def test_a_worker_node_killed_mid_study_loses_no_finished_trial(tmp_path, retries):
+    """Two one-CPU nodes, a trial training on each; the worker node's raylet is SIGKILLed. With --max-failures 1
+    the trial it ran runs again on the head node and every trial completes; without, that trial is an error whose
+    reason says its node or process was lost and how to retry, and the others complete. Either way the study
+    finishes, no trial that finished is lost, and Ray's traceback stays out of the console."""
+    import psutil
+
+    space = write_space(tmp_path, NODE_FAILURE)
+    out = tmp_path / "study"
+    cluster = LocalCluster(cpus=1)
+    try:
+        command = ["--space", space, "--out", str(out), "--address", cluster.address, "--cpus-per-trial", "1"]
+        command += ["--gpus-per-trial", "0", "--max-failures", str(retries)]
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "study.run", *command],
+            cwd=REPO,
+            env=cluster.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 300
+        while not (running := running_on_two_nodes(out / "ray" / "tune")):
+            assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+            time.sleep(0.2)
+        (raylet,) = [p for p in psutil.Process(cluster.nodes[1].pid).children(recursive=True) if p.name() == "raylet"]
+        raylet.kill()
+        stdout, stderr = driver.communicate(timeout=600)
+    finally:
+        cluster.stop()
+    assert driver.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    trials = pd.read_csv(out / "trials.csv").set_index("trial_id")
+    assert len(trials) == 4 and "finished" in json.loads((out / "study.json").read_text())
+    head_node = trials["node_id"].value_counts().index[0]
+    (lost,) = [trial for trial, node in running.items() if node != head_node]
+    assert "Trial task failed" not in stderr and "Traceback" not in stderr
+    if retries:
+        assert (trials["status"] == "completed").all() and (trials["node_id"] == head_node).all()
+    else:
+        assert trials.loc[lost, "status"] == "error"
+        assert "the trial's worker process or its node was lost while it ran" in trials.loc[lost, "error"]
+        assert "--max-failures N runs such a trial again" in stdout
+        assert (trials.drop(index=lost)["status"] == "completed").all()

@@ -189,6 +189,8 @@ def test_only_the_ray_layer_imports_ray():
         ),
         ("fixed: {repeat: 1}\n", r"'repeat' is numbered by the study .*write `repeats: N`"),
         ("dimensions: {repeat: {grid: [0, 1]}}\n", r"'repeat' is numbered by the study"),
+        ("fixed: {data_fingerprint: 0123abcd}\n", r"'data_fingerprint' is set by the study, from the data's files"),
+        ("dimensions: {data_fingerprint: {grid: [a, b]}}\n", r"'data_fingerprint' is set by the study"),
     ],
 )
 def test_mistakes_are_one_line_errors_naming_file_and_key(tmp_path, text, message):
@@ -267,5 +269,7 @@ def test_repeats_are_recorded_with_the_space_and_counted_in_its_planned_trials(t
     assert space.override({}, repeats=5).repeats == 5
     with pytest.raises(StudyError, match="--repeats N, not --set repeat="):
         space.override({"repeat": 1})
+    with pytest.raises(StudyError, match="^--set data_fingerprint: the study sets it, .*: leave it out$"):
+        space.override({"data_fingerprint": "0123abcd"})
     with pytest.raises(StudyError, match="repeats=2 needs search grid or random"):
         load_space("optimizer").override({}, repeats=2)

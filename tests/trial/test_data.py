@@ -24,9 +24,10 @@ import torchvision.datasets
 from PIL import Image
 
 from study.cli.data import main as data_main
-from study.core.config import StudyError
+from study.core.config import StudyError, TrialConfig
 from study.trial import torchvision_sets
 from study.trial.data import load_data, load_digits
+from study.trial.train import run_trial
 from tests.helpers import REPO
 
 CIFAR_JPEGS = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
@@ -312,6 +313,41 @@ def test_a_damaged_cache_file_is_decoded_again(tmp_path, capsys):
         file.write_bytes(file.read_bytes()[:100])
     splits = load_data(f"folder:{root}", 0, 32, str(tmp_path / "cache"))
     assert "is unreadable" in capsys.readouterr().out and len(splits.train) == 12
+
+
+def test_a_folder_changed_after_its_study_started_is_refused_before_anything_is_decoded(tmp_path, capsys):
+    """The issue's probe: images replaced between two trials of a study. A trial demands the fingerprint its study
+    decided on (TrialConfig.data_fingerprint) and refuses the folder before decoding or reusing anything."""
+    root = make_folder(tmp_path / "pets")
+    cache = tmp_path / "cache"
+    decided = load_data(f"folder:{root}", 0, 32, str(cache)).fingerprint
+    assert re.fullmatch(r"[0-9a-f]{16}", decided)
+    assert load_data(f"folder:{root}", 0, 32, str(cache), expected_fingerprint=decided).fingerprint == decided
+    assert load_digits(split_seed=0).fingerprint == ""  # digits ships with scikit-learn: nothing to check
+    cached_files = sorted(cache.rglob("*"))
+    capsys.readouterr()
+
+    write_image(root / "train" / "dog" / "3.png", (12, 12), (200, 10, 10))  # same name and size, other pixels
+    config = TrialConfig(
+        data=f"folder:{root}", data_root=str(cache), data_fingerprint=decided, img_size=32, device="cpu"
+    )
+    for load in (
+        lambda: load_data(f"folder:{root}", 0, 32, str(cache), expected_fingerprint=decided),
+        lambda: next(run_trial(config)),  # a trial passes its config's fingerprint
+    ):
+        with pytest.raises(StudyError) as raised:
+            load()
+        found = re.search(r"\(fingerprint ([0-9a-f]{16}), ", str(raised.value))
+        assert found and found[1] != decided
+        assert str(raised.value) == (
+            f"data folder {root}: its files changed after the study started (fingerprint {found[1]}, the study "
+            f"decided on {decided}): restore the files as they were, or start a new study on them"
+        )
+    assert "decoding" not in capsys.readouterr().out and sorted(cache.rglob("*")) == cached_files  # nothing decoded
+
+    assert load_data(f"folder:{root}", 0, 32, str(cache)).fingerprint == found[1]  # a new study decides on the new
+    write_image(root / "train" / "dog" / "3.png", (12, 12), (40 + 3, 80, 120))  # the file restored as it was
+    assert load_data(f"folder:{root}", 0, 32, str(cache), expected_fingerprint=decided).fingerprint == decided
 
 
 @pytest.fixture(scope="module")

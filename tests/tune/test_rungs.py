@@ -133,3 +133,30 @@ def test_repeats_of_a_configuration_follow_its_first_repeats_decision():
     assert set(rungs.recorded[1]) == {"a0", "b0"}
     # without a configuration each trial is ranked on its own numbers, as in a study without repeats
     assert rungs.on_result("c", 1, 0.95, 0.5).continues
+
+
+def test_a_trial_run_again_is_forgotten_and_ranked_again_on_its_new_results():
+    """A trial Ray runs again from its first epoch (after --resume, or a retry) keeps its trial id: its earlier
+    run's record must not stand for the new run, which would then pass every rung it passed before."""
+    rungs = ParetoRungs(1, 2, 4)  # rungs at epochs 1 and 2
+    assert rungs.on_result("again", 1, 0.6, 5.0).reason().startswith("passed rung epoch 1: rank 1 of 1")
+    assert rungs.on_result("again", 2, 0.7, 6.0).continues
+    feed(rungs, [(0.8, 1.0), (0.5, 9.0)])  # t0 dominates it, t1 is dominated by both
+    rungs.forget("again")
+    assert rungs.recorded == {1: {"t0": (0.8, 1.0), "t1": (0.5, 9.0)}, 2: {}}
+    new_run = rungs.on_result("again", 1, 0.4, 9.5)  # now dominated by both
+    assert new_run.reason().startswith("stopped at rung epoch 1: rank 3 of 3")
+    assert rungs.recorded[1] == {"t0": (0.8, 1.0), "t1": (0.5, 9.0), "again": (0.4, 9.5)}  # once, its new result
+
+
+def test_a_repeat_run_again_gives_up_its_configurations_lead_and_follows_or_leads_anew():
+    rungs = ParetoRungs(1, 2, 9)
+    rungs.on_result("a0", 1, 0.9, 1.0, configuration="a")
+    assert rungs.on_result("a1", 1, 0.1, 9.0, configuration="a").follows == "a0"
+    rungs.forget("a1")  # a follower run again follows its configuration's lead again
+    assert rungs.followers[1] == set() and rungs.on_result("a1", 1, 0.1, 9.0, configuration="a").follows == "a0"
+    rungs.on_result("b0", 1, 0.5, 2.0, configuration="b")
+    rungs.forget("a0")  # the lead's own result is gone: its new run is ranked, and leads
+    again = rungs.on_result("a0", 1, 0.4, 3.0, configuration="a")
+    assert not again.follows and again.of == 2 and set(rungs.recorded[1]) == {"a0", "b0"}
+    assert rungs.leaders[1]["a"].follows == "a0" and rungs.recorded[1]["a0"] == (0.4, 3.0)

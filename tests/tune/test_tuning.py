@@ -1,5 +1,7 @@
 """study/tune without a running cluster: device choice, resource checks, search algorithms, planned trials."""
 
+import pickle
+
 import optuna
 import pandas as pd
 import pytest
@@ -16,6 +18,7 @@ from study.tune.search import (
     FullBudgetOptunaSearch,
     param_space,
     planned_configs,
+    search_algorithm,
     trial_count,
     tune_domain,
     variant_generator,
@@ -253,7 +256,7 @@ def test_single_metric_asha_is_rays_and_says_which_cutoff_stopped_a_trial(tmp_pa
     assert isinstance(scheduler, ExplainedASHAScheduler)
     scheduler.set_search_properties("val_acc", "max")  # as the Tuner does for a single-objective search
     for name, accuracy in (("a", 0.75), ("b", 0.53), ("c", 0.60)):
-        trial = SimpleNamespace(trial_id=name, config={})
+        trial = SimpleNamespace(trial_id=name, config={}, status="PENDING")  # as Ray adds a new trial
         scheduler.on_trial_add(None, trial)
         scheduler.on_trial_result(None, trial, report(name, 1, accuracy, 1.0))
     assert scheduler.decision("a", 1) == "passed rung epoch 1: val_acc 0.7500 (max), alone at the rung"
@@ -400,3 +403,112 @@ def test_repeats_run_each_planned_configuration_with_the_same_draws_and_a_repeat
     while (trial := generator.next_trial()) is not None:
         created.append(trial.config)
     assert created == configs
+
+
+@pytest.mark.parametrize(
+    "dimensions, search",
+    [
+        ("data: {grid: ['folder:/a', 'folder:/b']}\n  lr: {loguniform: [1.0e-4, 1.0e-2]}", "random"),
+        ("data: {choice: ['folder:/a', 'folder:/b', digits]}\n  lr: {loguniform: [1.0e-4, 1.0e-2]}", "random"),
+        ("data: {choice: ['folder:/a', 'folder:/b', digits]}\n  lr: {loguniform: [1.0e-4, 1.0e-2]}", "optuna"),
+        ("lr: {loguniform: [1.0e-4, 1.0e-2]}", "random"),  # data fixed: digits, the default
+    ],
+)
+def test_each_trial_demands_the_fingerprint_of_its_own_data_whatever_the_search(tmp_path, dimensions, search):
+    """preflight's fingerprints by data name reach every trial's config, following `data` where it is a dimension,
+    without changing what the search draws."""
+    space = load_space(write_space(tmp_path, f"dimensions:\n  {dimensions}\nsearch: {search}\nnum_samples: 6\n"))
+    fingerprints = {"folder:/a": "aaaa", "folder:/b": "bbbb", "digits": ""}
+    params = param_space(space, fingerprints)
+    if search == "optuna":
+        searcher = search_algorithm(space, 0)
+        searcher.set_search_properties(space.metric, space.mode, params)
+        configs = [searcher.suggest(f"t{i}") for i in range(3)]
+        configs += [pickle.loads(pickle.dumps(searcher)).suggest("after_resume")]  # Ray restores it pickled
+    else:
+        generator = variant_generator(space, 7, None)
+        generator.add_configurations({"study": {"run": lambda config: None, "config": params, "num_samples": 6}})
+        configs = []
+        while (trial := generator.next_trial()) is not None:
+            configs.append(trial.config)
+        planned = planned_configs(space, seed=7).configs  # no fingerprints: a dry run reads no data
+        assert [{k: v for k, v in c.items() if k != "data_fingerprint"} for c in configs] == planned
+    assert configs and all(c["data_fingerprint"] == fingerprints[c.get("data", "digits")] for c in configs)
+    assert "data" not in space.dimensions or len({c["data"] for c in configs}) > 1
+
+
+def resume_scheduler(scheduler, space, trials, running: str):
+    """The scheduler of a study stopped while `running` trained and the other `trials` had finished, as --resume
+    rebuilds it: Ray unpickles a fresh one with the Tuner, restores the callbacks' saved state (cloudpickled) and
+    adds every trial again, the finished ones as they were and the unfinished one to run from its first epoch."""
+    from ray import cloudpickle
+    from ray.tune.experiment import Trial
+
+    saved = cloudpickle.dumps(RungDecisions(scheduler).get_state())
+    resumed = scheduler_for(space)
+    resumed.set_search_properties("val_acc", "max")
+    callback = RungDecisions(resumed)
+    callback.set_state(cloudpickle.loads(saved))
+    for name, trial in trials.items():
+        trial.set_status(Trial.PENDING if name == running else Trial.TERMINATED)
+        resumed.on_trial_add(None, trial)
+    return resumed, callback
+
+
+def arrive(scheduler, trial, accuracy: float, cost: float = 1.0, callback=None) -> str:
+    result = report(trial.trial_id, 1, accuracy, cost)
+    action = scheduler.on_trial_result(None, trial, result)
+    if callback:
+        callback.on_trial_result(0, [], trial, result)
+        assert result["rung_decision"] == scheduler.decision(trial.trial_id, 1)
+    return action
+
+
+@pytest.mark.parametrize("objectives", ["pareto", "metric"])
+def test_after_resume_the_rungs_hold_the_finished_trials_results_and_rank_a_trial_run_again_on_its_new_one(
+    tmp_path, objectives
+):
+    """Issue 27 (8a): `first` passed rung 1 alone and was training at the stop; --resume runs it again from its
+    first epoch under its trial id. It must be ranked again on its new result among the finished trials' results
+    (not pass on its earlier decision, "rank 1 of 1", with its earlier result standing at the rung), and a trial
+    arriving later must be ranked among all of them."""
+    from ray.tune.experiment import Trial
+
+    space = load_space(
+        write_space(
+            tmp_path,
+            f"""
+            fixed: {{backbone: tf_efficientnet_lite0, data: digits}}
+            max_epochs: 2
+            asha: {{grace_period: 1, reduction_factor: 2, objectives: {objectives}}}
+            """,
+        )
+    )
+    scheduler = scheduler_for(space)
+    scheduler.set_search_properties("val_acc", "max")
+    trials = {name: Trial("trainable", config={}, trial_id=name, stub=True) for name in ("first", "second", "third")}
+    for trial in trials.values():
+        scheduler.on_trial_add(None, trial)
+    assert arrive(scheduler, trials["first"], 0.6, 5.0) == "CONTINUE"
+    assert arrive(scheduler, trials["second"], 0.8, 1.0) == "CONTINUE"  # then completes
+    assert arrive(scheduler, trials["third"], 0.5, 9.0) == "STOP"
+    pareto = objectives == "pareto"
+    assert scheduler.decision("first", 1).startswith(
+        "passed rung epoch 1: rank 1 of 1" if pareto else "passed rung epoch 1: val_acc 0.6000 (max), alone"
+    )
+
+    resumed, callback = resume_scheduler(scheduler, space, trials, running="first")
+    assert arrive(resumed, trials["first"], 0.4, 9.5, callback) == "STOP"  # its new run: worse than both
+    assert resumed.decision("first", 1).startswith(
+        "stopped at rung epoch 1: rank 3 of 3"
+        if pareto
+        else "stopped at rung epoch 1: val_acc 0.4000 (max), the cutoff is 0.6500, the 50% quantile of 2 recorded"
+    )
+    later = Trial("trainable", config={}, trial_id="later", stub=True)
+    resumed.on_trial_add(None, later)
+    arrive(resumed, later, 0.7, 2.0, callback)
+    assert ("of 4," if pareto else "of 3 recorded") in resumed.decision("later", 1)
+    recorded = RungDecisions(resumed).get_state()
+    rung = recorded["recorded"][1] if pareto else recorded["brackets"][0][-1]  # Ray's rungs: highest first
+    first_run = (0.4, 9.5) if pareto else 0.4
+    assert rung["first"] == first_run and set(rung) == {"first", "second", "third", "later"}

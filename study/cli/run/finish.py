@@ -2,12 +2,13 @@
 interrupted and left resumable, a summary printed, and the exit status returned.
 
 The exit status says how it ended: 0 when a trial succeeded, 1 when every trial failed, 2 for an error before
-Ray (study/cli/run/orchestrate.py), and 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM) when a signal
-stopped it, as a shell reports a process a signal ended.
+Ray (study/cli/run/orchestrate.py) or a study stopped for want of disk space, and 128 + the signal's number (130
+for Ctrl-C, 143 for SIGTERM) when a signal stopped it, as a shell reports a process a signal ended.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
@@ -17,8 +18,9 @@ from typing import TYPE_CHECKING
 
 from study.analysis.recommend import recommend
 from study.analysis.repeats import varying_settings
-from study.analysis.results import trials_table
+from study.analysis.results import trials_table, write_tables
 from study.analysis.uncertainty import with_interval
+from study.core.config import StudyError
 from study.core.files import write_json
 from study.core.metrics import ACCURACY, MAIN_COST
 from study.core.space import Space
@@ -57,7 +59,7 @@ def finish(out: Path, space: Space, record: dict, outcome: StudyOutcome, started
     if "phases" in record and "resumed" not in record:
         record["phases"]["export"] = round(time.perf_counter() - export_started, 2)
         write_json(out / "study.json", record)
-    print_summary(out, trials, front, record["wall_time_s"], outcomes)
+    print_summary(out, trials, front, record["wall_time_s"], outcomes, record.get("ray_experiment"))
     print(f"Report: {report.resolve()}")
     return 0 if (trials["status"] != "error").any() else 1
 
@@ -86,12 +88,17 @@ def exit_code(stop: BaseException | int | None) -> int:
     return 128 + int(stop or signal.Signals.SIGINT)
 
 
-def print_summary(out: Path, trials, front, wall_time_s: float, outcomes) -> None:
+def print_summary(out: Path, trials, front, wall_time_s: float, outcomes, experiment: str | None = None) -> None:
     """The study's ending on the console: what ran, the front with 95% intervals, and the recommendation."""
     counts = ", ".join(f"{n} {status}" for status, n in trials["status"].value_counts().items())
     print(f"\nStudy finished in {wall_time_s:.0f} s: {len(trials)} trials ({counts}).")
-    for row in trials[trials["status"] == "error"].itertuples():
+    failed = trials[trials["status"] == "error"]
+    for row in failed.itertuples():
         print(f"  {row.trial_id} failed: {row.error}")
+    if len(failed) and experiment:
+        print(
+            f"  (each failed trial's traceback: error.txt in its directory, TRIAL_ID/ in Ray's experiment {experiment})"
+        )
     shown = front.assign(
         **{
             accuracy: front.apply(lambda row, a=accuracy: with_interval(row, a), axis=1)
@@ -114,3 +121,32 @@ def print_summary(out: Path, trials, front, wall_time_s: float, outcomes) -> Non
     print(answer.sentence)
     for line in answer.budgets:
         print(f"  {line}")
+
+
+def stopped_for_disk_space(out: Path, record: dict, outcome: StudyOutcome) -> int:
+    """The study stopped for want of disk space (study/tune/disk.py DiskGuard) once Ray saved its state: the
+    tables of the finished trials and study.json's record of the interruption are written if they fit (a few
+    small files, atomically: what does not fit keeps its previous version, and Ray's state holds every finished
+    trial for --resume to export); the report pages, megabytes each, are left for --resume's end. Exit code 2."""
+    low = outcome.low_disk
+    if outcome.records:
+        with contextlib.suppress(StudyError):
+            write_tables(out, *trials_table(outcome.records))
+    record.setdefault("interrupted", []).append(datetime.now().isoformat(timespec="seconds"))
+    record.setdefault("interrupted_by", []).append("low disk space")
+    with contextlib.suppress(StudyError):
+        write_json(out / "study.json", record)
+    free, reserve = f"{low.free / 2**20:.1f} MiB", f"{low.reserve / 2**20:.0f} MiB"
+    short = (
+        f"the disk holding {low.directory} has {free} free, less than the {reserve} a study keeps to save its results"
+        if low.free < low.reserve
+        else f"writing to the disk holding {low.directory} failed for want of space, though it shows {free} free "
+        "(a disk quota used up?)"
+    )
+    print(
+        f"error: {short}: the study stopped, its {len(outcome.records)} finished trial(s) kept, "
+        f"{outcome.unfinished} to run; free space, then continue it with: python -m study.run --resume {out}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 2

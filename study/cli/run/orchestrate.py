@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from study.cli.run.checks import check_mlflow, check_numbers, check_resource_options, check_storage, loopback
-from study.cli.run.finish import exit_code, finish, interrupted
+from study.cli.run.finish import exit_code, finish, interrupted, stopped_for_disk_space
 from study.cli.run.parser import STUDY_OPTIONS, parse_args, resolve_space
 from study.cli.run.preflight import dry_run, preflight
 from study.cli.run.results_dir import check_out, create_out, is_study_record, lock_study
@@ -100,6 +100,7 @@ class CheckedStudy:
     out: Path
     mlflow: MlflowTracker | None
     screened: dict | None  # the prescreen's record, with a `prescreen:` space
+    data_fingerprints: dict[str, str]  # the data every trial must find, by data name (preflight)
 
 
 def start_new_study(args: argparse.Namespace, command: list[str], phases: Phases | None = None) -> int:
@@ -141,16 +142,27 @@ def start_new_study(args: argparse.Namespace, command: list[str], phases: Phases
         return fail(error)
     if warning:
         print(warning)
-    record = new_study_record(args, command, study, resources, cluster, experiment, phases)
+    recorded = tune.recorded_experiment(experiment, args.storage)
+    record = new_study_record(args, command, study, resources, cluster, recorded, phases)
     write_json(study.out / "study.json", record)
     print_start(study, resources, cluster)
     try:
         with phases.timed("trials"):
             monitoring = tune.Monitoring(verbose=args.verbose, mlflow=args.mlflow)
             outcome = tune.run_study(
-                study.space, study.out, location.storage, location.name, resources, study.seed, cluster, monitoring
+                study.space,
+                study.out,
+                location.storage,
+                location.name,
+                resources,
+                study.seed,
+                cluster,
+                monitoring,
+                data_fingerprints=study.data_fingerprints,
             )
         phases["first_trial_start"] = first_trial_start(outcome.records, ray_started)
+        if outcome.low_disk is not None:
+            return stopped_for_disk_space(study.out, record, outcome)
         return finish(study.out, study.space, record, outcome, started)
     except KeyboardInterrupt as stop:
         return interrupted(study.out, record, exit_code(stop))
@@ -163,7 +175,7 @@ def check_before_ray(args: argparse.Namespace, space: Space, seed: int, phases: 
     process; with a `prescreen:` space, the backbones ranked (plain PyTorch, no Ray)."""
     with phases.timed("preflight"):
         check_resource_options(args)
-        preflight(space)
+        data_fingerprints = preflight(space)
         out = check_out(args.out, space, args.overwrite)
         check_storage(args.storage)
         mlflow = check_mlflow(args, out)
@@ -174,7 +186,9 @@ def check_before_ray(args: argparse.Namespace, space: Space, seed: int, phases: 
         with phases.timed("prescreen"):
             prescreened = prescreen(space)
         space, screened = prescreened.space, prescreened.record
-    return CheckedStudy(space=space, seed=seed, out=out, mlflow=mlflow, screened=screened)
+    return CheckedStudy(
+        space=space, seed=seed, out=out, mlflow=mlflow, screened=screened, data_fingerprints=data_fingerprints
+    )
 
 
 def new_study_record(
@@ -183,7 +197,7 @@ def new_study_record(
     study: CheckedStudy,
     resources: Resources,
     cluster: Cluster,
-    experiment: str,
+    ray_experiment: str,
     phases: Phases,
 ) -> dict:
     """study.json as a new study starts: what --resume and the report read back."""
@@ -197,6 +211,7 @@ def new_study_record(
         if "seed" in space.dimensions
         else space.fixed.get("seed", TrialConfig.seed),
         "resources": dataclasses.asdict(resources),
+        "data_fingerprints": study.data_fingerprints,
         "cluster": {
             "address": args.address,
             "nodes": cluster.nodes,
@@ -204,7 +219,7 @@ def new_study_record(
             "gpus": cluster.gpus,
             "ray_client": cluster.client,
         },
-        "ray_experiment": experiment,
+        "ray_experiment": ray_experiment,
         "dashboard": cluster.dashboard_url,
         "ray_logs": cluster.log_dir,
         "monitoring": {"verbose": args.verbose, "mlflow": study.mlflow and study.mlflow.uri},
@@ -304,14 +319,15 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
         return fail(error)
     from study import tune
 
-    experiment = record["ray_experiment"]
+    stop_left_behind(record)
+    experiment, note = tune.experiment_to_resume(out, record["ray_experiment"])
+    if note:
+        print(note, flush=True)
+        record["ray_experiment"] = tune.OWN_EXPERIMENT  # from now on the study resumes from its own wherever it is
     started = time.perf_counter()
     try:
         if not tune.restorable(experiment):
-            raise StudyError(
-                f"{experiment} holds no Ray Tune experiment state: the study was interrupted before its first trial "
-                f"started; start it again with --out {out} --overwrite (or a new --out)"
-            )
+            raise StudyError(not_restorable(out, experiment, tune.finished_trial_dirs(experiment)))
         cluster = start_ray_and_announce(args, out, experiment)
         resources = tune.Resources(**record["resources"])  # max_failures included
         warning = tune.check_fit(
@@ -336,16 +352,53 @@ def resume(args: argparse.Namespace, command: list[str]) -> int:
             "run_again": before.unfinished,
             "address": args.address,
             "dashboard": cluster.dashboard_url,
+            "ray_logs": cluster.log_dir,
         }
     )
     write_json(out / "study.json", record)
     try:
-        outcome = tune.resume_study(experiment, space, resources, args.verbose)
+        outcome = tune.resume_study(experiment, out, space, resources, args.verbose)
+        if outcome.low_disk is not None:
+            return stopped_for_disk_space(out, record, outcome)
         return finish(out, space, record, outcome, started)
     except KeyboardInterrupt as stop:
         return interrupted(out, record, exit_code(stop))
     except StudyError as error:  # out of disk space writing the results: what was written is kept
         return fail(error)
+
+
+def stop_left_behind(record: dict) -> None:
+    """A driver killed with SIGKILL can leave its local Ray's agents running (dashboard, runtime env: parent 1,
+    listening on their ports): stop those of the study's own sessions (its start's and each resume's), never
+    `ray stop`'s every Ray of the user; a joined cluster (--address) is not the study's to stop. The study's lock
+    (held by a running driver) guarantees that no session of it is in use."""
+    from study import tune
+
+    runs = [record, *record.get("resumed", [])]
+    for run in runs:
+        if run.get("address") or run.get("cluster", {}).get("address") or not run.get("ray_logs"):
+            continue
+        session = str(Path(run["ray_logs"]).parent)
+        stopped = tune.stop_leftover_processes(session)
+        if stopped:
+            print(f"note: stopped {stopped} Ray process(es) an interrupted driver left running (Ray session {session})")
+
+
+def not_restorable(out: Path, experiment: str, finished_dirs: int) -> str:
+    """Why --resume cannot continue the study, and what to do that deletes no finished trial: --overwrite only
+    when none finished (neither the tables nor Ray's trial directories hold one)."""
+    tables = out / "trials.csv"
+    if not finished_dirs and not tables.exists():
+        return (
+            f"{experiment} holds no Ray Tune experiment state: the study was interrupted before its first trial "
+            f"started; start it again with --out {out} --overwrite (or a new --out)"
+        )
+    return (
+        f"{experiment} holds no readable Ray Tune experiment state (missing, or damaged, e.g. by a full disk), "
+        f"yet trials finished ({finished_dirs} in Ray's trial directories"
+        f"{f', and {tables}' if tables.exists() else ''}): --resume cannot continue it; keep {out} as it is "
+        "(--overwrite would delete those results) and run the study again with a new --out"
+    )
 
 
 def read_resumable(args: argparse.Namespace) -> dict:

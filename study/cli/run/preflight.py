@@ -28,7 +28,7 @@ MODEL_SETTINGS = ("backbone", "weights", "head", "img_size", "unfreeze_depth", "
 BATCH_BYTES_PER_VALUE = 1 + 4  # an input batch as the loader's uint8 and as the float32 the model reads
 
 
-def preflight(space: Space) -> None:
+def preflight(space: Space) -> dict[str, str]:
     """What would make trials fail, caught before Ray starts: datasets and their splits, weights that cannot be had
     or do not fit, model surgery a backbone cannot take (a depth beyond it, single_linear on a non-VGG, BN
     insertion in a ViT), and an input batch larger than this machine's memory (check_batch_fits).
@@ -37,6 +37,9 @@ def preflight(space: Space) -> None:
     are read and checked against the architecture, ImageNet weights found in (or downloaded into) the cache,
     and nothing is kept in memory. Loading the data here also downloads what is missing and decodes it into the
     node's cache with every core of this process, once, before the trials start.
+
+    Returns the data the study decides on: each dataset's fingerprint by its name (`data`; "" where not checked),
+    which every trial then demands (TrialConfig.data_fingerprint).
     """
     configs = space.example_configs()
     check_batch_fits(configs)
@@ -58,8 +61,11 @@ def preflight(space: Space) -> None:
         (c.data, c.split_seed, c.img_size or default_input_size(c.backbone), c.data_root, c.train_fraction)
         for c in configs
     }
+    fingerprints: dict[str, str] = {}
     for data, split_seed, img_size, data_root, train_fraction in data_settings:
-        load_data(data, split_seed, img_size, data_root, train_fraction)
+        splits = load_data(data, split_seed, img_size, data_root, train_fraction, fingerprints.get(data, ""))
+        fingerprints[data] = splits.fingerprint
+    return fingerprints
 
 
 def check_data_root(setting: str | None) -> None:
