@@ -11,12 +11,13 @@ trial: two trials at a time on two cores; without the dashboard, a fixed start-u
 on an overloaded machine). From the trials table and study.json:
 - trials per second: N over the trial phase (the first trial's start to the last trial's last report);
 - where a trial's wall time goes (its start in the worker to its last report): data loading, model build with
-  weights and freezing, the cache's cut check, training, evaluation, and the rest (reports, Ray's per-iteration
-  work in the worker);
+  weights and freezing, the cache's cut check, training (what this trial spent, `study_train_time_s`: its
+  `train_time_s` also charges the cached features it reused what building them cost), evaluation, and the rest
+  (reports, Ray's per-iteration work in the worker);
 - the driver's cost per trial: the slots' time in the trial phase not spent inside a trial, per trial
   ((phase x slots - sum of trial wall times) / N): Ray's scheduling, starting trials, the export callback, the
-  experiment-state saves. Goals (GOALS): >= 5 trials/s; at the largest N, the driver's cost per trial within
-  1.2x of the smallest N's.
+  experiment-state saves. Goals (GOALS, issue 25): >= 10 trials/s; at the largest N, the driver's cost per trial
+  within 1.2x of the smallest N's.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ from common import REPO, Goal, environment, finish, load_average, save, verdicts
 
 NAME = "many_trials"
 GOALS = [
-    Goal("trials_per_s", ">=", 5.0, "at least 5 cheap trials per second (the smallest study)"),
+    Goal("trials_per_s", ">=", 10.0, "at least 10 cheap trials per second (the smallest study)"),
     Goal("driver_growth", "<=", 1.2, "the driver's cost per trial at the largest size within 1.2x of the smallest's"),
 ]
 SIZES = (100, 300, 1000)
 QUICK_SIZE = 20
 SETUP = ("data_load_s", "model_build_s", "cut_check_s")
+TRAINING = "study_train_time_s"  # spent by the trial in this study (train_time_s also counts reused features)
 
 
 def space_file(path: Path) -> Path:
@@ -90,7 +92,7 @@ def summarise(table: pd.DataFrame, study: dict, trials: int, wall: float, load_b
     phase = table["finished_at"].max() - table["started_at"].min()
     trial_wall = table["finished_at"] - table["started_at"]
     slots = min(trials, int(study["cluster"]["cpus"] // study["resources"]["cpus_per_trial"]))
-    measured = table[[*SETUP, "train_time_s", "eval_time_s"]].sum(axis=1)
+    measured = table[[*SETUP, TRAINING, "eval_time_s"]].sum(axis=1)
     row = {
         "trials": trials,
         "completed": int((table["status"] == "completed").sum()),
@@ -100,7 +102,7 @@ def summarise(table: pd.DataFrame, study: dict, trials: int, wall: float, load_b
         "trials_per_s": round(trials / phase, 3),
         "slots": slots,
         "trial_wall_mean_s": round(trial_wall.mean(), 4),
-        **{f"{key}_mean": round(table[key].mean(), 4) for key in (*SETUP, "train_time_s", "eval_time_s")},
+        **{f"{key}_mean": round(table[key].mean(), 4) for key in (*SETUP, TRAINING, "eval_time_s")},
         "rest_in_trial_mean_s": round((trial_wall - measured).mean(), 4),
         "driver_per_trial_s": round((phase * slots - trial_wall.sum()) / trials, 4),
         "best_val_acc": round(table["val_acc"].max(), 4),
@@ -130,7 +132,7 @@ def main() -> None:
             f"{trials} trials: {row['trials_per_s']:.2f} trials/s over {row['trial_phase_s']:.1f} s; per trial "
             f"{row['trial_wall_mean_s']:.3f} s in the worker (data {row['data_load_s_mean']:.3f}, model "
             f"{row['model_build_s_mean']:.3f}, cut {row['cut_check_s_mean']:.3f}, training "
-            f"{row['train_time_s_mean']:.3f}, evaluation {row['eval_time_s_mean']:.3f}, rest "
+            f"{row[f'{TRAINING}_mean']:.3f}, evaluation {row['eval_time_s_mean']:.3f}, rest "
             f"{row['rest_in_trial_mean_s']:.3f}), driver {row['driver_per_trial_s']:.3f} s; load "
             f"{row['load_average_before']} -> {row['load_average_after']}",
             flush=True,

@@ -5,7 +5,7 @@ each change in one package.
 Modules: trainable (what runs in a trial's worker), cluster (starting Ray, resources, where Tune writes), search
 (param_space, search algorithms, a dry run's planned configs), schedulers (early stopping over the pure rungs.py),
 callbacks (exporting and showing results while the study runs), records (a finished trial's record), runner (the
-Tuner, graceful stop, resume), disk (Ray's files written whole, the study stopped before its disk fills).
+Tuner, graceful stop, resume), disk (the study stopped while its disk still has room to save it).
 
 This file is the layer's API for the command line (study/cli), which imports it once its input is known to be good:
 the names below and nothing else. Modules inside study/tune import each other by submodule path.

@@ -1,22 +1,24 @@
-"""A full disk during a study: Ray's files written whole or not at all, and the study stopped while there is room.
+"""A full disk during a study: the study stopped while there is room to save it whole.
 
 Ray Tune copies its experiment directory (the experiment state that `--resume` restores, the searcher's and the
-callbacks' state, each trial's files) from a staging directory to the results every second, and a plain copy
-truncates each file first: a disk that fills during a copy leaves a truncated experiment state, which no `--resume`
-can read. `atomic_storage` gives Ray a local filesystem whose files are written beside their target and renamed over
-it once whole (study/core/files.py `publish`), so a full disk leaves the previous version of each.
+callbacks' state, each trial's files) from a staging directory on another disk to the results every second, and
+its copy truncates each file first: a disk that fills during a copy leaves truncated files, which no `--resume`
+can read unless a later copy writes them whole again. `DiskGuard` watches the free space of the disks holding the
+results and Ray's experiment, and stops the study as Ctrl-C does (Tune's SIGUSR1 stop: Ray saves its state and
+waits for the copy, the running trials stop and run again with --resume) once less is free than the study needs to
+save what it holds (`reserve_for`). A reserve file it holds meanwhile is deleted at that moment, so Ray's last copy
+fits, and rewrites whole what an earlier copy cut short, even when another process filled the disk at once.
 
-`DiskGuard` watches the free space of the disks holding the results and Ray's experiment, and stops the study as
-Ctrl-C does (Tune's SIGUSR1 stop: Ray saves its state, the running trials stop and run again with --resume) once
-less is free than the study needs to save what it holds (`reserve_for`). A reserve file it holds meanwhile is
-deleted at that moment, so Ray's last save fits even when another process filled the disk at once. Ray's own log
-lines about copies that failed for want of space (a traceback each, every second) are left out: the command's one
-line says it (study/cli/run/orchestrate.py).
+Why not a filesystem that writes each of Ray's files beside its target and renames it (tried): Ray copies every
+file of the experiment at each save, and through Python that cost 0.9-1.3 s per save at 1,000 trials against
+0.08-0.16 s natively, every second, in the driver (benchmarks/many_trials.py: 1.89 trials/s instead of 3.86).
+
+Ray's own log lines about copies that failed for want of space (a traceback each, every second) are left out: the
+command's one line says it (study/cli/run/finish.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -27,11 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow
-import pyarrow.fs
 from ray import tune
-
-from study.core.files import publish, temporary_beside
 
 MiB = 2**20
 # Free space a study keeps beyond twice its rewritten files (reserve_for): what it writes between two checks, the
@@ -196,112 +194,6 @@ class DiskGuard(tune.Callback):
         return tripped
 
 
-class AtomicLocalFiles(pyarrow.fs.FileSystemHandler):
-    """The local filesystem, but a file opened for writing is written beside its target and renamed over it once
-    closed whole: a write that fails (a full disk) or stops half-way leaves the previous version. Everything else is
-    pyarrow's LocalFileSystem. Stateless, so Ray can pickle it to the trials' workers (their checkpoints)."""
-
-    def __init__(self):
-        self.local = pyarrow.fs.LocalFileSystem()
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, AtomicLocalFiles)
-
-    def __ne__(self, other) -> bool:
-        return not self == other
-
-    def get_type_name(self) -> str:
-        return "local-atomic"
-
-    def normalize_path(self, path):
-        return self.local.normalize_path(path)
-
-    def get_file_info(self, paths):
-        return self.local.get_file_info(paths)
-
-    def get_file_info_selector(self, selector):
-        return self.local.get_file_info(selector)
-
-    def create_dir(self, path, recursive):
-        self.local.create_dir(path, recursive=recursive)
-
-    def delete_dir(self, path):
-        self.local.delete_dir(path)
-
-    def delete_dir_contents(self, path, missing_dir_ok=False):
-        self.local.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-    def delete_root_dir_contents(self):
-        raise OSError("a study's storage never empties the root directory")
-
-    def delete_file(self, path):
-        self.local.delete_file(path)
-
-    def move(self, src, dest):
-        self.local.move(src, dest)
-
-    def copy_file(self, src, dest):
-        with self.local.open_input_stream(src) as source, self.open_output_stream(dest, None) as target:
-            target.upload(source)
-
-    def open_input_stream(self, path):
-        return self.local.open_input_stream(path)
-
-    def open_input_file(self, path):
-        return self.local.open_input_file(path)
-
-    def open_output_stream(self, path, metadata):
-        return pyarrow.PythonFile(ReplaceOnClose(Path(path)), mode="w")
-
-    def open_append_stream(self, path, metadata):
-        return self.local.open_append_stream(path)
-
-
-class ReplaceOnClose:
-    """A file written to a temporary file beside `path`, renamed to `path` by close(); a write or close that fails
-    removes the temporary file and leaves `path` as it was, and so does one never closed (garbage-collected)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        handle, self.temporary = temporary_beside(path)
-        self.file = os.fdopen(handle, "wb")
-        self.closed = False
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        try:
-            return self.file.write(data)
-        except BaseException:
-            self.discard()
-            raise
-
-    def flush(self) -> None:
-        self.file.flush()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        try:
-            self.file.close()  # a full disk may show only now, when the last bytes are written
-            publish(self.temporary, self.path)
-        except BaseException:
-            self.discard()
-            raise
-        self.closed = True
-
-    def discard(self) -> None:
-        self.closed = True
-        with contextlib.suppress(OSError):  # the bytes still buffered cannot be written either: they are dropped
-            self.file.close()
-        Path(self.temporary).unlink(missing_ok=True)
-
-    def __del__(self):
-        if not getattr(self, "closed", True):
-            self.discard()
-
-
 def finished_trial_dirs(experiment: str) -> int:
     """The trials of a local Ray experiment that finished or failed, as their own directories show (the last result
     Ray wrote is `done`, or an error.txt), read without Ray's experiment state, which may be missing or damaged."""
@@ -320,8 +212,3 @@ def _last_result_done(path: Path) -> bool:
         return bool(lines) and json.loads(lines[-1]).get("done") is True
     except (OSError, ValueError):  # no result yet, or one cut short
         return False
-
-
-def atomic_storage() -> pyarrow.fs.FileSystem:
-    """Ray Tune's `storage_filesystem` for a local results directory (AtomicLocalFiles)."""
-    return pyarrow.fs.PyFileSystem(AtomicLocalFiles())

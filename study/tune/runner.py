@@ -21,7 +21,7 @@ from ray.tune.schedulers import TrialScheduler
 from study.core.space import Space
 from study.tune.callbacks import ExportCallback, Monitoring, WatchCallback
 from study.tune.cluster import Cluster, Resources, resuming, slots
-from study.tune.disk import DiskGuard, LowDisk, atomic_storage
+from study.tune.disk import DiskGuard, LowDisk
 from study.tune.records import records_from
 from study.tune.schedulers import RungDecisions, scheduler_for
 from study.tune.search import param_space, search_algorithm, trial_count
@@ -82,7 +82,6 @@ def run_study(
             verbose=0 if watch and watch.console_on else 1,
             failure_config=tune.FailureConfig(max_failures=resources.max_failures),
             callbacks=callbacks,
-            storage_filesystem=atomic_storage() if scheme is None else None,  # a full disk truncates no file
         ),
     )
     with GracefulStop() as stop:
@@ -235,7 +234,6 @@ def resume_study(experiment: str, out: Path, space: Space, resources: Resources,
                 resume_unfinished=True,
                 resume_errored=False,
                 restart_errored=False,
-                storage_filesystem=atomic_storage() if scheme is None else None,
             )
         with GracefulStop() as stop:
             results = fit(tuner)

@@ -1,6 +1,6 @@
-"""A full disk during a study, piece by piece on a real small disk (a tmpfs): Ray's files written whole or not at
-all, the guard's decision to stop, its reserve file, Ray's log lines about full disks left out, and what a damaged
-experiment's trial directories still say. The whole study on a filling disk is tests/cli/test_full_disk.py."""
+"""A full disk during a study, piece by piece on a real small disk (a tmpfs): the guard's decision to stop, its
+reserve file, Ray's log lines about full disks left out, and what a damaged experiment's trial directories still
+say. The whole study on a filling disk is tests/cli/test_full_disk.py."""
 
 import contextlib
 import errno
@@ -12,11 +12,10 @@ import signal
 import subprocess
 from types import SimpleNamespace
 
-import pyarrow.fs
 import pytest
 
 from study.tune import disk
-from study.tune.disk import HELD, HELD_MARGIN, RESERVE_FLOOR, DiskGuard, MiB, atomic_storage, low_disk, reserve_for
+from study.tune.disk import HELD, HELD_MARGIN, RESERVE_FLOOR, DiskGuard, MiB, low_disk, reserve_for
 from tests.helpers import REPO
 
 
@@ -51,32 +50,6 @@ def fill(directory, leave_bytes: int = 0):
 def small_disk(tmp_path):
     with mounted_tmpfs(tmp_path / "disk", 32) as mounted:
         yield mounted
-
-
-def test_a_copy_onto_a_full_disk_keeps_rays_previous_files_where_a_plain_copy_truncates_them(small_disk, tmp_path):
-    staged = tmp_path / "staging"  # Ray's staging directory, on another disk, copied to the results each second
-    (staged / "trial").mkdir(parents=True)
-    (staged / "experiment_state.json").write_bytes(b"{" + b" " * (3 * MiB) + b"}")
-    (staged / "trial" / "result.json").write_text('{"done": true}\n')
-    for name, storage in (("atomic", atomic_storage()), ("plain", pyarrow.fs.LocalFileSystem())):
-        target = small_disk / name
-        pyarrow.fs.copy_files(str(staged), str(target), destination_filesystem=storage)
-        assert (target / "experiment_state.json").stat().st_size == 3 * MiB + 2
-    (staged / "experiment_state.json").write_bytes(b"[" + b" " * (40 * MiB) + b"]")  # grew past the disk's size
-    for name, storage in (("atomic", atomic_storage()), ("plain", pyarrow.fs.LocalFileSystem())):
-        with pytest.raises(OSError) as raised:
-            pyarrow.fs.copy_files(str(staged), str(small_disk / name), destination_filesystem=storage)
-        assert raised.value.errno == errno.ENOSPC
-    kept = small_disk / "atomic" / "experiment_state.json"
-    assert kept.read_bytes().startswith(b"{") and kept.stat().st_size == 3 * MiB + 2  # the previous version, whole
-    assert sorted(p.name for p in (small_disk / "atomic").iterdir()) == ["experiment_state.json", "trial"]  # no temp
-    assert (small_disk / "plain" / "experiment_state.json").stat().st_size != 3 * MiB + 2  # Ray's own: cut short
-    assert (small_disk / "atomic" / "trial" / "result.json").read_text() == '{"done": true}\n'
-    # Ray sends its storage to the trials' workers, pickled; files it publishes are readable as the umask allows
-    assert pickle.loads(pickle.dumps(atomic_storage())) == atomic_storage()
-    umask = os.umask(0)
-    os.umask(umask)
-    assert kept.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_the_guard_asks_for_its_reserve_free_and_a_held_file_beside_rays_state(small_disk, monkeypatch):
