@@ -27,7 +27,7 @@ def atomic_write(path: Path, write: Callable[[str], None], before_publish: Calla
     """`write(temporary_path)`, then rename the file to `path`; `before_publish(temporary_path)` runs in between
     (e.g. to make room for the finished file). Nothing is left behind when either raises."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = temporary_beside(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
         write(temporary)
@@ -46,11 +46,6 @@ def atomic_write(path: Path, write: Callable[[str], None], before_publish: Calla
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-def temporary_beside(path: Path) -> tuple[int, str]:
-    """A new temporary file in `path`'s directory, open (its handle) and named, to be published over `path`."""
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -2,7 +2,7 @@
 saved state and in the tables alike), and once there is room again `--resume` runs the rest. On a real small disk
 (a tmpfs, mounted as root: skipped where mounting is not allowed) that another process fills mid-study.
 
-The pieces (Ray's files written whole, the guard's decision, its reserve file) are tests/tune/test_disk.py.
+The pieces (the guard's decision, its reserve file, Ray's log lines) are tests/tune/test_disk.py.
 """
 
 import json
